@@ -1,0 +1,73 @@
+"""annotation_db: the preference store (SQLAlchemy 2.x; SQLite by default, PostgreSQL to scale out).
+
+Start-up (app and standalone trainer)::
+
+    from annotation_db import open_repository
+    repo = open_repository(Settings.from_env())   # restore a snapshot if the DB is gone, migrate, connect
+
+Everything else goes through the returned :class:`Repository`; Hugging Face dataset export and import
+are in :mod:`annotation_db.export` (not imported here: ``datasets`` takes a second to load).
+"""
+
+from annotation_db.agreement import krippendorff_alpha_nominal
+from annotation_db.backup import list_snapshots, restore_if_missing, restore_snapshot, snapshot_sqlite, take_snapshot
+from annotation_db.catalog import DEFAULT_TEMPLATE, AnnotatorInfo, ImageInfo, LabelSetInfo, SampleInfo
+from annotation_db.engine import Database, DatabaseConfig, create_db_engine
+from annotation_db.errors import (
+    AnnotationDBError,
+    BackupError,
+    DuplicateJudgmentError,
+    HubError,
+    InvalidTransitionError,
+    NotFoundError,
+    RateLimitedError,
+    RunLostError,
+    RunnerBusyError,
+    ValidationError,
+)
+from annotation_db.judgments import JudgmentInfo
+from annotation_db.migrations import upgrade_schema
+from annotation_db.pairs import PairBatch, TrainingPair
+from annotation_db.repository import Repository, open_repository
+from annotation_db.runs import RunInfo
+from annotation_db.stats import AnnotatorStats, Stats
+from annotation_db.store import RepositoryConfig
+from annotation_db.versions import VersionInfo
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "AnnotationDBError",
+    "AnnotatorInfo",
+    "AnnotatorStats",
+    "BackupError",
+    "Database",
+    "DatabaseConfig",
+    "DuplicateJudgmentError",
+    "HubError",
+    "ImageInfo",
+    "InvalidTransitionError",
+    "JudgmentInfo",
+    "LabelSetInfo",
+    "NotFoundError",
+    "PairBatch",
+    "RateLimitedError",
+    "Repository",
+    "RepositoryConfig",
+    "RunInfo",
+    "RunLostError",
+    "RunnerBusyError",
+    "SampleInfo",
+    "Stats",
+    "TrainingPair",
+    "ValidationError",
+    "VersionInfo",
+    "create_db_engine",
+    "krippendorff_alpha_nominal",
+    "list_snapshots",
+    "open_repository",
+    "restore_if_missing",
+    "restore_snapshot",
+    "snapshot_sqlite",
+    "take_snapshot",
+    "upgrade_schema",
+]

@@ -1,0 +1,43 @@
+"""Errors a caller can cause. Each carries a message that the app can show to a person as it is."""
+
+from __future__ import annotations
+
+
+class AnnotationDBError(Exception):
+    """Base class of every error raised on purpose by :mod:`annotation_db`."""
+
+
+class ValidationError(AnnotationDBError, ValueError):
+    """Bad input (unknown label, wrong type, over-long text, ...). Nothing was written."""
+
+
+class NotFoundError(ValidationError):
+    """The referenced annotator, sample, image, label set, run or version does not exist."""
+
+
+class DuplicateJudgmentError(ValidationError):
+    """The annotator has already judged this sample (one judgment per sample and annotator)."""
+
+
+class RateLimitedError(ValidationError):
+    """The annotator sent more judgments than the configured rate allows; retry later."""
+
+
+class RunnerBusyError(AnnotationDBError):
+    """Another training run holds the single-runner lock and its heartbeat is fresh."""
+
+
+class RunLostError(AnnotationDBError):
+    """The run is no longer running (e.g. another process marked it failed for a stale heartbeat)."""
+
+
+class InvalidTransitionError(ValidationError):
+    """A model version or training run cannot move to the requested status from its current one."""
+
+
+class BackupError(AnnotationDBError):
+    """A snapshot could not be taken or restored (e.g. the database is not a SQLite file)."""
+
+
+class HubError(AnnotationDBError):
+    """The dataset could not be pushed to the Hugging Face Hub (e.g. no token configured)."""

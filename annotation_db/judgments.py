@@ -1,0 +1,258 @@
+"""Recording judgments, undoing them, and choosing what an annotator sees next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from annotation_db.catalog import CatalogMixin, SampleInfo
+from annotation_db.errors import DuplicateJudgmentError, NotFoundError, RateLimitedError, ValidationError
+from annotation_db.models import (
+    HANDLE_MAX,
+    LABEL_MAX,
+    LABEL_SET_NAME_MAX,
+    ArenaModel,
+    ArenaVerdict,
+    Judgment,
+    JudgmentKind,
+    LabelSet,
+    Sample,
+)
+from annotation_db.validation import (
+    check_choice,
+    check_id,
+    check_optional_choice,
+    check_optional_text,
+    check_text,
+    check_time,
+)
+
+
+@dataclass(frozen=True)
+class JudgmentInfo:
+    id: int
+    sample_id: int
+    annotator: str
+    chosen: str
+    rejected: str
+    kind: str
+    shown_left: str | None
+    said_right: str | None
+    created_at: datetime
+    undone_at: datetime | None
+
+
+def _info(row: Judgment, annotator: str) -> JudgmentInfo:
+    return JudgmentInfo(
+        row.id, row.sample_id, annotator, row.chosen, row.rejected, row.kind.value,
+        None if row.shown_left is None else row.shown_left.value,
+        None if row.said_right is None else row.said_right.value, row.created_at, row.undone_at,
+    )
+
+
+class JudgmentsMixin(CatalogMixin):
+    """Judgments: record (validated, rate limited), undo, and next sample to show."""
+
+    def record_judgment(
+        self,
+        sample_id: int,
+        annotator: str,
+        chosen: str,
+        rejected: str,
+        *,
+        kind: str = "human",
+        shown_left: str | None = None,
+        said_right: str | None = None,
+        created_at: datetime | None = None,
+        enforce_rate_limit: bool = True,
+    ) -> JudgmentInfo:
+        """Store one preference: on ``sample_id``, ``annotator`` prefers ``chosen`` over ``rejected``.
+
+        Checked before anything is written: types, both labels in the sample's label set and different,
+        the sample and annotator exist, one judgment per sample and annotator (an undone one may be redone),
+        at most one gold answer per sample, and the per-annotator rate limit for human judgments.
+
+        Args:
+            sample_id: a sample from :meth:`add_sample` or :meth:`next_sample`.
+            annotator: handle from :meth:`ensure_annotator`.
+            chosen, rejected: labels of the sample's label set.
+            kind: ``human``, ``gold`` (the reference answer of a gold item) or ``synthetic``.
+            shown_left: arena only: which model was shown on the left, ``base`` or ``aligned``.
+            said_right: arena only: which side the person said was right: ``left``, ``right``, ``both``,
+                ``neither``.
+            created_at: when it was made, for imports; default now.
+            enforce_rate_limit: False only for imports and trusted bulk writers.
+        Returns:
+            The stored judgment.
+        Raises:
+            ValidationError: bad input (its subclasses: NotFoundError, DuplicateJudgmentError,
+                RateLimitedError); nothing was written.
+        """
+        sample_id = check_id(sample_id, "sample id")
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        chosen = check_text(chosen, "chosen label", LABEL_MAX)
+        rejected = check_text(rejected, "rejected label", LABEL_MAX)
+        kind_value = check_choice(kind, JudgmentKind, "judgment kind")
+        left = check_optional_choice(shown_left, ArenaModel, "model shown left")
+        verdict = check_optional_choice(said_right, ArenaVerdict, "arena verdict")
+        if chosen == rejected:
+            raise ValidationError(f"chosen and rejected must differ (both are {chosen!r})")
+        now = self.now()
+        created = now if created_at is None else check_time(created_at, "created_at")
+
+        try:
+            with self.db.writing() as s:
+                annotator_id = self._annotator(s, annotator).id
+                found = s.execute(
+                    select(LabelSet.name, LabelSet.labels)
+                    .join(Sample, Sample.label_set_id == LabelSet.id)
+                    .where(Sample.id == sample_id)
+                ).one_or_none()
+                if found is None:
+                    raise NotFoundError(f"unknown sample {sample_id}")
+                set_name, labels = found
+                for role, label in (("chosen", chosen), ("rejected", rejected)):
+                    if label not in labels:
+                        raise ValidationError(f"{role} label {label!r} is not in label set {set_name!r}")
+
+                limit = self.config.rate_limit_count
+                if enforce_rate_limit and kind_value is JudgmentKind.HUMAN and limit is not None:
+                    window = timedelta(seconds=self.config.rate_limit_window_s)
+                    recent = s.scalar(
+                        select(func.count())
+                        .select_from(Judgment)
+                        .where(Judgment.annotator_id == annotator_id, Judgment.created_at > now - window)
+                    )
+                    if recent >= limit:
+                        raise RateLimitedError(
+                            f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s"
+                        )
+
+                if kind_value is JudgmentKind.GOLD and s.scalar(
+                    select(Judgment.id).where(
+                        Judgment.sample_id == sample_id, Judgment.kind == JudgmentKind.GOLD,
+                        Judgment.undone_at.is_(None), Judgment.annotator_id != annotator_id,
+                    )
+                ):
+                    raise ValidationError(f"sample {sample_id} already has a gold answer")
+
+                previous = s.execute(
+                    select(Judgment.id, Judgment.undone_at).where(
+                        Judgment.sample_id == sample_id, Judgment.annotator_id == annotator_id
+                    )
+                ).one_or_none()
+                if previous is not None:
+                    if previous.undone_at is None:
+                        raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
+                    # Redo after undo: the new judgment replaces the undone one under a fresh id, so
+                    # "pairs since a version" sees it.
+                    s.execute(delete(Judgment).where(Judgment.id == previous.id))
+
+                judgment_id = s.scalar(
+                    insert(Judgment)
+                    .values(
+                        sample_id=sample_id, annotator_id=annotator_id, chosen=chosen, rejected=rejected,
+                        kind=kind_value, shown_left=left, said_right=verdict, created_at=created,
+                    )
+                    .returning(Judgment.id)
+                )
+        except IntegrityError as exc:
+            # Only a concurrent duplicate from the same annotator gets past the checks above.
+            raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}") from exc
+        assert judgment_id is not None
+        return JudgmentInfo(judgment_id, sample_id, annotator, chosen, rejected, kind_value.value,
+                            None if left is None else left.value, None if verdict is None else verdict.value,
+                            created, None)
+
+    def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
+        """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
+
+        The row stays (marked undone, with the time) and no longer counts anywhere; the annotator may judge
+        the sample again.
+
+        Returns:
+            The judgment that was undone, or None when there is nothing recent enough to undo.
+        """
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        now = self.now()
+        with self.db.writing() as s:
+            annotator_id = self._annotator(s, annotator).id
+            row = s.scalars(
+                select(Judgment)
+                .where(
+                    Judgment.annotator_id == annotator_id,
+                    Judgment.kind == JudgmentKind.HUMAN,
+                    Judgment.undone_at.is_(None),
+                    Judgment.created_at >= now - timedelta(seconds=self.config.undo_window_s),
+                )
+                .order_by(Judgment.created_at.desc(), Judgment.id.desc())
+                .limit(1)
+            ).one_or_none()
+            if row is None:
+                return None
+            row.undone_at = now
+            return _info(row, annotator)
+
+    def next_sample(self, annotator: str, *, label_set: str | None = None) -> SampleInfo | None:
+        """Choose the sample ``annotator`` should judge next, or None when they have judged everything.
+
+        Never a sample they already judged. With probability ``gold_rate`` a gold item (one with a gold
+        answer) they have not seen; otherwise a regular item: those with fewer than k = ``target_votes``
+        votes first, and among them the closest to k, so that items reach k votes (and give a pair) instead
+        of all sitting at one vote; then items at or past k, fewest votes first. Ties are broken at random.
+
+        Args:
+            annotator: handle from :meth:`ensure_annotator`.
+            label_set: only samples of this label set, if given.
+        """
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
+        want_gold = self._rng.random() < self.config.gold_rate
+        k = self.config.target_votes
+        with self.db.reading() as s:
+            annotator_id = self._annotator(s, annotator).id
+            gold_ids = select(Judgment.sample_id).where(
+                Judgment.kind == JudgmentKind.GOLD, Judgment.undone_at.is_(None)
+            )
+            mine = select(Judgment.sample_id).where(
+                Judgment.annotator_id == annotator_id, Judgment.undone_at.is_(None)
+            )
+            votes = (
+                select(Judgment.sample_id, func.count().label("n"))
+                .where(Judgment.undone_at.is_(None), Judgment.kind != JudgmentKind.GOLD)
+                .group_by(Judgment.sample_id)
+                .subquery()
+            )
+            n = func.coalesce(votes.c.n, 0)
+            base = (
+                select(Sample.id)
+                .outerjoin(votes, votes.c.sample_id == Sample.id)
+                .where(Sample.id.not_in(mine))
+            )
+            if label_set is not None:
+                base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(LabelSet.name == label_set)
+            regular = base.where(Sample.id.not_in(gold_ids)).order_by(
+                case((n < k, 0), else_=1),
+                case((n < k, -n), else_=n),
+                func.random(),
+            )
+            gold = base.where(Sample.id.in_(gold_ids)).order_by(func.random())
+            for query in (gold, regular) if want_gold else (regular, gold):
+                sample_id = s.scalar(query.limit(1))
+                if sample_id is not None:
+                    return self._sample_info(s, sample_id)
+            return None
+
+    def judgments_of(self, annotator: str, *, include_undone: bool = False) -> list[JudgmentInfo]:
+        """All judgments of one annotator, oldest first (for their history page and for tests)."""
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        with self.db.reading() as s:
+            annotator_id = self._annotator(s, annotator).id
+            query = select(Judgment).where(Judgment.annotator_id == annotator_id).order_by(Judgment.id)
+            if not include_undone:
+                query = query.where(Judgment.undone_at.is_(None))
+            return [_info(row, annotator) for row in s.scalars(query)]
+

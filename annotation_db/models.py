@@ -1,0 +1,262 @@
+"""The schema: typed SQLAlchemy 2.x ORM classes for every table of the preference store.
+
+Timestamps are written by the repository from its clock (not by the server), so SQLite and PostgreSQL
+store the same values and tests can drive time; they are stored as naive UTC and read back aware.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Bounds on identifiers people type or the app sends; free text (errors, reasons) is unbounded.
+HANDLE_MAX = 64
+HF_USERNAME_MAX = 96
+LABEL_MAX = 100
+LABEL_SET_NAME_MAX = 64
+TEMPLATE_MAX = 200
+PATH_MAX = 500
+SPEC_MAX = 200
+
+# Named constraints are required for Alembic's batch mode on SQLite, which rebuilds tables by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database (same on SQLite and PostgreSQL)."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class ImageSource(enum.StrEnum):
+    UPLOAD = "upload"
+    SYNTHETIC = "synthetic"
+    EXAMPLE = "example"
+
+
+class JudgmentKind(enum.StrEnum):
+    HUMAN = "human"  # a person in the browser
+    GOLD = "gold"  # the reference answer for a gold item, written by the maintainer
+    SYNTHETIC = "synthetic"  # generated from the synthetic world, where the truth is known
+
+
+class ArenaModel(enum.StrEnum):
+    BASE = "base"
+    ALIGNED = "aligned"
+
+
+class ArenaVerdict(enum.StrEnum):
+    LEFT = "left"
+    RIGHT = "right"
+    BOTH = "both"
+    NEITHER = "neither"
+
+
+class VersionStatus(enum.StrEnum):
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    ARCHIVED = "archived"
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as checked VARCHAR rather than a native PostgreSQL enum, so adding a value is a plain migration.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Annotator(Base):
+    """A person (or the synthetic generator, or the maintainer writing gold answers) who judges samples."""
+
+    __tablename__ = "annotators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    handle: Mapped[str] = mapped_column(String(HANDLE_MAX), unique=True)
+    hf_username: Mapped[str | None] = mapped_column(String(HF_USERNAME_MAX))
+    # Exported instead of the handle, so a published dataset does not name people.
+    pseudonym: Mapped[str] = mapped_column(String(32), unique=True)
+    trust: Mapped[float] = mapped_column(Float, default=1.0)
+    gold_seen: Mapped[int] = mapped_column(Integer, default=0)
+    gold_correct: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Image(Base):
+    """An image stored once on disk under ``data_dir/images``, identified by the sha256 of its PNG bytes."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(PATH_MAX))  # relative to the data dir
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    n_bytes: Mapped[int] = mapped_column(Integer)
+    source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
+    uploader_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LabelSet(Base):
+    """The finite label set a sample is judged over, with the prompt template that embeds each label."""
+
+    __tablename__ = "label_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(LABEL_SET_NAME_MAX), unique=True)
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    prompt_template: Mapped[str] = mapped_column(String(TEMPLATE_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Sample(Base):
+    """An image, the typographic attack drawn on it (None when clean) and the label set to judge it over."""
+
+    __tablename__ = "samples"
+    __table_args__ = (
+        UniqueConstraint("image_sha256", "label_set_id", "attack_key", name="uq_samples_image_label_set_attack"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"), index=True)
+    attack: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # sha256 of the canonical attack JSON: JSON columns cannot be compared for the uniqueness above.
+    attack_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    image: Mapped[Image] = relationship(lazy="raise")
+    label_set: Mapped[LabelSet] = relationship(lazy="raise")
+
+
+class Judgment(Base):
+    """One preference: on this sample, this annotator prefers ``chosen`` over ``rejected``."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (
+        UniqueConstraint("sample_id", "annotator_id", name="uq_judgments_sample_annotator"),
+        # Rate limit and undo look at one annotator's latest judgments.
+        Index("ix_judgments_annotator_created", "annotator_id", "created_at"),
+        # Gold items and per-kind counts.
+        Index("ix_judgments_kind_sample", "kind", "sample_id"),
+        # Ids are watermarks ("pairs since a version"): SQLite must never reuse the id of a deleted row.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    chosen: Mapped[str] = mapped_column(String(LABEL_MAX))
+    rejected: Mapped[str] = mapped_column(String(LABEL_MAX))
+    kind: Mapped[JudgmentKind] = mapped_column(_enum(JudgmentKind, "judgment_kind"))
+    shown_left: Mapped[ArenaModel | None] = mapped_column(_enum(ArenaModel, "arena_model"))
+    said_right: Mapped[ArenaVerdict | None] = mapped_column(_enum(ArenaVerdict, "arena_verdict"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ModelVersion(Base):
+    """A trained alignment head on a backbone. At most one row is ``active`` (enforced by a partial index)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index(
+            "uq_model_versions_one_active",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(SPEC_MAX))
+    head_path: Mapped[str] = mapped_column(String(PATH_MAX))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[VersionStatus] = mapped_column(_enum(VersionStatus, "version_status"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # Highest judgment id the version was trained on: "pairs since this version" starts after it.
+    judgment_watermark: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TrainingRun(Base):
+    """One training job. At most one row is ``running`` at a time: the single-runner lock (partial index)."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        Index(
+            "uq_training_runs_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_training_runs_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"))
+    worker: Mapped[str | None] = mapped_column(String(SPEC_MAX))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,205 @@
+"""From votes to training pairs: trust from gold items, majority per sample, agreement ratio."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from annotation_db.errors import NotFoundError
+from annotation_db.judgments import JudgmentsMixin
+from annotation_db.models import (
+    LABEL_SET_NAME_MAX,
+    Annotator,
+    Image,
+    Judgment,
+    JudgmentKind,
+    LabelSet,
+    ModelVersion,
+    Sample,
+)
+from annotation_db.validation import check_id, check_optional_text
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One preference pair for the trainer, with what it needs to re-render the attacked image."""
+
+    sample_id: int
+    image_sha256: str
+    image_path: Path  # absolute
+    attack: dict[str, Any] | None  # None: the clean image
+    label_set: str
+    labels: tuple[str, ...]
+    prompt_template: str
+    chosen: str
+    rejected: str
+    agreement: float  # share of counted votes that chose ``chosen``
+    votes: int  # counted votes (trusted people and the synthetic generator; not the gold answer)
+    is_gold: bool  # chosen/rejected come from the sample's gold answer
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Training pairs and the watermark to store on the version trained from them."""
+
+    pairs: list[TrainingPair]
+    watermark: int | None  # highest judgment id considered; pass to :meth:`register_version`
+    skipped: int  # samples with votes but no clear majority (tie or agreement below the minimum)
+    excluded_annotators: list[str] = field(default_factory=list)  # handles below the trust threshold
+
+
+@dataclass(frozen=True)
+class _Vote:
+    sample_id: int
+    chosen: str
+    rejected: str
+    kind: JudgmentKind
+    trusted: bool
+
+
+class PairsMixin(JudgmentsMixin):
+    """Trust scores and training pairs."""
+
+    def refresh_trust(self) -> dict[str, float]:
+        """Recompute every annotator's trust from their human judgments on gold items.
+
+        trust = (correct + prior_correct) / (seen + prior_seen), where ``seen`` counts their (not undone)
+        judgments on samples that have a gold answer and ``correct`` those that chose the gold label.
+        Recomputed from scratch, so undoing a judgment or adding a gold answer later is accounted for.
+
+        Returns:
+            handle -> trust, for every annotator.
+        """
+        with self.db.writing() as s:
+            self._refresh_trust(s)
+            return dict(s.execute(select(Annotator.handle, Annotator.trust)).tuples().all())
+
+    def _refresh_trust(self, s: Session) -> None:
+        gold = aliased(Judgment)
+        rows = s.execute(
+            select(
+                Judgment.annotator_id,
+                func.count(),
+                func.sum(case((Judgment.chosen == gold.chosen, 1), else_=0)),
+            )
+            .join(gold, gold.sample_id == Judgment.sample_id)
+            .where(
+                gold.kind == JudgmentKind.GOLD, gold.undone_at.is_(None),
+                Judgment.kind == JudgmentKind.HUMAN, Judgment.undone_at.is_(None),
+            )
+            .group_by(Judgment.annotator_id)
+        ).all()
+        prior_c, prior_n = self.config.trust_prior_correct, self.config.trust_prior_seen
+        s.execute(update(Annotator).values(gold_seen=0, gold_correct=0, trust=prior_c / prior_n))
+        if rows:
+            s.execute(
+                update(Annotator),
+                [
+                    {"id": aid, "gold_seen": seen, "gold_correct": int(correct or 0),
+                     "trust": (int(correct or 0) + prior_c) / (seen + prior_n)}
+                    for aid, seen, correct in rows
+                ],
+            )
+
+    def training_pairs(self, since_version: int | None = None, *, label_set: str | None = None) -> PairBatch:
+        """The training pairs: one per sample with a clear preference.
+
+        Per sample: if it has a gold answer, that is the pair; otherwise the majority of counted votes on the
+        chosen label (``rejected`` is the most common rejected label among those votes). Counted votes are
+        not undone, not gold, and not from annotators whose trust (refreshed first) is below ``min_trust``.
+        agreement = votes for the chosen label / counted votes; a sample is skipped when the top chosen
+        label is tied or its agreement is below ``min_agreement``.
+
+        Args:
+            since_version: only samples that received a judgment after the version's watermark (its training
+                data); their majority is still computed over all of their votes. None: every sample.
+            label_set: only samples of this label set.
+        """
+        if since_version is not None:
+            since_version = check_id(since_version, "model version id")
+        label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
+        with self.db.writing() as s:
+            self._refresh_trust(s)
+            watermark = s.scalar(select(func.max(Judgment.id)))
+            floor = 0 if since_version is None else self._version_floor(s, since_version)
+            excluded = list(
+                s.scalars(select(Annotator.handle).where(Annotator.trust < self.config.min_trust).order_by(
+                    Annotator.handle))
+            )
+            if watermark is None:
+                return PairBatch([], None, 0, excluded)
+            touched = select(Judgment.sample_id).where(Judgment.id > floor, Judgment.id <= watermark)
+            pairs, skipped = self._aggregate(s, touched, watermark, label_set)
+            return PairBatch(pairs, watermark, skipped, excluded)
+
+    def _version_floor(self, s: Session, version_id: int) -> int:
+        version = s.get(ModelVersion, version_id)
+        if version is None:
+            raise NotFoundError(f"unknown model version {version_id}")
+        if version.judgment_watermark is not None:
+            return version.judgment_watermark
+        # A version registered without a watermark: everything recorded before it was created.
+        return s.scalar(select(func.max(Judgment.id)).where(Judgment.created_at <= version.created_at)) or 0
+
+    def _aggregate(
+        self, s: Session, sample_ids: Any, watermark: int, label_set: str | None
+    ) -> tuple[list[TrainingPair], int]:
+        vote_query = (
+            select(Judgment.sample_id, Judgment.chosen, Judgment.rejected, Judgment.kind, Annotator.trust)
+            .join(Annotator, Annotator.id == Judgment.annotator_id)
+            .where(Judgment.undone_at.is_(None), Judgment.id <= watermark, Judgment.sample_id.in_(sample_ids))
+        )
+        votes: dict[int, list[_Vote]] = defaultdict(list)
+        for sample_id, chosen, rejected, kind, trust in s.execute(vote_query):
+            votes[sample_id].append(_Vote(sample_id, chosen, rejected, kind, trust >= self.config.min_trust))
+        if not votes:
+            return [], 0
+
+        info_query = (
+            select(Sample.id, Sample.attack, Image.sha256, Image.path, LabelSet.name, LabelSet.labels,
+                   LabelSet.prompt_template)
+            .join(Image, Image.sha256 == Sample.image_sha256)
+            .join(LabelSet, LabelSet.id == Sample.label_set_id)
+            .where(Sample.id.in_(sample_ids))
+            .order_by(Sample.id)
+        )
+        if label_set is not None:
+            info_query = info_query.where(LabelSet.name == label_set)
+
+        pairs: list[TrainingPair] = []
+        skipped = 0
+        for sample_id, attack, sha, path, set_name, labels, template in s.execute(info_query):
+            decided = self._decide(votes.get(sample_id, []))
+            if decided is None:
+                skipped += sample_id in votes
+                continue
+            chosen, rejected, agreement, n_votes, is_gold = decided
+            pairs.append(TrainingPair(sample_id, sha, self.data_dir / path, attack, set_name, tuple(labels),
+                                      template, chosen, rejected, agreement, n_votes, is_gold))
+        return pairs, skipped
+
+    def _decide(self, votes: list[_Vote]) -> tuple[str, str, float, int, bool] | None:
+        counted = [v for v in votes if v.kind is not JudgmentKind.GOLD and v.trusted]
+        gold = next((v for v in votes if v.kind is JudgmentKind.GOLD), None)
+        chosen_counts = Counter(v.chosen for v in counted)
+        if gold is not None:
+            agreement = chosen_counts[gold.chosen] / len(counted) if counted else 1.0
+            return gold.chosen, gold.rejected, agreement, len(counted), True
+        if not counted:
+            return None
+        (top, top_n), *rest = chosen_counts.most_common()
+        if rest and rest[0][1] == top_n:
+            return None  # tie: no majority
+        agreement = top_n / len(counted)
+        if agreement < self.config.min_agreement:
+            return None
+        rejected_counts = Counter(v.rejected for v in counted if v.chosen == top).most_common()
+        # Ties among rejected labels: the alphabetically first, so the result does not depend on row order.
+        best = rejected_counts[0][1]
+        rejected = min(label for label, count in rejected_counts if count == best)
+        return top, rejected, agreement, len(counted), False
