@@ -200,17 +200,20 @@ class CatalogMixin(StoreBase):
         except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
             raise ValidationError(f"not a readable PNG image: {exc}") from exc
 
+        uploader_id = None
+        if uploader is not None:
+            with self.db.reading() as s:
+                uploader_id = self._annotator(s, uploader).id
+
         sha = hashlib.sha256(data).hexdigest()
         relative = Path("images") / sha[:2] / f"{sha}.png"
         self._write_atomically(self.data_dir / relative, data)
 
         values = dict(
             sha256=sha, path=relative.as_posix(), width=width, height=height, n_bytes=len(data),
-            source=source_value, created_at=self.now(),
+            source=source_value, uploader_id=uploader_id, created_at=self.now(),
         )
         with self.db.writing() as s:
-            if uploader is not None:
-                values["uploader_id"] = self._annotator(s, uploader).id
             insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
             s.execute(insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
             row = s.get_one(Image, sha)

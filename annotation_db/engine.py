@@ -11,6 +11,8 @@ SQLite needs care to be safe from Gradio's worker threads and from several proce
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}")
-        cursor.execute(f"PRAGMA journal_mode = {journal}")
+        _set_journal_mode(cursor, journal, config.busy_timeout_ms / 1000)
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -108,6 +110,23 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _set_journal_mode(cursor: Any, journal: str, timeout_s: float) -> None:
+    # Switching a file to WAL needs an exclusive lock and SQLite answers "database is locked" at once,
+    # without the busy handler, when another connection opens the fresh file at the same moment (several
+    # processes starting together). The mode is stored in the file, so usually there is nothing to do.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].upper() == journal:
+            return
+        try:
+            cursor.execute(f"PRAGMA journal_mode = {journal}")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class Database:

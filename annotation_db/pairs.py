@@ -77,7 +77,7 @@ class PairsMixin(JudgmentsMixin):
         """
         with self.db.writing() as s:
             self._refresh_trust(s)
-            return dict(s.execute(select(Annotator.handle, Annotator.trust)).tuples().all())
+            return {handle: trust for handle, trust in s.execute(select(Annotator.handle, Annotator.trust))}
 
     def _refresh_trust(self, s: Session) -> None:
         gold = aliased(Judgment)

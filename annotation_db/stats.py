@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, select
 
 from annotation_db.agreement import krippendorff_alpha_nominal
 from annotation_db.models import Annotator, Image, Judgment, JudgmentKind, Sample
@@ -62,7 +62,8 @@ class StatsMixin(PairsMixin):
                 for handle, n, u, seen, correct, trust in s.execute(
                     select(
                         Annotator.handle,
-                        func.sum(case((Judgment.undone_at.is_(None), 1), else_=0)),
+                        # Outer join: an annotator without judgments has one all-NULL row, which must count 0.
+                        func.sum(case((and_(Judgment.id.is_not(None), Judgment.undone_at.is_(None)), 1), else_=0)),
                         func.sum(case((Judgment.undone_at.is_not(None), 1), else_=0)),
                         Annotator.gold_seen,
                         Annotator.gold_correct,

@@ -1,0 +1,76 @@
+"""Which sample an annotator sees next."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from annotation_db import NotFoundError, RepositoryConfig
+
+
+def test_never_serves_a_sample_already_judged_and_ends_with_none(repo, world):
+    seen = []
+    while (sample := repo.next_sample("annotator-a")) is not None:
+        assert sample.id not in seen
+        seen.append(sample.id)
+        repo.record_judgment(sample.id, "annotator-a", "cat", "dog")
+    assert sorted(seen) == sorted(world.samples)
+
+
+def test_items_short_of_k_votes_come_first(make_repo, world_factory):
+    repo = make_repo(RepositoryConfig(target_votes=2, gold_rate=0.0))
+    world = world_factory(repo, n_samples=4)
+    full, one_vote, *fresh = world.samples
+    for who in ("annotator-b", "annotator-c"):
+        repo.record_judgment(full, who, "cat", "dog")
+    repo.record_judgment(one_vote, "annotator-d", "cat", "dog")
+    # Short of k, closest to k first (so it completes), then untouched ones, then the full item.
+    order = []
+    while (sample := repo.next_sample("annotator-a")) is not None:
+        order.append(sample.id)
+        repo.record_judgment(sample.id, "annotator-a", "cat", "dog")
+    assert order[0] == one_vote
+    assert sorted(order[1:3]) == sorted(fresh)
+    assert order[3] == full
+
+
+def test_gold_items_are_mixed_in_at_the_configured_rate(make_repo, world_factory):
+    repo = make_repo(RepositoryConfig(gold_rate=0.25, rate_limit_count=None), rng=random.Random(7))
+    world = world_factory(repo, n_samples=40, n_annotators=1)
+    repo.ensure_annotator("maintainer")
+    gold = set(world.samples[:20])
+    for sample_id in gold:
+        repo.record_judgment(sample_id, "maintainer", "cat", "dog", kind="gold")
+    picks = []
+    for _ in range(20):
+        sample = repo.next_sample("annotator-a")
+        picks.append(sample.is_gold)
+        assert sample.is_gold == (sample.id in gold)
+        repo.record_judgment(sample.id, "annotator-a", "cat", "dog")
+    assert 2 <= sum(picks) <= 10  # ~25% of 20 (seeded)
+
+
+def test_gold_only_left_is_still_served(make_repo, world_factory):
+    repo = make_repo(RepositoryConfig(gold_rate=0.0))
+    world = world_factory(repo, n_samples=1)
+    repo.ensure_annotator("maintainer")
+    repo.record_judgment(world.samples[0], "maintainer", "cat", "dog", kind="gold")
+    assert repo.next_sample("annotator-a").id == world.samples[0]
+    assert repo.next_sample("maintainer") is None
+
+
+def test_label_set_filter_and_sample_contents(repo, world, world_factory, png):
+    image = repo.store_image(png(99))
+    repo.ensure_label_set("digits", ["zero", "one"], "a picture of the digit {}")
+    other = repo.add_sample(image.sha256, "digits", {"text": "one"})
+    sample = repo.next_sample("annotator-a", label_set="digits")
+    assert sample == other
+    assert sample.labels == ("zero", "one") and sample.prompt_template == "a picture of the digit {}"
+    assert sample.image_path.read_bytes() == png(99) and sample.attack == {"text": "one"}
+    assert repo.next_sample("annotator-a", label_set="animals").label_set == "animals"
+
+
+def test_unknown_annotator(repo, world):
+    with pytest.raises(NotFoundError):
+        repo.next_sample("ghost")

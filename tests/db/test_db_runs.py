@@ -1,0 +1,135 @@
+"""Training runs and the single-runner lock, across threads and processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from annotation_db import InvalidTransitionError, RunLostError, RunnerBusyError, ValidationError
+from annotation_db.models import RunStatus, TrainingRun
+
+
+def test_run_lifecycle(repo, clock):
+    queued = repo.enqueue_run({"loss": "dpo", "beta": 1.0})
+    assert queued.status == "queued" and queued.config == {"loss": "dpo", "beta": 1.0}
+    run = repo.claim_run("host-1:123")
+    assert (run.id, run.status, run.worker, run.heartbeat_at) == (queued.id, "running", "host-1:123", clock())
+    clock.advance(10)
+    repo.heartbeat(run.id, {"step": 5, "loss": 0.4})
+    assert repo.get_run(run.id).metrics == {"step": 5, "loss": 0.4}
+    assert repo.get_run(run.id).heartbeat_at == clock()
+    version = repo.register_version("bundled", "heads/v1.safetensors", {"acc": 0.9})
+    done = repo.finish_run(run.id, metrics={"loss": 0.1}, version_id=version.id)
+    assert (done.status, done.version_id, done.metrics, done.finished_at) == (
+        "succeeded", version.id, {"loss": 0.1}, clock())
+    with pytest.raises(RunLostError, match="succeeded"):
+        repo.heartbeat(run.id)
+    with pytest.raises(InvalidTransitionError, match="already succeeded"):
+        repo.fail_run(run.id, "late")
+    assert repo.claim_run("host-1:123") is None  # nothing queued
+
+
+def test_claiming_while_another_run_is_alive_fails_cleanly(repo, clock):
+    first, second = repo.enqueue_run({"n": 1}), repo.enqueue_run({"n": 2})
+    repo.claim_run("worker-a")
+    clock.advance(repo.config.stale_heartbeat_s / 2)
+    with pytest.raises(RunnerBusyError, match=f"run {first.id} is running on worker-a"):
+        repo.claim_run("worker-b")
+    assert repo.get_run(second.id).status == "queued"
+    repo.fail_run(first.id, "stopped by the maintainer")
+    with pytest.raises(InvalidTransitionError, match="is failed, not queued"):
+        repo.claim_run("worker-b", run_id=first.id)
+    assert repo.claim_run("worker-b").id == second.id
+
+
+def test_stale_heartbeat_marks_the_run_failed_and_frees_the_lock(repo, clock):
+    first, second = repo.enqueue_run({"n": 1}), repo.enqueue_run({"n": 2})
+    repo.claim_run("worker-a")
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    run = repo.claim_run("worker-b")
+    assert run.id == second.id
+    dead = repo.get_run(first.id)
+    assert dead.status == "failed" and "no heartbeat" in dead.error
+    with pytest.raises(RunLostError, match="no longer running"):
+        repo.heartbeat(first.id)  # the slow worker learns it lost the run and stops
+
+
+def test_reap_stale_runs(repo, clock):
+    run = repo.enqueue_run({})
+    repo.claim_run("w")
+    assert repo.reap_stale_runs() == []
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    assert repo.reap_stale_runs() == [run.id]
+    assert repo.get_run(run.id).status == "failed"
+
+
+def test_fail_run_keeps_long_error_text_verbatim(repo):
+    run = repo.enqueue_run({})
+    repo.claim_run("w")
+    error = "Traceback (most recent call last):\n  File 'x', ' OR 1=1; -- 失败\n" + "E" * 10_000_000
+    assert repo.fail_run(run.id, error).error == error
+    assert repo.get_run(run.id).error == error
+    with pytest.raises(ValidationError, match="run config must be a dict"):
+        repo.enqueue_run("beta=1")
+
+
+def test_only_one_of_many_concurrent_claimers_wins(make_repo):
+    repos = [make_repo() for _ in range(6)]  # separate engines, as separate processes would have
+    for i in range(6):
+        repos[0].enqueue_run({"n": i})
+    barrier = threading.Barrier(6)
+    won, busy = [], []
+
+    def claim(repo, name):
+        barrier.wait()
+        try:
+            if repo.claim_run(name) is not None:
+                won.append(name)
+        except RunnerBusyError:
+            busy.append(name)
+
+    threads = [threading.Thread(target=claim, args=(r, f"w{i}")) for i, r in enumerate(repos)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(busy) == 5
+    assert sum(r.status == "running" for r in repos[0].list_runs()) == 1
+
+
+def test_the_database_itself_refuses_two_running_runs(repo):
+    repo.enqueue_run({})
+    second = repo.enqueue_run({})
+    repo.claim_run("w")
+    with pytest.raises(IntegrityError), repo.db.writing() as s:
+        s.get_one(TrainingRun, second.id).status = RunStatus.RUNNING
+
+
+def test_the_lock_holds_across_processes(make_repo, db_url):
+    repo = make_repo(real_clock=True)
+    repo.enqueue_run({"n": 1})
+    repo.enqueue_run({"n": 2})
+    held = repo.claim_run("parent")
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from annotation_db import Database, DatabaseConfig, Repository, RunnerBusyError, create_db_engine
+        repo = Repository(Database(create_db_engine(DatabaseConfig({db_url!r}))), Path("."))
+        try:
+            repo.claim_run("child")
+            print("CLAIMED")
+        except RunnerBusyError as exc:
+            print("BUSY:", exc)
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith(f"BUSY: training run {held.id} is running on parent")
+    repo.finish_run(held.id)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.stdout.strip() == "CLAIMED", child.stderr
