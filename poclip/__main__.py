@@ -1,0 +1,3 @@
+from poclip.cli import main
+
+raise SystemExit(main())
