@@ -95,6 +95,11 @@ class RunsMixin(StoreBase):
                     .execution_options(synchronize_session=False)
                 )
                 if claimed.rowcount != 1:
+                    # On PostgreSQL a concurrent claimer may have taken this very run while we waited for
+                    # its row lock: that is the lock being busy, not a bad request.
+                    running = s.scalar(select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING))
+                    if running is not None:
+                        raise self._busy(running, now)
                     row = s.get(TrainingRun, run_id)
                     if row is None:
                         raise NotFoundError(f"unknown training run {run_id}")

@@ -103,23 +103,41 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
 
 
-@pytest.fixture(params=BACKENDS)
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables at all (for migration tests)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    _need_postgres()
-    name = f"poclip_e_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _pg_url_for(name)
-    finally:
+@pytest.fixture
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[bool], str]]:
+    """Make more databases on the test's backend: ``new_database(migrated)`` returns a URL."""
+    backend = request.node.callspec.params.get("db_url") or request.node.callspec.params.get("empty_db_url")
+    created: list[str] = []
+
+    def make(migrated: bool = True) -> str:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'extra-{uuid.uuid4().hex[:8]}.db'}"
+        else:
+            _need_postgres()
+            name = f"poclip_e_{uuid.uuid4().hex[:12]}"
+            with _pg_admin().connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            created.append(name)
+            url = _pg_url_for(name)
+        if migrated:
+            engine = create_db_engine(DatabaseConfig(url))
+            upgrade_schema(engine)
+            engine.dispose()
+        return url
+
+    yield make
+    if created:
+        admin = _pg_admin()
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, new_database: Callable[[bool], str]) -> str:
+    """A database with no tables at all (for migration tests)."""
+    return new_database(False)
 
 
 class ManualClock:
