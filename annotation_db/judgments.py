@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy import bindparam, case, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from annotation_db.catalog import CatalogMixin, SampleInfo
@@ -14,6 +14,7 @@ from annotation_db.models import (
     HANDLE_MAX,
     LABEL_MAX,
     LABEL_SET_NAME_MAX,
+    Annotator,
     ArenaModel,
     ArenaVerdict,
     Judgment,
@@ -43,6 +44,32 @@ class JudgmentInfo:
     said_right: str | None
     created_at: datetime
     undone_at: datetime | None
+
+
+# record_judgment is the hot path (every click of every annotator): its statements are built once, so each
+# call skips statement construction and cache-key generation, which cost as much as SQLite itself.
+_ANNOTATOR_ID = select(Annotator.id).where(Annotator.handle == bindparam("handle"))
+_SAMPLE_LABELS = (
+    select(LabelSet.name, LabelSet.labels)
+    .join(Sample, Sample.label_set_id == LabelSet.id)
+    .where(Sample.id == bindparam("sample_id"))
+)
+_RECENT_COUNT = (
+    select(func.count())
+    .select_from(Judgment)
+    .where(Judgment.annotator_id == bindparam("annotator_id"), Judgment.created_at > bindparam("since"))
+)
+_OTHER_GOLD = select(Judgment.id).where(
+    Judgment.sample_id == bindparam("sample_id"),
+    Judgment.kind == JudgmentKind.GOLD,
+    Judgment.undone_at.is_(None),
+    Judgment.annotator_id != bindparam("annotator_id"),
+)
+_PREVIOUS = select(Judgment.id, Judgment.undone_at).where(
+    Judgment.sample_id == bindparam("sample_id"), Judgment.annotator_id == bindparam("annotator_id")
+)
+_DELETE = delete(Judgment).where(Judgment.id == bindparam("judgment_id"))
+_INSERT = insert(Judgment).returning(Judgment.id)
 
 
 def _info(row: Judgment, annotator: str) -> JudgmentInfo:
@@ -104,13 +131,11 @@ class JudgmentsMixin(CatalogMixin):
         created = now if created_at is None else check_time(created_at, "created_at")
 
         try:
-            with self.db.writing() as s:
-                annotator_id = self._annotator(s, annotator).id
-                found = s.execute(
-                    select(LabelSet.name, LabelSet.labels)
-                    .join(Sample, Sample.label_set_id == LabelSet.id)
-                    .where(Sample.id == sample_id)
-                ).one_or_none()
+            with self.db.write_connection() as conn:
+                annotator_id = conn.scalar(_ANNOTATOR_ID, {"handle": annotator})
+                if annotator_id is None:
+                    raise NotFoundError(f"unknown annotator {annotator!r}: sign in first")
+                found = conn.execute(_SAMPLE_LABELS, {"sample_id": sample_id}).one_or_none()
                 if found is None:
                     raise NotFoundError(f"unknown sample {sample_id}")
                 set_name, labels = found
@@ -120,44 +145,31 @@ class JudgmentsMixin(CatalogMixin):
 
                 limit = self.config.rate_limit_count
                 if enforce_rate_limit and kind_value is JudgmentKind.HUMAN and limit is not None:
-                    window = timedelta(seconds=self.config.rate_limit_window_s)
-                    recent = s.scalar(
-                        select(func.count())
-                        .select_from(Judgment)
-                        .where(Judgment.annotator_id == annotator_id, Judgment.created_at > now - window)
-                    )
-                    if recent >= limit:
+                    since = now - timedelta(seconds=self.config.rate_limit_window_s)
+                    if conn.scalar(_RECENT_COUNT, {"annotator_id": annotator_id, "since": since}) >= limit:
                         raise RateLimitedError(
                             f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s"
                         )
 
-                if kind_value is JudgmentKind.GOLD and s.scalar(
-                    select(Judgment.id).where(
-                        Judgment.sample_id == sample_id, Judgment.kind == JudgmentKind.GOLD,
-                        Judgment.undone_at.is_(None), Judgment.annotator_id != annotator_id,
-                    )
+                if kind_value is JudgmentKind.GOLD and conn.scalar(
+                    _OTHER_GOLD, {"sample_id": sample_id, "annotator_id": annotator_id}
                 ):
                     raise ValidationError(f"sample {sample_id} already has a gold answer")
 
-                previous = s.execute(
-                    select(Judgment.id, Judgment.undone_at).where(
-                        Judgment.sample_id == sample_id, Judgment.annotator_id == annotator_id
-                    )
+                previous = conn.execute(
+                    _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
                 ).one_or_none()
                 if previous is not None:
                     if previous.undone_at is None:
                         raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
                     # Redo after undo: the new judgment replaces the undone one under a fresh id, so
                     # "pairs since a version" sees it.
-                    s.execute(delete(Judgment).where(Judgment.id == previous.id))
+                    conn.execute(_DELETE, {"judgment_id": previous.id})
 
-                judgment_id = s.scalar(
-                    insert(Judgment)
-                    .values(
-                        sample_id=sample_id, annotator_id=annotator_id, chosen=chosen, rejected=rejected,
-                        kind=kind_value, shown_left=left, said_right=verdict, created_at=created,
-                    )
-                    .returning(Judgment.id)
+                judgment_id = conn.scalar(
+                    _INSERT,
+                    {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
+                     "kind": kind_value, "shown_left": left, "said_right": verdict, "created_at": created},
                 )
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.

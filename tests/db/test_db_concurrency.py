@@ -66,3 +66,26 @@ def test_racing_duplicates_store_exactly_one(make_repo, world_factory):
         t.join()
     assert sorted(outcomes) == ["duplicate"] * 3 + ["stored"]
     assert len(repos[0].judgments_of("annotator-a")) == 1
+
+
+def test_sqlite_writers_are_served_in_arrival_order():
+    from annotation_db.engine import FifoLock
+
+    lock = FifoLock()
+    order: list[int] = []
+    lock.__enter__()
+    threads = []
+    for i in range(5):
+        def take(i: int = i) -> None:
+            with lock:
+                order.append(i)
+
+        t = threading.Thread(target=take)
+        t.start()
+        threads.append(t)
+        while len(lock._waiters) < i + 1:  # wait until thread i is queued before starting the next
+            threading.Event().wait(0.001)
+    lock.__exit__(None, None, None)
+    for t in threads:
+        t.join()
+    assert order == [0, 1, 2, 3, 4]
