@@ -10,7 +10,13 @@ are in :mod:`annotation_db.export` (not imported here: ``datasets`` takes a seco
 """
 
 from annotation_db.agreement import krippendorff_alpha_nominal
-from annotation_db.backup import list_snapshots, restore_if_missing, restore_snapshot, snapshot_sqlite, take_snapshot
+from annotation_db.backup import (
+    list_snapshots,
+    restore_if_missing,
+    restore_snapshot,
+    snapshot_sqlite,
+    take_snapshot,
+)
 from annotation_db.catalog import DEFAULT_TEMPLATE, AnnotatorInfo, ImageInfo, LabelSetInfo, SampleInfo
 from annotation_db.engine import Database, DatabaseConfig, create_db_engine
 from annotation_db.errors import (

@@ -36,8 +36,10 @@ def backup_dir(settings: Settings) -> Path:
     return settings.data_dir / "backups"
 
 
-def snapshot_sqlite(db_path: Path, dest_dir: Path, *, keep: int = DEFAULT_KEEP, now: datetime | None = None) -> Path:
-    """Copy the live SQLite database at ``db_path`` into ``dest_dir`` and keep only the newest ``keep`` snapshots.
+def snapshot_sqlite(
+    db_path: Path, dest_dir: Path, *, keep: int = DEFAULT_KEEP, now: datetime | None = None
+) -> Path:
+    """Copy the live SQLite database at ``db_path`` into ``dest_dir``; keep the newest ``keep`` snapshots.
 
     Args:
         db_path: the database file (may be in use by other threads and processes).

@@ -65,7 +65,9 @@ class AnnotatorInfo:
 
     @classmethod
     def of(cls, row: Annotator) -> AnnotatorInfo:
-        return cls(row.id, row.handle, row.hf_username, row.pseudonym, row.trust, row.gold_seen, row.gold_correct)
+        return cls(
+            row.id, row.handle, row.hf_username, row.pseudonym, row.trust, row.gold_seen, row.gold_correct
+        )
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,13 @@ class CatalogMixin(StoreBase):
                         row = s.scalar(select(Annotator).where(Annotator.pseudonym == pseudonym))
                     if row is None:
                         row = Annotator(
-                            handle=handle, hf_username=hf_username, pseudonym=pseudonym or pseudonym_for(handle),
-                            trust=self._prior_trust(), gold_seen=0, gold_correct=0, created_at=self.now(),
+                            handle=handle,
+                            hf_username=hf_username,
+                            pseudonym=pseudonym or pseudonym_for(handle),
+                            trust=self._prior_trust(),
+                            gold_seen=0,
+                            gold_correct=0,
+                            created_at=self.now(),
                         )
                         s.add(row)
                         s.flush()
@@ -210,8 +217,14 @@ class CatalogMixin(StoreBase):
         self._write_atomically(self.data_dir / relative, data)
 
         values = dict(
-            sha256=sha, path=relative.as_posix(), width=width, height=height, n_bytes=len(data),
-            source=source_value, uploader_id=uploader_id, created_at=self.now(),
+            sha256=sha,
+            path=relative.as_posix(),
+            width=width,
+            height=height,
+            n_bytes=len(data),
+            source=source_value,
+            uploader_id=uploader_id,
+            created_at=self.now(),
         )
         with self.db.writing() as s:
             insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
@@ -229,7 +242,9 @@ class CatalogMixin(StoreBase):
             return self._image_info(row)
 
     def _image_info(self, row: Image) -> ImageInfo:
-        return ImageInfo(row.sha256, self.data_dir / row.path, row.width, row.height, row.n_bytes, row.source.value)
+        return ImageInfo(
+            row.sha256, self.data_dir / row.path, row.width, row.height, row.n_bytes, row.source.value
+        )
 
     def _png_bytes(self, image: Any) -> bytes:
         if isinstance(image, PIL.Image.Image):
@@ -286,13 +301,14 @@ class CatalogMixin(StoreBase):
                 with self.db.writing() as s:
                     row = s.scalar(select(LabelSet).where(LabelSet.name == name))
                     if row is None:
-                        row = LabelSet(name=name, labels=labels, prompt_template=prompt_template,
-                                       created_at=self.now())
+                        row = LabelSet(
+                            name=name, labels=labels, prompt_template=prompt_template, created_at=self.now()
+                        )
                         s.add(row)
                         s.flush()
                     elif list(row.labels) != labels or row.prompt_template != prompt_template:
                         raise ValidationError(
-                            f"label set {name!r} already exists with other labels or template; pick a new name"
+                            f"label set {name!r} already exists with other labels or template; use a new name"
                         )
                     return self._label_set_info(row)
             except IntegrityError:
@@ -319,7 +335,9 @@ class CatalogMixin(StoreBase):
 
     # -- samples ----------------------------------------------------------------------------------------
 
-    def add_sample(self, image_sha256: str, label_set: str, attack: dict[str, Any] | None = None) -> SampleInfo:
+    def add_sample(
+        self, image_sha256: str, label_set: str, attack: dict[str, Any] | None = None
+    ) -> SampleInfo:
         """Return the sample (image, attack, label set), creating it on first use.
 
         Args:
@@ -347,8 +365,13 @@ class CatalogMixin(StoreBase):
                         )
                     )
                     if sample_id is None:
-                        row = Sample(image_sha256=image_sha256, label_set_id=label_row.id, attack=attack,
-                                     attack_key=key, created_at=self.now())
+                        row = Sample(
+                            image_sha256=image_sha256,
+                            label_set_id=label_row.id,
+                            attack=attack,
+                            attack_key=key,
+                            created_at=self.now(),
+                        )
                         s.add(row)
                         s.flush()
                         sample_id = row.id
@@ -375,7 +398,14 @@ class CatalogMixin(StoreBase):
             raise NotFoundError(f"unknown sample {sample_id}")
         sample, image, label_set, is_gold = row
         return SampleInfo(
-            id=sample.id, image_sha256=image.sha256, image_path=self.data_dir / image.path, width=image.width,
-            height=image.height, attack=sample.attack, label_set=label_set.name, labels=tuple(label_set.labels),
-            prompt_template=label_set.prompt_template, is_gold=bool(is_gold),
+            id=sample.id,
+            image_sha256=image.sha256,
+            image_path=self.data_dir / image.path,
+            width=image.width,
+            height=image.height,
+            attack=sample.attack,
+            label_set=label_set.name,
+            labels=tuple(label_set.labels),
+            prompt_template=label_set.prompt_template,
+            is_gold=bool(is_gold),
         )

@@ -55,7 +55,7 @@ class DatabaseConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DatabaseConfig:
-        """The config that :class:`poclip.settings.Settings` describes (``DATABASE_URL``, ``POCLIP_SQLITE_JOURNAL``)."""
+        """The config :class:`poclip.settings.Settings` describes (DATABASE_URL, POCLIP_SQLITE_JOURNAL)."""
         return cls(url=settings.resolved_database_url, sqlite_journal_mode=settings.sqlite_journal_mode)
 
     @property
@@ -81,8 +81,9 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
     """
     if not config.is_sqlite:
         # pre_ping: a replica that sat idle must not hand a dead connection to the first request.
-        return create_engine(config.url, pool_size=config.pool_size, max_overflow=2 * config.pool_size,
-                             pool_pre_ping=True)
+        return create_engine(
+            config.url, pool_size=config.pool_size, max_overflow=2 * config.pool_size, pool_pre_ping=True
+        )
 
     journal = config.sqlite_journal_mode.upper()
     synchronous = config.sqlite_synchronous.upper()

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from annotation_db.errors import DuplicateJudgmentError, HubError, ValidationError
 from annotation_db.models import Annotator, Image, Judgment, JudgmentKind, LabelSet, Sample
-from annotation_db.validation import canonical_json, check_id
+from annotation_db.validation import canonical_json
 
 if TYPE_CHECKING:
     from annotation_db.repository import Repository
@@ -70,11 +70,7 @@ def export_dataset(repo: Repository, *, since_version: int | None = None) -> dat
         repo: the store.
         since_version: only judgments after that model version's watermark.
     """
-    floor = 0
-    if since_version is not None:
-        since_version = check_id(since_version, "model version id")
-        with repo.db.reading() as s:
-            floor = repo._version_floor(s, since_version)
+    floor = 0 if since_version is None else repo.version_watermark(since_version)
     with repo.db.reading() as s:
         rows = s.execute(
             select(Judgment, Annotator.pseudonym, Sample.attack, Image, LabelSet)
@@ -199,7 +195,13 @@ def _import_row(repo: Repository, row: dict[str, Any], handles: dict[str, str]) 
     attack = json.loads(row["attack"]) if row["attack"] else None
     sample = repo.add_sample(stored.sha256, row["label_set"], attack)
     repo.record_judgment(
-        sample.id, handles[pseudonym], row["chosen"], row["rejected"], kind=row["kind"],
-        shown_left=row["shown_left"], said_right=row["said_right"], created_at=row["created"],
+        sample.id,
+        handles[pseudonym],
+        row["chosen"],
+        row["rejected"],
+        kind=row["kind"],
+        shown_left=row["shown_left"],
+        said_right=row["said_right"],
+        created_at=row["created"],
         enforce_rate_limit=False,
     )

@@ -74,9 +74,16 @@ _INSERT = insert(Judgment).returning(Judgment.id)
 
 def _info(row: Judgment, annotator: str) -> JudgmentInfo:
     return JudgmentInfo(
-        row.id, row.sample_id, annotator, row.chosen, row.rejected, row.kind.value,
+        row.id,
+        row.sample_id,
+        annotator,
+        row.chosen,
+        row.rejected,
+        row.kind.value,
         None if row.shown_left is None else row.shown_left.value,
-        None if row.said_right is None else row.said_right.value, row.created_at, row.undone_at,
+        None if row.said_right is None else row.said_right.value,
+        row.created_at,
+        row.undone_at,
     )
 
 
@@ -168,16 +175,33 @@ class JudgmentsMixin(CatalogMixin):
 
                 judgment_id = conn.scalar(
                     _INSERT,
-                    {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
-                     "kind": kind_value, "shown_left": left, "said_right": verdict, "created_at": created},
+                    {
+                        "sample_id": sample_id,
+                        "annotator_id": annotator_id,
+                        "chosen": chosen,
+                        "rejected": rejected,
+                        "kind": kind_value,
+                        "shown_left": left,
+                        "said_right": verdict,
+                        "created_at": created,
+                    },
                 )
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.
             raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}") from exc
         assert judgment_id is not None
-        return JudgmentInfo(judgment_id, sample_id, annotator, chosen, rejected, kind_value.value,
-                            None if left is None else left.value, None if verdict is None else verdict.value,
-                            created, None)
+        return JudgmentInfo(
+            judgment_id,
+            sample_id,
+            annotator,
+            chosen,
+            rejected,
+            kind_value.value,
+            None if left is None else left.value,
+            None if verdict is None else verdict.value,
+            created,
+            None,
+        )
 
     def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
         """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
@@ -245,7 +269,9 @@ class JudgmentsMixin(CatalogMixin):
                 .where(Sample.id.not_in(mine))
             )
             if label_set is not None:
-                base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(LabelSet.name == label_set)
+                base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(
+                    LabelSet.name == label_set
+                )
             regular = base.where(Sample.id.not_in(gold_ids)).order_by(
                 case((n < k, 0), else_=1),
                 case((n < k, -n), else_=n),
@@ -267,4 +293,3 @@ class JudgmentsMixin(CatalogMixin):
             if not include_undone:
                 query = query.where(Judgment.undone_at.is_(None))
             return [_info(row, annotator) for row in s.scalars(query)]
-

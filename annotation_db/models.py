@@ -166,7 +166,9 @@ class Sample(Base):
 
     __tablename__ = "samples"
     __table_args__ = (
-        UniqueConstraint("image_sha256", "label_set_id", "attack_key", name="uq_samples_image_label_set_attack"),
+        UniqueConstraint(
+            "image_sha256", "label_set_id", "attack_key", name="uq_samples_image_label_set_attack"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -89,8 +89,10 @@ class PairsMixin(JudgmentsMixin):
             )
             .join(gold, gold.sample_id == Judgment.sample_id)
             .where(
-                gold.kind == JudgmentKind.GOLD, gold.undone_at.is_(None),
-                Judgment.kind == JudgmentKind.HUMAN, Judgment.undone_at.is_(None),
+                gold.kind == JudgmentKind.GOLD,
+                gold.undone_at.is_(None),
+                Judgment.kind == JudgmentKind.HUMAN,
+                Judgment.undone_at.is_(None),
             )
             .group_by(Judgment.annotator_id)
         ).all()
@@ -100,8 +102,12 @@ class PairsMixin(JudgmentsMixin):
             s.execute(
                 update(Annotator),
                 [
-                    {"id": aid, "gold_seen": seen, "gold_correct": int(correct or 0),
-                     "trust": (int(correct or 0) + prior_c) / (seen + prior_n)}
+                    {
+                        "id": aid,
+                        "gold_seen": seen,
+                        "gold_correct": int(correct or 0),
+                        "trust": (int(correct or 0) + prior_c) / (seen + prior_n),
+                    }
                     for aid, seen, correct in rows
                 ],
             )
@@ -126,10 +132,13 @@ class PairsMixin(JudgmentsMixin):
         with self.db.writing() as s:
             self._refresh_trust(s)
             watermark = s.scalar(select(func.max(Judgment.id)))
-            floor = 0 if since_version is None else self._version_floor(s, since_version)
+            floor = 0 if since_version is None else self._watermark_of(s, since_version)
             excluded = list(
-                s.scalars(select(Annotator.handle).where(Annotator.trust < self.config.min_trust).order_by(
-                    Annotator.handle))
+                s.scalars(
+                    select(Annotator.handle)
+                    .where(Annotator.trust < self.config.min_trust)
+                    .order_by(Annotator.handle)
+                )
             )
             if watermark is None:
                 return PairBatch([], None, 0, excluded)
@@ -137,7 +146,13 @@ class PairsMixin(JudgmentsMixin):
             pairs, skipped = self._aggregate(s, touched, watermark, label_set)
             return PairBatch(pairs, watermark, skipped, excluded)
 
-    def _version_floor(self, s: Session, version_id: int) -> int:
+    def version_watermark(self, version_id: int) -> int:
+        """The id of the last judgment that version ``version_id`` was trained on (0: none)."""
+        version_id = check_id(version_id, "model version id")
+        with self.db.reading() as s:
+            return self._watermark_of(s, version_id)
+
+    def _watermark_of(self, s: Session, version_id: int) -> int:
         version = s.get(ModelVersion, version_id)
         if version is None:
             raise NotFoundError(f"unknown model version {version_id}")
@@ -161,8 +176,15 @@ class PairsMixin(JudgmentsMixin):
             return [], 0
 
         info_query = (
-            select(Sample.id, Sample.attack, Image.sha256, Image.path, LabelSet.name, LabelSet.labels,
-                   LabelSet.prompt_template)
+            select(
+                Sample.id,
+                Sample.attack,
+                Image.sha256,
+                Image.path,
+                LabelSet.name,
+                LabelSet.labels,
+                LabelSet.prompt_template,
+            )
             .join(Image, Image.sha256 == Sample.image_sha256)
             .join(LabelSet, LabelSet.id == Sample.label_set_id)
             .where(Sample.id.in_(sample_ids))
@@ -176,11 +198,26 @@ class PairsMixin(JudgmentsMixin):
         for sample_id, attack, sha, path, set_name, labels, template in s.execute(info_query):
             decided = self._decide(votes.get(sample_id, []))
             if decided is None:
-                skipped += sample_id in votes
+                if sample_id in votes:
+                    skipped += 1
                 continue
             chosen, rejected, agreement, n_votes, is_gold = decided
-            pairs.append(TrainingPair(sample_id, sha, self.data_dir / path, attack, set_name, tuple(labels),
-                                      template, chosen, rejected, agreement, n_votes, is_gold))
+            pairs.append(
+                TrainingPair(
+                    sample_id,
+                    sha,
+                    self.data_dir / path,
+                    attack,
+                    set_name,
+                    tuple(labels),
+                    template,
+                    chosen,
+                    rejected,
+                    agreement,
+                    n_votes,
+                    is_gold,
+                )
+            )
         return pairs, skipped
 
     def _decide(self, votes: list[_Vote]) -> tuple[str, str, float, int, bool] | None:

@@ -38,8 +38,19 @@ class RunInfo:
 
     @classmethod
     def of(cls, row: TrainingRun) -> RunInfo:
-        return cls(row.id, row.status.value, row.worker, row.config, row.metrics, row.error, row.version_id,
-                   row.created_at, row.started_at, row.heartbeat_at, row.finished_at)
+        return cls(
+            row.id,
+            row.status.value,
+            row.worker,
+            row.config,
+            row.metrics,
+            row.error,
+            row.version_id,
+            row.created_at,
+            row.started_at,
+            row.heartbeat_at,
+            row.finished_at,
+        )
 
 
 class RunsMixin(StoreBase):
@@ -149,8 +160,9 @@ class RunsMixin(StoreBase):
         with self.db.writing() as s:
             done = s.execute(
                 update(TrainingRun)
-                .where(TrainingRun.id == run_id,
-                       TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+                .where(
+                    TrainingRun.id == run_id, TrainingRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
+                )
                 .values(status=RunStatus.FAILED, error=error, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -192,20 +204,29 @@ class RunsMixin(StoreBase):
             row = s.get(TrainingRun, run_id)
             if row is None:
                 raise NotFoundError(f"unknown training run {run_id}")
-            raise RunLostError(f"training run {run_id} is {row.status.value}, no longer running"
-                               + (f": {row.error}" if row.error else ""))
+            raise RunLostError(
+                f"training run {run_id} is {row.status.value}, no longer running"
+                + (f": {row.error}" if row.error else "")
+            )
 
     def _reap(self, s: Session, now: datetime) -> list[int]:
         cutoff = now - timedelta(seconds=self.config.stale_heartbeat_s)
-        stale = list(s.scalars(
-            select(TrainingRun.id).where(TrainingRun.status == RunStatus.RUNNING, TrainingRun.heartbeat_at < cutoff)
-        ))
+        stale = list(
+            s.scalars(
+                select(TrainingRun.id).where(
+                    TrainingRun.status == RunStatus.RUNNING, TrainingRun.heartbeat_at < cutoff
+                )
+            )
+        )
         if stale:
             s.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id.in_(stale), TrainingRun.status == RunStatus.RUNNING)
-                .values(status=RunStatus.FAILED, finished_at=now,
-                        error=f"no heartbeat for over {self.config.stale_heartbeat_s:g} s; marked failed")
+                .values(
+                    status=RunStatus.FAILED,
+                    finished_at=now,
+                    error=f"no heartbeat for over {self.config.stale_heartbeat_s:g} s; marked failed",
+                )
                 .execution_options(synchronize_session=False)
             )
         return stale

@@ -52,18 +52,23 @@ class StatsMixin(PairsMixin):
                     func.count(Judgment.undone_at),
                 )
             ).one()
-            gold_items = s.scalar(
-                select(func.count(func.distinct(Judgment.sample_id))).where(
-                    Judgment.kind == JudgmentKind.GOLD, Judgment.undone_at.is_(None)
+            gold_items = (
+                s.scalar(
+                    select(func.count(func.distinct(Judgment.sample_id))).where(
+                        Judgment.kind == JudgmentKind.GOLD, Judgment.undone_at.is_(None)
+                    )
                 )
-            ) or 0
+                or 0
+            )
             per_annotator = [
                 AnnotatorStats(handle, int(n or 0), int(u or 0), seen, correct, trust)
                 for handle, n, u, seen, correct, trust in s.execute(
                     select(
                         Annotator.handle,
                         # Outer join: an annotator without judgments has one all-NULL row, which must count 0.
-                        func.sum(case((and_(Judgment.id.is_not(None), Judgment.undone_at.is_(None)), 1), else_=0)),
+                        func.sum(
+                            case((and_(Judgment.id.is_not(None), Judgment.undone_at.is_(None)), 1), else_=0)
+                        ),
                         func.sum(case((Judgment.undone_at.is_not(None), 1), else_=0)),
                         Annotator.gold_seen,
                         Annotator.gold_correct,
@@ -88,7 +93,14 @@ class StatsMixin(PairsMixin):
                 units[sample_id].append(chosen)
             pairable = [values for values in units.values() if len(values) >= 2]
             return Stats(
-                images=images, samples=samples, gold_items=gold_items, judgments=int(active), undone=int(undone),
-                annotators=len(per_annotator), pairs=pairs, alpha=krippendorff_alpha_nominal(pairable),
-                alpha_units=len(pairable), per_annotator=per_annotator,
+                images=images,
+                samples=samples,
+                gold_items=gold_items,
+                judgments=int(active),
+                undone=int(undone),
+                annotators=len(per_annotator),
+                pairs=pairs,
+                alpha=krippendorff_alpha_nominal(pairable),
+                alpha_units=len(pairable),
+                per_annotator=per_annotator,
             )

@@ -59,11 +59,11 @@ class StoreBase:
         rng: random.Random | None = None,
     ) -> None:
         """Args:
-            db: engine and sessions (see :class:`annotation_db.engine.Database`).
-            data_dir: where ``images/`` lives; image paths in the DB are relative to it.
-            config: policies; defaults when None.
-            clock: returns the current aware UTC time (tests pass a controllable one).
-            rng: draws whether the next sample is a gold item.
+        db: engine and sessions (see :class:`annotation_db.engine.Database`).
+        data_dir: where ``images/`` lives; image paths in the DB are relative to it.
+        config: policies; defaults when None.
+        clock: returns the current aware UTC time (tests pass a controllable one).
+        rng: draws whether the next sample is a gold item.
         """
         self.db = db
         self.data_dir = Path(data_dir)

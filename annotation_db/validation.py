@@ -29,7 +29,7 @@ def _show(value: Any) -> str:
 
 
 def check_text(value: Any, field: str, max_len: int) -> str:
-    """A non-blank string of at most ``max_len`` characters, returned verbatim (no trimming, no normalising)."""
+    """A non-blank string of at most ``max_len`` characters, returned verbatim (not trimmed or normalised)."""
     if not isinstance(value, str):
         raise ValidationError(f"{field} must be text, got {type(value).__name__} {_show(value)}")
     if not value.strip():
@@ -48,7 +48,7 @@ def check_optional_text(value: Any, field: str, max_len: int) -> str | None:
 
 
 def free_text(value: Any, field: str) -> str:
-    """Free text (error messages, reasons): any length, stored as given except NUL, which PostgreSQL refuses."""
+    """Free text (errors, reasons): any length, kept as given except NUL, which PostgreSQL refuses."""
     if not isinstance(value, str):
         raise ValidationError(f"{field} must be text, got {type(value).__name__} {_show(value)}")
     return value.replace("\x00", "\ufffd")
@@ -94,7 +94,9 @@ def check_json_object(value: Any, field: str, max_bytes: int = MAX_JSON_BYTES) -
     try:
         encoded = canonical_json(value)
     except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{field} must be plain JSON (str, int, float, bool, None, list, dict): {exc}") from exc
+        raise ValidationError(
+            f"{field} must be plain JSON (str, int, float, bool, None, list, dict): {exc}"
+        ) from exc
     if "\\u0000" in encoded:
         raise ValidationError(f"{field} must not contain the NUL character")
     if len(encoded.encode()) > max_bytes:
@@ -115,7 +117,9 @@ def json_key(value: dict[str, Any] | None) -> str:
 def check_labels(labels: Any, max_len: int) -> list[str]:
     """An ordered list of 2..1000 distinct labels, each a short non-blank string."""
     if isinstance(labels, str) or not isinstance(labels, Sequence):
-        raise ValidationError(f"labels must be a list of strings, got {type(labels).__name__} {_show(labels)}")
+        raise ValidationError(
+            f"labels must be a list of strings, got {type(labels).__name__} {_show(labels)}"
+        )
     checked = [check_text(label, "label", max_len) for label in labels]
     if not 2 <= len(checked) <= MAX_LABELS:
         raise ValidationError(f"a label set needs 2 to {MAX_LABELS} labels, got {len(checked)}")

@@ -35,8 +35,18 @@ class VersionInfo:
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionInfo:
-        return cls(row.id, row.backbone, row.head_path, row.metrics, row.status.value, row.parent_id,
-                   row.judgment_watermark, row.reason, row.created_at, row.promoted_at)
+        return cls(
+            row.id,
+            row.backbone,
+            row.head_path,
+            row.metrics,
+            row.status.value,
+            row.parent_id,
+            row.judgment_watermark,
+            row.reason,
+            row.created_at,
+            row.promoted_at,
+        )
 
 
 _CONCURRENT = "another promotion or rollback happened at the same moment; reload and retry"
@@ -68,31 +78,39 @@ class VersionsMixin(StoreBase):
         metrics = check_json_object(metrics, "metrics")
         if parent_id is not None:
             parent_id = check_id(parent_id, "parent version id")
-        if judgment_watermark is not None and (
-            isinstance(judgment_watermark, bool) or not isinstance(judgment_watermark, int) or judgment_watermark < 0
-        ):
-            raise InvalidTransitionError(f"judgment watermark must be a judgment id, got {judgment_watermark!r}")
+        if judgment_watermark is not None:
+            judgment_watermark = check_id(judgment_watermark, "judgment watermark")
         with self.db.writing() as s:
             if parent_id is None:
-                parent_id = s.scalar(select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE))
+                parent_id = s.scalar(
+                    select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE)
+                )
             elif s.get(ModelVersion, parent_id) is None:
                 raise NotFoundError(f"unknown parent model version {parent_id}")
-            row = ModelVersion(backbone=backbone, head_path=head_path, metrics=metrics,
-                               status=VersionStatus.CANDIDATE, parent_id=parent_id,
-                               judgment_watermark=judgment_watermark, created_at=self.now())
+            row = ModelVersion(
+                backbone=backbone,
+                head_path=head_path,
+                metrics=metrics,
+                status=VersionStatus.CANDIDATE,
+                parent_id=parent_id,
+                judgment_watermark=judgment_watermark,
+                created_at=self.now(),
+            )
             s.add(row)
             s.flush()
             return VersionInfo.of(row)
 
     def reject_version(self, version_id: int, reason: str) -> VersionInfo:
-        """Mark a candidate rejected (e.g. it failed the promotion gate), with the reason shown to the maintainer."""
+        """Mark a candidate rejected (e.g. it failed the promotion gate), with the reason to show."""
         version_id = check_id(version_id, "model version id")
         reason = free_text(reason, "reason")
         with self.db.writing() as s:
             row = self._version(s, version_id)
             if row.status is not VersionStatus.CANDIDATE:
-                raise InvalidTransitionError(f"version {version_id} is {row.status.value}; only candidates can be "
-                                             "rejected (roll back an active version instead)")
+                raise InvalidTransitionError(
+                    f"version {version_id} is {row.status.value}; only candidates can be "
+                    "rejected (roll back an active version instead)"
+                )
             row.status, row.reason = VersionStatus.REJECTED, reason
             return VersionInfo.of(row)
 
@@ -108,8 +126,9 @@ class VersionsMixin(StoreBase):
                 if row.status is VersionStatus.ACTIVE:
                     return VersionInfo.of(row)
                 if row.status is VersionStatus.REJECTED:
-                    raise InvalidTransitionError(f"version {version_id} was rejected ({row.reason}); "
-                                                 "it cannot be promoted")
+                    raise InvalidTransitionError(
+                        f"version {version_id} was rejected ({row.reason}); it cannot be promoted"
+                    )
                 self._activate(s, row, reason=None)
                 return VersionInfo.of(row)
         except IntegrityError as exc:
@@ -118,7 +137,7 @@ class VersionsMixin(StoreBase):
     def rollback_version(self, to_version_id: int | None = None, reason: str = "rolled back") -> VersionInfo:
         """Re-activate an earlier version: ``to_version_id``, or the active version's parent.
 
-        The version that was active becomes ``archived`` with ``reason`` recorded, so it can be promoted again.
+        The version that was active becomes ``archived`` with ``reason`` recorded; it can be promoted again.
 
         Returns:
             The version that is now active.

@@ -61,8 +61,16 @@ def _setup(repo: Repository, n_samples: int) -> list[int]:
     now = datetime.now(UTC)
     # Samples in one bulk insert: setup, not what is measured.
     with repo.db.writing() as s:
-        rows = [{"image_sha256": sha, "label_set_id": label_set_id, "attack": {"text": f"w{i}"},
-                 "attack_key": json_key({"text": f"w{i}"}), "created_at": now} for i in range(n_samples)]
+        rows = [
+            {
+                "image_sha256": sha,
+                "label_set_id": label_set_id,
+                "attack": {"text": f"w{i}"},
+                "attack_key": json_key({"text": f"w{i}"}),
+                "created_at": now,
+            }
+            for i in range(n_samples)
+        ]
         s.execute(insert(Sample), rows)
         return list(s.scalars(select(Sample.id).order_by(Sample.id)))
 
@@ -123,10 +131,12 @@ def bench_url(url: str, data_dir: Path, single: int, writers: int, per_writer: i
         result = {
             "database": engine.dialect.name,
             "settings": {"journal_mode": config.sqlite_journal_mode, "synchronous": config.sqlite_synchronous}
-            if config.is_sqlite else {"synchronous_commit": "on (server default)"},
+            if config.is_sqlite
+            else {"synchronous_commit": "on (server default)"},
             "one_writer": _phase(repo, samples, 1, single, "single"),
-            "eight_writers" if writers == 8 else f"{writers}_writers": _phase(repo, samples, writers, per_writer,
-                                                                             "multi"),
+            "eight_writers" if writers == 8 else f"{writers}_writers": _phase(
+                repo, samples, writers, per_writer, "multi"
+            ),
         }
         return result
     finally:
@@ -140,10 +150,19 @@ def bench_postgres(url: str, data_dir: Path, single: int, writers: int, per_writ
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # unreachable server, bad credentials, no CREATEDB right
-        return {"skipped": f"PostgreSQL not reachable at {make_url(url).render_as_string()}: {exc}".splitlines()[0]}
+        return {
+            "skipped": f"PostgreSQL not reachable at {make_url(url).render_as_string()}: {exc}".splitlines()[
+                0
+            ]
+        }
     try:
-        return bench_url(make_url(url).set(database=name).render_as_string(hide_password=False), data_dir,
-                         single, writers, per_writer)
+        return bench_url(
+            make_url(url).set(database=name).render_as_string(hide_password=False),
+            data_dir,
+            single,
+            writers,
+            per_writer,
+        )
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -156,27 +175,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judgments", type=int, default=2000, help="judgments of the single writer")
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--per-writer", type=int, default=500, help="judgments of each concurrent writer")
-    parser.add_argument("--postgres-url", default=os.environ.get("POCLIP_TEST_POSTGRES_URL", ""),
-                        help="PostgreSQL server to benchmark too (default: $POCLIP_TEST_POSTGRES_URL)")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("POCLIP_TEST_POSTGRES_URL", ""),
+        help="PostgreSQL server to benchmark too (default: $POCLIP_TEST_POSTGRES_URL)",
+    )
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="poclip-bench-") as tmp:
-        results["sqlite"] = bench_url(f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp) / "data",
-                                      args.judgments, args.writers, args.per_writer)
+        results["sqlite"] = bench_url(
+            f"sqlite:///{Path(tmp) / 'bench.db'}",
+            Path(tmp) / "data",
+            args.judgments,
+            args.writers,
+            args.per_writer,
+        )
         if args.postgres_url:
-            results["postgresql"] = bench_postgres(args.postgres_url, Path(tmp) / "pgdata", args.judgments,
-                                                   args.writers, args.per_writer)
+            results["postgresql"] = bench_postgres(
+                args.postgres_url, Path(tmp) / "pgdata", args.judgments, args.writers, args.per_writer
+            )
         else:
             results["postgresql"] = {"skipped": "no --postgres-url and POCLIP_TEST_POSTGRES_URL is not set"}
 
     sqlite = results["sqlite"]
     multi = next(v for k, v in sqlite.items() if k.endswith("writers"))
-    lost = sum(r.get("rows_lost", 0) + r.get("errors", 0) for db in results.values() if "skipped" not in db
-               for r in db.values() if isinstance(r, dict) and "rows_lost" in r)
+    lost = sum(
+        r.get("rows_lost", 0) + r.get("errors", 0)
+        for db in results.values()
+        if "skipped" not in db
+        for r in db.values()
+        if isinstance(r, dict) and "rows_lost" in r
+    )
     results["bars"] = {
-        "sqlite_1_writer_per_s": {"bar": BARS["sqlite_1_writer_per_s"],
-                                  "got": sqlite["one_writer"]["judgments_per_s"]},
+        "sqlite_1_writer_per_s": {
+            "bar": BARS["sqlite_1_writer_per_s"],
+            "got": sqlite["one_writer"]["judgments_per_s"],
+        },
         "sqlite_8_writers_p99_ms": {"bar": BARS["sqlite_8_writers_p99_ms"], "got": multi["p99_ms"]},
         "lost_or_failed": {"bar": BARS["lost"], "got": lost},
     }
@@ -197,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for phase, r in result.items():
                 if isinstance(r, dict) and "judgments_per_s" in r:
-                    print(f"{db:10s} {phase:13s} {r['judgments_per_s']:9.1f} judgments/s  p50 {r['p50_ms']:7.2f} ms"
-                          f"  p99 {r['p99_ms']:7.2f} ms  lost {r['rows_lost']}  errors {r['errors']}")
+                    print(
+                        f"{db:10s} {phase:13s} {r['judgments_per_s']:9.1f} judgments/s"
+                        f"  p50 {r['p50_ms']:7.2f} ms"
+                        f"  p99 {r['p99_ms']:7.2f} ms  lost {r['rows_lost']}  errors {r['errors']}"
+                    )
         print("bars:", "PASS" if results["bars"]["pass"] else "FAIL", json.dumps(results["bars"]))
     return 0 if results["bars"]["pass"] else 1
 

@@ -22,7 +22,7 @@ _PG_MIGRATION_LOCK = 0x706F636C6970
 
 
 def alembic_config(url: str | None = None) -> Config:
-    """An Alembic config pointing at these migrations (``url`` for the command line; code passes a connection)."""
+    """An Alembic config for these migrations (``url`` for the command line; code passes a connection)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
     if url is not None:

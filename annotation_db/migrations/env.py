@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by :func:`annotation_db.migrations.upgrade_schema`."""
+"""Alembic environment: runs on the connection that :func:`annotation_db.migrations.upgrade_schema` passes."""
 
 from __future__ import annotations
 

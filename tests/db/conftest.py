@@ -22,13 +22,20 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from annotation_db import Database, DatabaseConfig, Repository, RepositoryConfig, create_db_engine, upgrade_schema
+from annotation_db import (
+    Database,
+    DatabaseConfig,
+    Repository,
+    RepositoryConfig,
+    create_db_engine,
+    upgrade_schema,
+)
 from annotation_db.models import Base
 
 PG_ENV = "POCLIP_TEST_POSTGRES_URL"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get(PG_ENV, "")
-PG_MISSING = f"{PG_ENV} is not set: start a server with  eval \"$(bash .ci/start_postgres.sh)\""
+PG_MISSING = f'{PG_ENV} is not set: start a server with  eval "$(bash .ci/start_postgres.sh)"'
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -163,7 +170,9 @@ def make_repo(db_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[Calla
     """Build repositories on the test's database (several may share it, like several processes)."""
     made: list[Repository] = []
 
-    def make(config: RepositoryConfig | None = None, *, real_clock: bool = False, **kwargs: object) -> Repository:
+    def make(
+        config: RepositoryConfig | None = None, *, real_clock: bool = False, **kwargs: object
+    ) -> Repository:
         engine = create_db_engine(DatabaseConfig(db_url))
         extra = {} if real_clock else {"clock": clock}
         repo = Repository(Database(engine), tmp_path / "data", config, **extra, **kwargs)  # type: ignore[arg-type]
@@ -200,7 +209,9 @@ class World:
     annotators: list[str]
 
 
-def build_world(repo: Repository, n_samples: int = 6, n_annotators: int = 8, label_set: str = "animals") -> World:
+def build_world(
+    repo: Repository, n_samples: int = 6, n_annotators: int = 8, label_set: str = "animals"
+) -> World:
     repo.ensure_label_set(label_set, LABELS)
     samples = []
     for i in range(n_samples):

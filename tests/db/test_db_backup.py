@@ -71,7 +71,9 @@ def test_snapshots_of_a_live_database_are_consistent(settings, png):
 def test_keep_only_the_newest_snapshots(tmp_path):
     db = tmp_path / "x.db"
     sqlite3.connect(db).close()
-    made = [snapshot_sqlite(db, tmp_path / "b", keep=2, now=datetime(2025, 1, d, tzinfo=UTC)) for d in (1, 2, 3)]
+    made = [
+        snapshot_sqlite(db, tmp_path / "b", keep=2, now=datetime(2025, 1, d, tzinfo=UTC)) for d in (1, 2, 3)
+    ]
     assert list_snapshots(tmp_path / "b") == made[1:]
     assert made[2].name == "poclip-20250103T000000.000000Z.db"
 

@@ -41,7 +41,9 @@ def test_8_threads_x_500_judgments_give_exactly_4000_rows(make_repo, png):
     assert errors == []
     with repo.db.reading() as s:
         assert s.scalar(select(func.count()).select_from(Judgment)) == THREADS * PER_THREAD
-        per_annotator = s.execute(select(Judgment.annotator_id, func.count()).group_by(Judgment.annotator_id)).all()
+        per_annotator = s.execute(
+            select(Judgment.annotator_id, func.count()).group_by(Judgment.annotator_id)
+        ).all()
     assert sorted(n for _, n in per_annotator) == [PER_THREAD] * THREADS
 
 
@@ -76,6 +78,7 @@ def test_sqlite_writers_are_served_in_arrival_order():
     lock.__enter__()
     threads = []
     for i in range(5):
+
         def take(i: int = i) -> None:
             with lock:
                 order.append(i)

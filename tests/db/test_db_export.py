@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
+import datasets
 import pytest
 
 from annotation_db import Database, DatabaseConfig, HubError, Repository, ValidationError, create_db_engine
@@ -36,7 +38,7 @@ def rows_of(dataset):
     def key(row):
         return (row["image_sha256"], row["annotator_hash"])
 
-    return sorted(dataset.cast_column("image", FEATURES["image"].__class__(decode=False)), key=key)
+    return sorted(dataset.cast_column("image", datasets.Image(decode=False)), key=key)
 
 
 def test_export_columns_and_values(judged, clock):
@@ -51,8 +53,8 @@ def test_export_columns_and_values(judged, clock):
     assert first["prompt"] == "a photo of a {}." and first["labels"] == ["cat", "dog", "bird", "fish"]
     assert first["annotator_hash"] in handles and "annotator" not in first["annotator_hash"]
     assert first["agreement"] == pytest.approx(2 / 3)
-    assert first["created"] == clock() - __import__("datetime").timedelta(seconds=1)
-    raw = ds.cast_column("image", FEATURES["image"].__class__(decode=False))
+    assert first["created"] == clock() - timedelta(seconds=1)
+    raw = ds.cast_column("image", datasets.Image(decode=False))
     for row in raw:
         assert hashlib.sha256(row["image"]["bytes"]).hexdigest() == row["image_sha256"]
     attacked = [row for row in ds if row["attack"]]
@@ -93,8 +95,6 @@ def test_import_reports_bad_rows_and_keeps_the_good_ones(judged, new_database, t
 
 
 def test_import_refuses_a_foreign_dataset(repo, tmp_path):
-    import datasets
-
     with pytest.raises(ValidationError, match="missing columns"):
         import_dataset(repo, datasets.Dataset.from_dict({"text": ["hi"]}))
     with pytest.raises(ValidationError, match="neither a saved dataset folder nor a .parquet file"):

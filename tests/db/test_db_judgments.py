@@ -22,8 +22,9 @@ def count_judgments(repo: Repository) -> int:
 
 
 def test_record_judgment_stores_one_row_with_everything(repo, world, clock):
-    stored = repo.record_judgment(world.samples[0], "annotator-a", "cat", "dog",
-                                  shown_left="aligned", said_right="left")
+    stored = repo.record_judgment(
+        world.samples[0], "annotator-a", "cat", "dog", shown_left="aligned", said_right="left"
+    )
     assert count_judgments(repo) == 1
     [row] = repo.judgments_of("annotator-a")
     assert row == stored
@@ -122,13 +123,18 @@ def test_undo_last_within_window_then_redo(repo, world, clock):
     undone = repo.undo_last_judgment("annotator-a")
     assert undone is not None and undone.id == second.id and undone.undone_at == clock()
     assert [j.id for j in repo.judgments_of("annotator-a")] == [first.id]
-    assert [j.undone_at is not None for j in repo.judgments_of("annotator-a", include_undone=True)] == [False, True]
+    assert [j.undone_at is not None for j in repo.judgments_of("annotator-a", include_undone=True)] == [
+        False,
+        True,
+    ]
 
     # Redo the same sample: allowed, and it gets a fresh id (so "pairs since a version" sees it).
     redo = repo.record_judgment(world.samples[1], "annotator-a", "fish", "dog")
     assert redo.id > second.id
     assert [(j.sample_id, j.chosen) for j in repo.judgments_of("annotator-a")] == [
-        (world.samples[0], "cat"), (world.samples[1], "fish")]
+        (world.samples[0], "cat"),
+        (world.samples[1], "fish"),
+    ]
 
     # Past the window nothing is undone.
     clock.advance(repo.config.undo_window_s + 1)

@@ -50,26 +50,44 @@ def schema_snapshot(engine: Engine) -> dict[str, Any]:
     for table in sorted(set(insp.get_table_names()) - {"alembic_version"}):
         snap[table] = {
             "columns": [
-                (c["name"], c["type"].compile(dialect=dialect), c["nullable"]) for c in insp.get_columns(table)
+                (c["name"], c["type"].compile(dialect=dialect), c["nullable"])
+                for c in insp.get_columns(table)
             ],
             "pk": insp.get_pk_constraint(table)["constrained_columns"],
             "fks": sorted(
-                (fk["name"], tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
+                (
+                    fk["name"],
+                    tuple(fk["constrained_columns"]),
+                    fk["referred_table"],
+                    tuple(fk["referred_columns"]),
+                )
                 for fk in insp.get_foreign_keys(table)
             ),
             "indexes": sorted(
-                (ix["name"], tuple(ix["column_names"]), bool(ix["unique"]),
-                 repr(sorted((k, str(v)) for k, v in ix.get("dialect_options", {}).items())))
+                (
+                    ix["name"],
+                    tuple(ix["column_names"]),
+                    bool(ix["unique"]),
+                    repr(sorted((k, str(v)) for k, v in ix.get("dialect_options", {}).items())),
+                )
                 for ix in insp.get_indexes(table)
             ),
-            "uniques": sorted((u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)),
-            "checks": sorted((c["name"], re.sub(r"\s+", " ", c["sqltext"])) for c in insp.get_check_constraints(table)),
+            "uniques": sorted(
+                (u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)
+            ),
+            "checks": sorted(
+                (c["name"], re.sub(r"\s+", " ", c["sqltext"])) for c in insp.get_check_constraints(table)
+            ),
         }
     if dialect.name == "sqlite":
         # The CREATE statements themselves (catches e.g. AUTOINCREMENT, which the inspector does not show).
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE name != 'alembic_version' "
-                                     "AND sql IS NOT NULL ORDER BY name")).all()
+            rows = conn.execute(
+                text(
+                    "SELECT name, sql FROM sqlite_master WHERE name != 'alembic_version' "
+                    "AND sql IS NOT NULL ORDER BY name"
+                )
+            ).all()
         snap["__sql__"] = [(name, normalise_create(sql)) for name, sql in rows]
     return snap
 
@@ -82,7 +100,9 @@ def test_upgrading_an_empty_database_yields_exactly_the_orm_schema(empty_db_url)
         assert current_revision(engine) == HEAD
 
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
         assert diff == []
 
         migrated = schema_snapshot(engine)

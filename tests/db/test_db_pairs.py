@@ -14,7 +14,11 @@ def vote(repo, sample_id, votes):
 
 def test_majority_per_sample_with_agreement_and_what_the_trainer_needs(repo, world):
     s1, s2, s3 = world.samples[:3]
-    vote(repo, s1, [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "dog"), ("annotator-c", "dog", "cat")])
+    vote(
+        repo,
+        s1,
+        [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "dog"), ("annotator-c", "dog", "cat")],
+    )
     vote(repo, s2, [("annotator-a", "bird", "fish")])
     vote(repo, s3, [("annotator-a", "cat", "dog"), ("annotator-b", "dog", "cat")])  # tie: no pair
 
@@ -31,13 +35,21 @@ def test_majority_per_sample_with_agreement_and_what_the_trainer_needs(repo, wor
     p2 = by_sample[s2]
     assert p2.image_path == sample.image_path and p2.image_path.is_file()
     assert (p2.image_sha256, p2.attack, p2.labels, p2.prompt_template) == (
-        sample.image_sha256, sample.attack, ("cat", "dog", "bird", "fish"), "a photo of a {}.")
+        sample.image_sha256,
+        sample.attack,
+        ("cat", "dog", "bird", "fish"),
+        "a photo of a {}.",
+    )
     assert batch.watermark == max(j.id for h in world.annotators for j in repo.judgments_of(h))
 
 
 def test_rejected_is_the_most_common_among_the_majority(repo, world):
     s = world.samples[0]
-    vote(repo, s, [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "bird"), ("annotator-c", "cat", "bird")])
+    vote(
+        repo,
+        s,
+        [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "bird"), ("annotator-c", "cat", "bird")],
+    )
     [pair] = repo.training_pairs().pairs
     assert (pair.chosen, pair.rejected, pair.agreement) == ("cat", "bird", 1.0)
 
@@ -65,8 +77,11 @@ def test_gold_accuracy_sets_trust_and_low_trust_votes_are_excluded(make_repo, wo
         repo.record_judgment(sample_id, "annotator-c", "cat", "dog")  # 2/3 right
     repo.record_judgment(gold[2], "annotator-c", "fish", "cat")
     # On the regular item the spammer b outvotes nobody once excluded: a's view stands.
-    vote(repo, regular, [("annotator-a", "bird", "fish"), ("annotator-b", "fish", "bird"),
-                         ("annotator-d", "fish", "bird")])
+    vote(
+        repo,
+        regular,
+        [("annotator-a", "bird", "fish"), ("annotator-b", "fish", "bird"), ("annotator-d", "fish", "bird")],
+    )
 
     trust = repo.refresh_trust()
     assert trust["annotator-a"] == pytest.approx((4 + 2) / (4 + 2))
@@ -92,8 +107,9 @@ def test_pairs_since_a_model_version(repo, world, clock):
     vote(repo, s1, [("annotator-a", "cat", "dog")])
     vote(repo, s2, [("annotator-a", "dog", "cat")])
     first = repo.training_pairs()
-    version = repo.register_version("bundled", "heads/v1.safetensors", {"acc": 0.5},
-                                    judgment_watermark=first.watermark)
+    version = repo.register_version(
+        "bundled", "heads/v1.safetensors", {"acc": 0.5}, judgment_watermark=first.watermark
+    )
     assert repo.training_pairs(since_version=version.id).pairs == []
 
     clock.advance(5)
@@ -113,7 +129,11 @@ def test_synthetic_judgments_are_pairs_too(repo, world):
     repo.ensure_annotator("synthetic")
     repo.record_judgment(world.samples[1], "synthetic", "cat", "bird", kind="synthetic")
     [pair] = repo.training_pairs().pairs
-    assert (pair.chosen, pair.rejected, pair.attack) == ("cat", "bird", repo.get_sample(world.samples[1]).attack)
+    assert (pair.chosen, pair.rejected, pair.attack) == (
+        "cat",
+        "bird",
+        repo.get_sample(world.samples[1]).attack,
+    )
 
 
 def test_empty_store_gives_no_pairs(repo):

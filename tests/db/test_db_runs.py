@@ -26,7 +26,11 @@ def test_run_lifecycle(repo, clock):
     version = repo.register_version("bundled", "heads/v1.safetensors", {"acc": 0.9})
     done = repo.finish_run(run.id, metrics={"loss": 0.1}, version_id=version.id)
     assert (done.status, done.version_id, done.metrics, done.finished_at) == (
-        "succeeded", version.id, {"loss": 0.1}, clock())
+        "succeeded",
+        version.id,
+        {"loss": 0.1},
+        clock(),
+    )
     with pytest.raises(RunLostError, match="succeeded"):
         repo.heartbeat(run.id)
     with pytest.raises(InvalidTransitionError, match="already succeeded"):

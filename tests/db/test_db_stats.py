@@ -57,10 +57,20 @@ def test_stats_counts_per_annotator_and_agreement(repo, world, clock):
     assert stats.alpha_units == 3
     assert stats.alpha == pytest.approx(4 / 9)  # same structure as the hand-computed example
     per = {a.handle: a for a in stats.per_annotator}
-    assert (per["annotator-a"].judgments, per["annotator-c"].judgments, per["annotator-c"].undone) == (3, 0, 1)
+    assert (per["annotator-a"].judgments, per["annotator-c"].judgments, per["annotator-c"].undone) == (
+        3,
+        0,
+        1,
+    )
     assert per["annotator-h"].judgments == 0 and per["annotator-h"].trust == 1.0
 
 
 def test_stats_on_an_empty_store(repo):
     stats = repo.stats()
-    assert (stats.images, stats.judgments, stats.pairs, stats.alpha, stats.per_annotator) == (0, 0, 0, None, [])
+    assert (stats.images, stats.judgments, stats.pairs, stats.alpha, stats.per_annotator) == (
+        0,
+        0,
+        0,
+        None,
+        [],
+    )

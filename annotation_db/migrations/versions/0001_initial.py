@@ -55,7 +55,9 @@ def upgrade() -> None:
         sa.Column("backbone", sa.String(length=200), nullable=False),
         sa.Column("head_path", sa.String(length=500), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
-        sa.Column("status", _enum("version_status", "candidate", "active", "rejected", "archived"), nullable=False),
+        sa.Column(
+            "status", _enum("version_status", "candidate", "active", "rejected", "archived"), nullable=False
+        ),
         sa.Column("parent_id", sa.Integer(), nullable=True),
         sa.Column("judgment_watermark", sa.Integer(), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
@@ -67,8 +69,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_versions")),
     )
     op.create_index(
-        "uq_model_versions_one_active", "model_versions", ["status"], unique=True,
-        sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'"),
+        "uq_model_versions_one_active",
+        "model_versions",
+        ["status"],
+        unique=True,
+        sqlite_where=sa.text("status = 'active'"),
+        postgresql_where=sa.text("status = 'active'"),
     )
     op.create_table(
         "images",
@@ -80,7 +86,9 @@ def upgrade() -> None:
         sa.Column("source", _enum("image_source", "upload", "synthetic", "example"), nullable=False),
         sa.Column("uploader_id", sa.Integer(), nullable=True),
         sa.Column("created_at", **_utc(False)),
-        sa.ForeignKeyConstraint(["uploader_id"], ["annotators.id"], name=op.f("fk_images_uploader_id_annotators")),
+        sa.ForeignKeyConstraint(
+            ["uploader_id"], ["annotators.id"], name=op.f("fk_images_uploader_id_annotators")
+        ),
         sa.PrimaryKeyConstraint("sha256", name=op.f("pk_images")),
     )
     op.create_index(op.f("ix_images_uploader_id"), "images", ["uploader_id"], unique=False)
@@ -102,10 +110,16 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_runs")),
     )
-    op.create_index("ix_training_runs_status_created", "training_runs", ["status", "created_at"], unique=False)
     op.create_index(
-        "uq_training_runs_one_running", "training_runs", ["status"], unique=True,
-        sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'"),
+        "ix_training_runs_status_created", "training_runs", ["status", "created_at"], unique=False
+    )
+    op.create_index(
+        "uq_training_runs_one_running",
+        "training_runs",
+        ["status"],
+        unique=True,
+        sqlite_where=sa.text("status = 'running'"),
+        postgresql_where=sa.text("status = 'running'"),
     )
     op.create_table(
         "samples",
@@ -115,7 +129,9 @@ def upgrade() -> None:
         sa.Column("attack", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("attack_key", sa.String(length=64), nullable=False),
         sa.Column("created_at", **_utc(False)),
-        sa.ForeignKeyConstraint(["image_sha256"], ["images.sha256"], name=op.f("fk_samples_image_sha256_images")),
+        sa.ForeignKeyConstraint(
+            ["image_sha256"], ["images.sha256"], name=op.f("fk_samples_image_sha256_images")
+        ),
         sa.ForeignKeyConstraint(
             ["label_set_id"], ["label_sets.id"], name=op.f("fk_samples_label_set_id_label_sets")
         ),
@@ -146,11 +162,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("sample_id", "annotator_id", name="uq_judgments_sample_annotator"),
         sqlite_autoincrement=True,
     )
-    op.create_index("ix_judgments_annotator_created", "judgments", ["annotator_id", "created_at"], unique=False)
+    op.create_index(
+        "ix_judgments_annotator_created", "judgments", ["annotator_id", "created_at"], unique=False
+    )
     op.create_index("ix_judgments_kind_sample", "judgments", ["kind", "sample_id"], unique=False)
 
 
 def downgrade() -> None:
     # Dropping a table drops its indexes with it, on SQLite and PostgreSQL alike.
-    for table in ("judgments", "samples", "training_runs", "images", "model_versions", "label_sets", "annotators"):
+    for table in (
+        "judgments",
+        "samples",
+        "training_runs",
+        "images",
+        "model_versions",
+        "label_sets",
+        "annotators",
+    ):
         op.drop_table(table)
