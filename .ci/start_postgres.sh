@@ -38,6 +38,15 @@ if ! "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT"; then
     as_pg "$BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
       -E UTF8 --locale=C.UTF-8 >&2
   fi
+  # A machine restart leaves postmaster.pid behind; if its PID now belongs to another program, PostgreSQL
+  # would refuse to start, so drop the file when no postgres process owns it.
+  if [ -f "$PGDATA_DIR/postmaster.pid" ]; then
+    old_pid="$(head -n 1 "$PGDATA_DIR/postmaster.pid")"
+    if [ "$(cat "/proc/$old_pid/comm" 2>/dev/null)" != postgres ]; then
+      log "removing stale postmaster.pid (pid $old_pid)"
+      rm -f "$PGDATA_DIR/postmaster.pid"
+    fi
+  fi
   log "starting on 127.0.0.1:$PGPORT"
   # The socket lives in the data dir so that no system directory needs to be writable.
   as_pg "$BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 \

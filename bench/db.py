@@ -120,8 +120,10 @@ def _phase(repo: Repository, samples: list[int], writers: int, per_writer: int, 
     }
 
 
-def bench_url(url: str, data_dir: Path, single: int, writers: int, per_writer: int) -> dict[str, Any]:
-    config = DatabaseConfig(url)
+def bench_url(
+    url: str, data_dir: Path, single: int, writers: int, per_writer: int, **sqlite: str
+) -> dict[str, Any]:
+    config = DatabaseConfig(url, **sqlite)
     engine = create_db_engine(config)
     upgrade_schema(engine)
     repo = Repository(Database(engine), data_dir, RepositoryConfig(rate_limit_count=10**9))
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("POCLIP_TEST_POSTGRES_URL", ""),
         help="PostgreSQL server to benchmark too (default: $POCLIP_TEST_POSTGRES_URL)",
     )
+    parser.add_argument("--sqlite-journal", default="WAL", help="journal mode (DELETE: as on a network FS)")
+    parser.add_argument("--sqlite-synchronous", default="NORMAL", help="NORMAL (default) or FULL")
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {}
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             args.judgments,
             args.writers,
             args.per_writer,
+            sqlite_journal_mode=args.sqlite_journal.upper(),
+            sqlite_synchronous=args.sqlite_synchronous.upper(),
         )
         if args.postgres_url:
             results["postgresql"] = bench_postgres(
