@@ -1,4 +1,7 @@
-"""Command line: ``python -m poclip {pretrain,eval,examples} ...``. Each command prints one JSON object."""
+"""Command line: ``python -m poclip {pretrain,eval,train,sweep-t,disentangle,examples} ...``.
+
+Each command prints one JSON object on stdout; progress goes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +20,135 @@ def _pretrain(args: argparse.Namespace) -> dict:
     return pretrain(cfg)
 
 
-def _eval(args: argparse.Namespace) -> dict:
-    from poclip.evaluate import evaluate_synth
+def _encoder_and_head(model: str | None, head: str | None):
+    """Load the backbone (by default the one the head was trained on) and the head, if any."""
     from poclip.models import load_model
+    from poclip.policy import load_head, read_head_metadata
+
+    if head is None:
+        return load_model(model or "bundled"), None
+    meta = read_head_metadata(head)
+    encoder = load_model(model or meta["backbone"].removeprefix("auto -> "))
+    return encoder, load_head(head, encoder)
+
+
+def _cache(args: argparse.Namespace, encoder):
+    from poclip.embed_cache import EmbeddingCache
+
+    return EmbeddingCache(encoder, args.cache_dir) if getattr(args, "cache_dir", None) else None
+
+
+def _load_dataset(data: str, split: str):
+    """``imagefolder:DIR``, ``disk:DIR`` (``save_to_disk``) or ``hf:NAME`` as a ``datasets.Dataset``."""
+    import datasets
+
+    kind, _, where = data.partition(":")
+    if kind == "disk":
+        loaded = datasets.load_from_disk(where)
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if kind == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=where, split=split)
+    if kind == "hf":
+        return datasets.load_dataset(where, split=split)
+    raise SystemExit(f"--data {data!r}: use synth, imagefolder:DIR, disk:DIR or hf:NAME")
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from poclip.evaluate import embed_dataset_eval, embed_synth_eval, evaluate_policy, evaluate_synth
+
+    encoder, policy = _encoder_and_head(args.model, args.head)
+    if args.data == "synth" and policy is None and args.t is None:
+        result = evaluate_synth(encoder, n=args.n, seed=args.seed, attack=args.attack, batch_size=args.batch_size)
+        result["model"] = encoder.spec
+        return result
+    if args.attack != "random":
+        raise SystemExit("--head, --t and dataset evaluation report clean and attacked accuracy: use --attack random")
+    keep = policy is not None and policy.trains_on_pixels
+    if args.data == "synth":
+        data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), keep_images=keep)
+    else:
+        dataset = _load_dataset(args.data, args.split)
+        data = embed_dataset_eval(encoder, dataset, args.label_column, args.image_column, args.n, args.seed,
+                                  args.template, _cache(args, encoder), keep_images=keep)
+    t = 1.0 if args.t is None else args.t
+    result = evaluate_policy(policy, data, t, encoder=encoder)
+    result.update(data=args.data, seed=args.seed, attack="random", model=encoder.spec, head=args.head)
+    if policy is not None:
+        base = evaluate_policy(None, data, encoder=encoder)
+        result["base"] = {k: base[k] for k in ("clean_accuracy", "typographic_accuracy", "attack_success_rate")}
+    return result
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from poclip.evaluate import embed_synth_eval, evaluate_policy
+    from poclip.models import load_model
+    from poclip.train import TrainConfig, synth_clean, synth_preferences, train
 
     if args.data != "synth":
-        raise SystemExit(f"--data {args.data!r}: only 'synth' is supported by this command")
+        raise SystemExit(f"--data {args.data!r}: the command line trains on 'synth' pairs; the app trains on "
+                         "the pairs people label")
     encoder = load_model(args.model)
-    result = evaluate_synth(encoder, n=args.n, seed=args.seed, attack=args.attack, batch_size=args.batch_size)
+    # Options left unset keep TrainConfig's defaults, so the recipe is defined in one place.
+    chosen = {k: getattr(args, k) for k in ("beta", "ortho", "optimizer", "lr", "epochs", "batch_size", "patience")
+              if getattr(args, k) is not None}
+    cfg = TrainConfig(head=args.head, loss=args.loss, reg_lambda=args.reg_lambda, average=args.average,
+                      seed=args.seed, show_progress=not args.no_progress, **chosen)
+    prefs = synth_preferences(args.pairs, args.seed)
+    clean = synth_clean(args.pairs if args.clean is None else args.clean, args.seed)
+    cache = _cache(args, encoder)
+    result = train(encoder, prefs, clean, cfg, out=args.out, cache=cache)
+    report = {
+        "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "beta": cfg.resolved_beta,
+        "lambda": cfg.reg_lambda, "ortho": cfg.ortho, "pairs": len(prefs), "clean": len(clean),
+        "out": str(result.path) if result.path else None, "steps": result.steps,
+        "embed_seconds": result.embed_seconds, "train_seconds": result.train_seconds,
+        "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
+    }
+    if args.eval_n:
+        data = embed_synth_eval(encoder, args.eval_n, args.eval_seed, cache, keep_images=result.policy.trains_on_pixels)
+        aligned = evaluate_policy(result.policy, data)
+        base = evaluate_policy(None, data, encoder=encoder)
+        keys = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
+        report["eval"] = {"n": args.eval_n, "seed": args.eval_seed, "base": {k: base[k] for k in keys},
+                          "aligned": {k: aligned[k] for k in keys}}
+    return report
+
+
+def _sweep_t(args: argparse.Namespace) -> dict:
+    from poclip.evaluate import embed_synth_eval, evaluate_policy, sweep_strength
+
+    encoder, policy = _encoder_and_head(args.model, args.head)
+    data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), keep_images=policy.trains_on_pixels)
+    count = int(round((args.t_max - args.t_min) / args.t_step)) + 1
+    ts = [round(args.t_min + k * args.t_step, 6) for k in range(count)]
+    rows = sweep_strength(policy, data, ts)
+    base = evaluate_policy(None, data, encoder=encoder)
+    result = {"model": encoder.spec, "head": args.head, "n": args.n, "seed": args.seed, "sweep": rows,
+              "base": {k: base[k] for k in ("clean_accuracy", "typographic_accuracy", "attack_success_rate")}}
+    if args.plot:
+        from poclip.plots import plot_sweep
+
+        result["plot"] = str(plot_sweep(rows, args.plot, "t", {"clean_accuracy": "clean",
+                                                                "typographic_accuracy": "attacked"},
+                                        f"Strength sweep ({args.head})"))
+    return result
+
+
+def _disentangle(args: argparse.Namespace) -> dict:
+    from poclip.disentangle import DisentangleConfig, run_disentangle
+    from poclip.models import load_model
+
+    encoder = load_model(args.model)
+    cfg = DisentangleConfig(pairs=args.pairs, clean=args.pairs, n_eval=args.n, eval_seed=args.seed)
+    result = run_disentangle(encoder, cfg, _cache(args, encoder))
+    result.pop("policy")
     result["model"] = encoder.spec
+    if args.plot:
+        from poclip.plots import plot_sweep
+
+        result["plot"] = str(plot_sweep(result["sweep"], args.plot, "t",
+                                        {"attribute_accuracy": "tone accuracy", "shape_accuracy": "shape accuracy"},
+                                        "Concept disentanglement (tone), t sweep", chance=0.5))
     return result
 
 
@@ -45,6 +168,8 @@ def _examples(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from poclip.losses import LOSS_NAMES
+
     parser = argparse.ArgumentParser(prog="python -m poclip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,15 +183,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("eval", help="zero-shot accuracy, clean or under typographic attack")
-    p.add_argument("--model", default="bundled", help="model spec (bundled, ViT-B-32:openai, local-dir:PATH, ...)")
-    p.add_argument("--data", default="synth", choices=["synth"])
+    p = sub.add_parser("eval", help="zero-shot accuracy, clean or under typographic attack, base or aligned")
+    p.add_argument("--model", default=None,
+                   help="model spec (bundled, ViT-B-32:openai, local-dir:PATH, ...); default: the head's "
+                        "backbone, else bundled")
+    p.add_argument("--data", default="synth",
+                   help="synth, imagefolder:DIR, disk:DIR (datasets.save_to_disk) or hf:NAME")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--attack", default="random", choices=["none", "random"])
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--head", default=None, help="an aligned head checkpoint (.safetensors) to evaluate")
+    p.add_argument("--t", type=float, default=None, help="strength of the head (default 1)")
+    p.add_argument("--split", default="train", help="dataset split (datasets only)")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--template", default="a photo of a {}.")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("train", help="train an alignment head on synthetic typographic pairs")
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--data", default="synth", choices=["synth"])
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--clean", type=int, default=None, help="clean regularization pictures (default = --pairs)")
+    p.add_argument("--loss", default="dpo", choices=list(LOSS_NAMES))
+    p.add_argument("--beta", type=float, default=None, help="default: the paper's (DPO 1, IPO 0.01, KTO 1.5)")
+    p.add_argument("--lambda", dest="reg_lambda", type=float, default=1.0, help="weight of the clean KL")
+    p.add_argument("--ortho", type=float, default=None, help="weight of ||W^T W - I||^2")
+    p.add_argument("--head", default="linear", help="linear, projection or last_blocks:K")
+    p.add_argument("--optimizer", default=None, choices=["adamax", "adamw"])
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--average", default=None, choices=["beta"], help="Beta moving average of the weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the head here (.safetensors)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: in memory)")
+    p.add_argument("--eval-n", type=int, default=500, help="held-out pictures to evaluate on (0 = skip)")
+    p.add_argument("--eval-seed", type=int, default=2024)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sweep-t", help="clean and attacked accuracy of a head across strengths t")
+    p.add_argument("--head", required=True)
+    p.add_argument("--model", default=None, help="default: the backbone the head was trained on")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--t-min", type=float, default=-2.0)
+    p.add_argument("--t-max", type=float, default=1.5)
+    p.add_argument("--t-step", type=float, default=0.25)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    p.set_defaults(func=_sweep_t)
+
+    p = sub.add_parser("disentangle", help="concept disentanglement (colour tone) with the strength knob")
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    p.set_defaults(func=_disentangle)
 
     p = sub.add_parser("examples", help="write the example pictures shown in the app")
     p.add_argument("--out", default="assets/examples")
@@ -78,11 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    from poclip.attacks import AttackError
     from poclip.models import ModelUnavailable
+    from poclip.policy import HeadError
+    from poclip.train import TrainingDataError
 
     try:
         result = args.func(args)
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, HeadError, TrainingDataError, AttackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=None))

@@ -1,0 +1,94 @@
+"""The engine's command line: train, eval --head/--t, sweep-t, disentangle; one JSON object each."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from poclip.cli import main
+from poclip.settings import REPO_DIR
+
+
+def run_main(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A head trained by the real command line (a subprocess, as a user runs it)."""
+    out = tmp_path_factory.mktemp("heads") / "dpo.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "poclip", "train", "--model", "bundled", "--data", "synth", "--pairs", "60",
+         "--clean", "30", "--loss", "dpo", "--epochs", "4", "--eval-n", "20", "--out", str(out), "--json"],
+        cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["out"] == str(out) and out.is_file()
+    assert report["loss"] == "dpo" and report["beta"] == 1.0 and report["pairs"] == 60 and report["clean"] == 30
+    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+            "kl/clean"} <= set(report["metrics"])
+    assert set(report["eval"]["aligned"]) == {"clean_accuracy", "typographic_accuracy", "attack_success_rate",
+                                              "kl_drift"}
+    return out
+
+
+def test_eval_with_a_head_reports_the_aligned_and_base_metrics(capsys, head):
+    code, result, err = run_main(capsys, "eval", "--head", str(head), "--n", "20", "--seed", "5", "--json")
+    assert code == 0, err
+    assert result["n"] == 20 and result["head"] == str(head) and result["t"] == 1.0
+    for key in ("accuracy", "clean_accuracy", "attack_success_rate", "kl_drift", "per_class", "base"):
+        assert key in result
+    _, at_zero, _ = run_main(capsys, "eval", "--head", str(head), "--n", "20", "--seed", "5", "--t", "0", "--json")
+    assert at_zero["accuracy"] == result["base"]["typographic_accuracy"]
+    assert at_zero["clean_accuracy"] == result["base"]["clean_accuracy"]
+    assert at_zero["kl_drift"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_sweep_t_covers_minus_2_to_1_5_and_writes_a_plot(capsys, head, tmp_path):
+    plot = tmp_path / "sweep.png"
+    code, result, err = run_main(capsys, "sweep-t", "--head", str(head), "--n", "20", "--t-step", "0.5",
+                                 "--plot", str(plot), "--json")
+    assert code == 0, err
+    assert [row["t"] for row in result["sweep"]] == [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
+    zero = next(row for row in result["sweep"] if row["t"] == 0.0)
+    assert zero["typographic_accuracy"] == result["base"]["typographic_accuracy"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["plot"] == str(plot)
+
+
+def test_eval_on_an_image_folder_dataset(capsys, tmp_path):
+    from test_engine_evaluate import make_imagefolder
+
+    folder = make_imagefolder(tmp_path / "imgs", per_class=2)
+    code, result, err = run_main(capsys, "eval", "--model", "bundled", "--data", f"imagefolder:{folder}", "--n", "6",
+                                 "--json")
+    assert code == 0, err
+    assert result["n"] == 6 and set(result["per_class"]) == {"circle", "square", "star"}
+
+
+def test_user_errors_exit_2_with_a_message(capsys, tmp_path):
+    code, _, err = run_main(capsys, "eval", "--head", str(tmp_path / "missing.safetensors"), "--json")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    code, _, err = run_main(capsys, "sweep-t", "--head", str(tmp_path / "bad.safetensors"), "--json")
+    assert code == 2 and "not a readable" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--loss", "orpo"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit, match="imagefolder:DIR"):
+        main(["eval", "--data", "nowhere", "--json"])
+
+
+@pytest.mark.slow
+def test_disentangle_prints_the_sweep_and_the_neutral_point(capsys, tmp_path):
+    plot = tmp_path / "d.png"
+    code, result, err = run_main(capsys, "disentangle", "--pairs", "200", "--n", "100", "--plot", str(plot), "--json")
+    assert code == 0, err
+    assert result["base"]["attribute_accuracy"] >= 0.9
+    zero = next(r for r in result["sweep"] if r["t"] == 0.0)
+    assert zero["attribute_accuracy"] == result["base"]["attribute_accuracy"]
+    assert 0.0 <= result["neutral"]["t"] <= 1.0 and plot.is_file()
+    assert set(result["checks"]) >= {"neutral_t", "reversed_attribute_accuracy_at_1", "max_shape_drop_on_0_1"}
