@@ -152,7 +152,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(cfg.pool_size, generator=generator)
     cursor = 0
-    encoder = ClipEncoder("pretraining", MODEL_NAME, model, preprocess, tokenizer, torch.device("cpu"))
     metrics: dict[str, float] = {}
     with log_path.open("w") as log_file, tqdm(range(cfg.steps), desc="pretrain", unit="step") as bar:
         for step in bar:
@@ -175,6 +174,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                       "logit_scale": round(model.logit_scale.exp().item(), 3)}
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 model.eval()
+                # A fresh encoder each time: its prompt-embedding cache must not outlive the text tower's weights.
+                encoder = ClipEncoder("pretraining", MODEL_NAME, model, preprocess, tokenizer, torch.device("cpu"))
                 metrics = evaluate_reading(encoder, cfg.eval_n, cfg.eval_seed)
                 record.update(metrics)
                 tqdm.write(json.dumps(record))
