@@ -6,19 +6,23 @@ import logging
 
 import gradio as gr
 
-from poclip.inference import Predictor
-from poclip.models import load_model
+from poclip.service import AppService
 from poclip.settings import Settings
-from poclip.ui import build_demo
+from poclip.ui import build_demo, launch_kwargs
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-# Reload mode (`gradio app.py`) re-runs this file on every edit; load the model only once.
+# Reload mode (`gradio app.py`) re-runs this file on every edit: open the database, load the model and
+# start the background trainer only once.
 if gr.NO_RELOAD:
     settings = Settings.from_env()
-    predictor = Predictor(load_model(settings.model_spec, settings))
+    service = AppService.create(settings)
+    service.start_background()
 
-demo = build_demo(predictor)
+demo = build_demo(service)
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=4).launch(server_name=settings.server_host, server_port=settings.server_port)
+    # Many visitors at once: requests queue (bounded) instead of failing, and up to 8 run in parallel.
+    demo.queue(default_concurrency_limit=8, max_size=256).launch(
+        server_name=settings.server_host, server_port=settings.server_port, **launch_kwargs()
+    )

@@ -31,6 +31,22 @@ class Settings:
         sqlite_journal_mode: ``WAL`` normally; ``DELETE`` on network file systems (``POCLIP_SQLITE_JOURNAL``).
         server_host, server_port: where ``python app.py`` listens (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``;
             a Space sets the host to 0.0.0.0).
+        admin_org: members of this Hugging Face organisation are admins when logged in (``POCLIP_ADMIN_ORG``).
+        hf_token: token for pushing exported datasets to the Hub (``HF_TOKEN``).
+        export_repo: default Hub dataset repository for exports, ``user/name`` (``POCLIP_EXPORT_REPO``).
+        trainer: ``thread`` runs the background trainer inside the app; ``off`` leaves training to a
+            standalone ``python -m poclip worker`` against the same database (``POCLIP_TRAINER``).
+        retrain_every_pairs: the scheduler queues a retrain once this many new pairs exist; 0 disables
+            (``POCLIP_RETRAIN_EVERY_PAIRS``).
+        retrain_every_minutes: and at most this often, when there is anything new; 0 disables the timer
+            (``POCLIP_RETRAIN_EVERY_MINUTES``).
+        gate_eval_n: size of the held-out synthetic set the promotion gate evaluates on (``POCLIP_GATE_N``).
+        rate_limit: judgments per annotator per window, ``COUNT/SECONDS`` or ``off`` (``POCLIP_RATE_LIMIT``).
+        backup_keep, backup_every_minutes: SQLite snapshots kept, and how often one is taken (0 = only on
+            demand) (``POCLIP_BACKUP_KEEP``, ``POCLIP_BACKUP_EVERY_MINUTES``).
+        seed_items: synthetic attacked items offered to annotators when the bundled model is live
+            (``POCLIP_SEED_ITEMS``).
+        space_id: set by Hugging Face Spaces (``SPACE_ID``); enables the Hugging Face login button.
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -41,6 +57,18 @@ class Settings:
     sqlite_journal_mode: str = "WAL"
     server_host: str = "127.0.0.1"
     server_port: int = 7860
+    admin_org: str = ""
+    hf_token: str = ""
+    export_repo: str = ""
+    trainer: str = "thread"
+    retrain_every_pairs: int = 50
+    retrain_every_minutes: float = 0.0
+    gate_eval_n: int = 500
+    rate_limit: str = "120/60"
+    backup_keep: int = 10
+    backup_every_minutes: float = 30.0
+    space_id: str = ""
+    seed_items: int = 600
 
     @property
     def resolved_database_url(self) -> str:
@@ -59,4 +87,16 @@ class Settings:
             sqlite_journal_mode=env.get("POCLIP_SQLITE_JOURNAL", defaults.sqlite_journal_mode).upper(),
             server_host=env.get("GRADIO_SERVER_NAME", defaults.server_host),
             server_port=int(env.get("GRADIO_SERVER_PORT", defaults.server_port)),
+            admin_org=env.get("POCLIP_ADMIN_ORG", ""),
+            hf_token=env.get("HF_TOKEN", ""),
+            export_repo=env.get("POCLIP_EXPORT_REPO", ""),
+            trainer=env.get("POCLIP_TRAINER", defaults.trainer).lower(),
+            retrain_every_pairs=int(env.get("POCLIP_RETRAIN_EVERY_PAIRS", defaults.retrain_every_pairs)),
+            retrain_every_minutes=float(env.get("POCLIP_RETRAIN_EVERY_MINUTES", defaults.retrain_every_minutes)),
+            gate_eval_n=int(env.get("POCLIP_GATE_N", defaults.gate_eval_n)),
+            rate_limit=env.get("POCLIP_RATE_LIMIT", defaults.rate_limit),
+            backup_keep=int(env.get("POCLIP_BACKUP_KEEP", defaults.backup_keep)),
+            backup_every_minutes=float(env.get("POCLIP_BACKUP_EVERY_MINUTES", defaults.backup_every_minutes)),
+            space_id=env.get("SPACE_ID", ""),
+            seed_items=int(env.get("POCLIP_SEED_ITEMS", defaults.seed_items)),
         )

@@ -1,74 +1,92 @@
-import socket
+"""UI handlers as plain functions (no browser): what each button returns and the errors it shows."""
+
+import random
 
 import gradio as gr
 import numpy as np
 import pytest
+from apphelpers import ADMIN_TOKEN, make_service
 from PIL import Image
 
 from poclip import synth
-from poclip.inference import Predictor
-from poclip.ui import CUSTOM, build_demo, predict_handler, random_attack_handler
+from poclip.ui import (
+    CUSTOM,
+    answer_handler,
+    next_item_handler,
+    place_text_handler,
+    predict_handler,
+    random_attack_handler,
+    retrain_handler,
+    undo_handler,
+    vote_handler,
+)
 
 STYLE = ("sans-bold", 0.15, "#ffffff", "rgba(0, 0, 0, 1)", 0.5, 0.5, 1.0, 0.0)
 
 
-@pytest.fixture(scope="module")
-def predictor(bundled):
-    return Predictor(bundled)
+@pytest.fixture
+def service(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled)
+    yield svc
+    svc.close()
 
 
-def star_on_grey() -> Image.Image:
-    import random
-
+def star() -> Image.Image:
     return synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224)
 
 
-def test_predict_shows_the_attacked_picture_and_top_labels(predictor):
-    clean_seen, clean = predict_handler(predictor, star_on_grey(), "", *STYLE, "Synthetic shapes", "")
+def test_predict_shows_the_attacked_picture_and_both_answers(service):
+    clean_seen, clean, *_ = predict_handler(service, star(), "", *STYLE, "Synthetic shapes", "", 1.0, False)
     assert max(clean, key=clean.get) == "star" and len(clean) == 5
-    seen, answer = predict_handler(predictor, star_on_grey(), "circle", *STYLE, "Synthetic shapes", "")
+    seen, left, right, left_title, right_title, shown_left = predict_handler(
+        service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
     assert not np.array_equal(np.asarray(seen), np.asarray(clean_seen))  # the word is on the picture
-    assert answer["circle"] > clean.get("circle", 0.0)
+    assert left["circle"] > clean.get("circle", 0.0)
+    assert shown_left == "base" and left_title == "### Base CLIP" and "PO-CLIP" in right_title
 
 
-def test_custom_label_set_and_user_errors(predictor):
-    _, answer = predict_handler(predictor, star_on_grey(), "", *STYLE, CUSTOM, "star, heart , star")
-    assert set(answer) == {"star", "heart"}
+def test_arena_mode_hides_the_sides_until_the_vote(service):
+    sides = set()
+    for _ in range(12):
+        *_, left_title, right_title, shown_left = predict_handler(service, star(), "circle", *STYLE,
+                                                                   "Synthetic shapes", "", 1.0, True)
+        assert (left_title, right_title) == ("### Model A", "### Model B")
+        sides.add(shown_left)
+    assert sides == {"base", "aligned"}
+    message, left_title, _, counter = vote_handler(service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0,
+                                                   "neither", "star", "aligned", "ann", "")
+    assert "star" in message and left_title.startswith("### PO-CLIP") and counter == "You have labelled 1 items."
+
+
+def test_user_errors_are_shown_not_crashes(service):
     with pytest.raises(gr.Error, match="at least two labels"):
-        predict_handler(predictor, star_on_grey(), "", *STYLE, CUSTOM, "star")
+        predict_handler(service, star(), "", *STYLE, CUSTOM, "star", 1.0, False)
     with pytest.raises(gr.Error, match="Upload an image"):
-        predict_handler(predictor, None, "", *STYLE, "Synthetic shapes", "")
+        predict_handler(service, None, "", *STYLE, "Synthetic shapes", "", 1.0, False)
     with pytest.raises(gr.Error, match="at most 200"):
-        predict_handler(predictor, star_on_grey(), "x" * 300, *STYLE, "Synthetic shapes", "")
+        predict_handler(service, star(), "x" * 300, *STYLE, "Synthetic shapes", "", 1.0, False)
+    with pytest.raises(gr.Error, match="handle"):
+        vote_handler(service, star(), "", *STYLE, "Synthetic shapes", "", 1.0, "left", None, "base", "", "")
+    with pytest.raises(gr.Error, match="admin"):
+        retrain_handler(service, "not-the-token", "dpo")
+    assert service.repo.stats().judgments == service.repo.stats().gold_items
+    assert "queued" in retrain_handler(service, ADMIN_TOKEN, "dpo")
 
 
-def test_random_attack_button_fills_controls_with_a_label_from_the_set():
+def test_annotate_buttons_answer_and_undo(service):
+    picture, item_id, prompt, counter, *buttons = next_item_handler(service, "kbd", "")
+    assert picture.size == (224, 224) and "**0** labelled by you" in counter
+    labels = [b["value"] for b in buttons if b.get("visible")]
+    assert labels[0].startswith("1  ") and labels[9].startswith("0  ") and len(labels) == 10
+    _, next_id, _, counter, *_ = answer_handler(service, item_id, labels[2], "kbd", "")
+    assert next_id != item_id and "**1** labelled by you" in counter
+    _, again_id, prompt, counter, *_ = undo_handler(service, "kbd", "")
+    assert again_id == item_id and "Undone" in prompt and "**0** labelled by you" in counter
+
+
+def test_random_attack_and_click_to_place():
     first = random_attack_handler("Synthetic shapes", "", seed=9)
     assert first == random_attack_handler("Synthetic shapes", "", seed=9)
     assert first[0] in synth.SHAPES and first[3] != first[4]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_launched_app_answers_gradio_client(predictor, tmp_path):
-    from gradio_client import Client, handle_file
-
-    demo = build_demo(predictor)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        path = tmp_path / "star.png"
-        star_on_grey().save(path)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        seen, answer = client.predict(handle_file(str(path)), "circle", *STYLE, "Synthetic shapes", "",
-                                      api_name="/predict")
-        assert Image.open(seen).size == (224, 224)
-        assert {c["label"] for c in answer["confidences"]} <= set(synth.SHAPES)
-        assert answer["label"] in synth.SHAPES
-    finally:
-        demo.close()
+    event = gr.SelectData(None, {"index": [56, 168], "value": None})
+    assert place_text_handler(star(), event) == (0.25, 0.75)

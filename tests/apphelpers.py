@@ -1,0 +1,23 @@
+"""Helpers shared by the app tests (imported by test modules; pytest puts tests/ on sys.path)."""
+
+import socket
+
+from poclip.service import AppService
+from poclip.settings import Settings
+
+ADMIN_TOKEN = "s3cret-admin"
+
+
+def make_service(data_dir, encoder, **overrides) -> AppService:
+    """An app back end on a real SQLite file in ``data_dir``, with settings fit for tests."""
+    settings = Settings(**{
+        "data_dir": data_dir, "model_spec": "bundled", "admin_token": ADMIN_TOKEN, "rate_limit": "off",
+        "gate_eval_n": 300, "retrain_every_pairs": 0, "backup_every_minutes": 0, "seed_items": 30, **overrides,
+    })
+    return AppService.create(settings, encoder=encoder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
