@@ -167,6 +167,38 @@ def _examples(args: argparse.Namespace) -> dict:
     return {"written": written}
 
 
+def _worker(args: argparse.Namespace) -> dict:
+    import time
+
+    from annotation_db import RepositoryConfig, open_repository
+    from poclip.models import load_model
+    from poclip.service import parse_rate_limit
+    from poclip.settings import Settings
+    from poclip.worker import Trainer
+
+    settings = Settings.from_env()
+    count, window = parse_rate_limit(settings.rate_limit)
+    repo = open_repository(settings, RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window))
+    trainer = Trainer(settings, repo, load_model(settings.model_spec, settings))
+    finished = []
+    try:
+        while True:
+            trainer.sync_live()
+            trainer.maybe_schedule()
+            run = trainer.run_pending()
+            if run is not None:
+                finished.append({"run": run.id, "status": run.status, "version": run.version_id, "error": run.error})
+                print(json.dumps(finished[-1]), file=sys.stderr)
+            if args.once:
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        repo.close()
+    return {"runs": finished}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from poclip.losses import LOSS_NAMES
 
@@ -255,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="assets/examples")
     p.add_argument("--n", type=int, default=6)
     p.set_defaults(func=_examples)
+
+    p = sub.add_parser("worker", help="run the trainer as its own process against DATABASE_URL")
+    p.add_argument("--once", action="store_true", help="run the queued run (if any) and exit")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    p.set_defaults(func=_worker)
     return parser
 
 

@@ -206,3 +206,33 @@ def test_new_pairs_count_and_scheduler(tmp_path, bundled):
         assert run is not None and run.status == "queued"
     finally:
         svc.close()
+
+
+@pytest.mark.slow
+def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from poclip.settings import REPO_DIR
+
+    svc = make_service(tmp_path, bundled, seed_items=40, trainer="off")
+    try:
+        for _ in range(20):
+            item = svc.next_item("walt")
+            svc.answer_item("walt", item.sample.id, true_shape(svc, item.sample))
+        queued = svc.retrain(token=TOKEN)
+        env = {**os.environ, "POCLIP_DATA_DIR": str(tmp_path), "POCLIP_MODEL": "bundled", "POCLIP_GATE_N": "300",
+               "POCLIP_RETRAIN_EVERY_PAIRS": "0"}
+        proc = subprocess.run([sys.executable, "-m", "poclip", "worker", "--once"], cwd=REPO_DIR, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        runs = json.loads(proc.stdout)["runs"]
+        assert [r["run"] for r in runs] == [queued["run_id"]] and runs[0]["status"] == "succeeded"
+        version = svc.repo.get_version(runs[0]["version"])
+        # The app process follows whatever the worker decided.
+        svc.trainer.sync_live()
+        assert (svc.live.version is not None) == (version.status == "active")
+    finally:
+        svc.close()

@@ -1,0 +1,181 @@
+"""The product loop, measured end to end through the app's public API on the bundled model.
+
+From an empty data directory: launch the app, label 200 synthetic attacked pictures through /next_item and
+/answer (answering truthfully, as a careful person would), retrain through /retrain, wait for the background
+trainer to promote a version, then evaluate the live version on 1,000 held-out synthetic pictures and measure
+/predict latency under 8 concurrent clients.
+
+    python bench/app_loop.py --json
+
+Bars (issue 5): retrain wall time <= 60 s; typographic accuracy >= 0.85 with clean accuracy no more than one
+point below the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+
+from poclip import synth  # noqa: E402
+from poclip.attacks import TextAttack, random_attack  # noqa: E402
+from poclip.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
+from poclip.models import load_model  # noqa: E402
+from poclip.service import AppService  # noqa: E402
+from poclip.settings import Settings  # noqa: E402
+from poclip.ui import build_demo  # noqa: E402
+
+TOKEN = "bench-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seeded_truth(n: int) -> dict[str, str]:
+    truth = {}
+    for i in range(n):
+        rng = random.Random(f"annotate:{i}")
+        scene = synth.sample_scene(rng)
+        truth[random_attack(synth.SHAPES, scene.shape, rng).to_json()] = scene.shape
+    return truth
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=200)
+    parser.add_argument("--eval-n", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=10, help="predict calls per client")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    data_dir = Path(tempfile.mkdtemp(prefix="poclip-bench-"))
+    settings = Settings(data_dir=data_dir, model_spec="bundled", admin_token=TOKEN, rate_limit="off",
+                        retrain_every_pairs=0, backup_every_minutes=0, seed_items=args.labels + 40)
+    started = time.perf_counter()
+    service = AppService.create(settings, encoder=load_model("bundled"))
+    service.start_background()
+    demo = build_demo(service)
+    port = free_port()
+    demo.queue(default_concurrency_limit=8, max_size=256).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    startup_s = time.perf_counter() - started
+    url = f"http://127.0.0.1:{port}/"
+    result: dict = {"data_dir_empty_at_start": True, "startup_seconds": round(startup_s, 2)}
+    try:
+        client = Client(url, verbose=False)
+        truth = seeded_truth(args.labels + 40)
+        t0 = time.perf_counter()
+        _, item_id, _, _ = client.predict("bench-annotator", "", api_name="/next_item")
+        label_latency = []
+        for _ in range(args.labels):
+            sample = service.repo.get_sample(int(item_id))
+            answer = truth[TextAttack.from_dict(sample.attack).to_json()]
+            t = time.perf_counter()
+            _, item_id, _, _ = client.predict(int(item_id), answer, "bench-annotator", "", api_name="/answer")
+            label_latency.append(time.perf_counter() - t)
+        result["labelled"] = args.labels
+        result["labelling_seconds"] = round(time.perf_counter() - t0, 2)
+        result["answer_latency_ms_p50"] = round(1000 * statistics.median(label_latency), 1)
+
+        t0 = time.perf_counter()
+        client.predict(TOKEN, "dpo", api_name="/retrain")
+        status = client.predict(api_name="/status")
+        while status["live_version"] is None and time.perf_counter() - t0 < 600:
+            if status["trainer"]["phase"] in ("failed", "rejected"):
+                break
+            time.sleep(0.5)
+            status = client.predict(api_name="/status")
+        result["retrain_wall_seconds"] = round(time.perf_counter() - t0, 2)
+        result["live_version"] = status["live_version"]
+        run = service.repo.list_runs(limit=1)[0]
+        result["run"] = {"status": run.status, "train_seconds": run.metrics and run.metrics.get("train_seconds"),
+                         "embed_seconds": run.metrics and run.metrics.get("embed_seconds"),
+                         "gate": run.metrics and run.metrics.get("gate"), "error": run.error}
+
+        held_out = embed_synth_eval(service.encoder, args.eval_n, seed=2024)
+        base = evaluate_policy(None, held_out, encoder=service.encoder)
+        live = service.live.policy
+        active = evaluate_policy(live, held_out, encoder=service.encoder) if live is not None else base
+        keys = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
+        result["held_out"] = {"n": args.eval_n, "seed": 2024, "base": {k: base[k] for k in keys},
+                              "active": {k: active[k] for k in keys}}
+
+        path = data_dir / "probe.png"
+        rng = random.Random("bench-probe")
+        scene = synth.sample_scene(rng)
+        attack = random_attack(synth.SHAPES, scene.shape, rng)
+        synth.draw_scene(scene, 224).save(path)
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            c = Client(url, verbose=False)
+            for _ in range(args.requests):
+                t = time.perf_counter()
+                try:
+                    c.predict(handle_file(str(path)), attack.text, attack.font, attack.size, attack.fill,
+                              attack.stroke, attack.x, attack.y, 1.0, 0.0, "Synthetic shapes", "", 1.0, False,
+                              api_name="/predict")
+                    with lock:
+                        latencies.append(time.perf_counter() - t)
+                except Exception as exc:  # counted and reported, never hidden
+                    with lock:
+                        errors.append(str(exc))
+
+        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        t0 = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t0
+        result["predict"] = {
+            "clients": args.clients, "requests": len(latencies) + len(errors), "errors": len(errors),
+            "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+            "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
+            "throughput_per_s": round(len(latencies) / wall, 2),
+        }
+        bars = {
+            "retrain_wall_seconds <= 60": result["retrain_wall_seconds"] <= 60,
+            "typographic_accuracy >= 0.85": active["typographic_accuracy"] >= 0.85,
+            "clean drop <= 1 point": active["clean_accuracy"] >= base["clean_accuracy"] - 0.01,
+            "new active version": result["live_version"] is not None,
+            "no predict errors": not errors,
+        }
+        result["bars"] = bars
+        result["bars_met"] = all(bars.values())
+    finally:
+        demo.close()
+        service.close()
+    print(json.dumps(result, indent=2 if not args.json else None))
+    return 0 if result.get("bars_met") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
