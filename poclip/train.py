@@ -93,16 +93,18 @@ class TrainConfig:
     head: str = "linear"
     loss: str = "dpo"
     beta: float | None = None
-    reg_lambda: float = 1.0
-    ortho: float = 1.0
+    # lambda 0.3, ortho 1e-3, AdamW at 0.05 for 60 epochs: the best typographic accuracy at unchanged clean
+    # accuracy on the bundled model (bench/alignment.py); the paper's code starts from lambda 1 and Adamax.
+    reg_lambda: float = 0.3
+    ortho: float = 1e-3
     label_noise: float = 0.1
-    optimizer: str = "adamax"
-    lr: float = 2e-3
+    optimizer: str = "adamw"
+    lr: float = 0.05
     weight_decay: float = 0.0
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 128
     val_fraction: float = 0.1
-    patience: int = 5
+    patience: int = 15
     average: str | None = None
     average_ab: tuple[float, float] = (3.0, 1.0)
     seed: int = 0
@@ -322,6 +324,9 @@ def train(
         _check_preference(k, p)
     clean_items = _as_clean(clean, preferences[0])
     torch.manual_seed(cfg.seed)
+    # Adam's second-moment estimates of a nearly converged head decay into denormal floats, which made
+    # some CPU runs 50x slower; flushing them to zero changes no result that matters.
+    torch.set_flush_denormal(True)
     generator = torch.Generator().manual_seed(cfg.seed)
     cache = cache if cache is not None else EmbeddingCache(encoder)
     policy = policy if policy is not None else Policy(encoder, cfg.head)
@@ -411,6 +416,11 @@ def train(
     train_started = time.perf_counter()
     module.train(False)  # no dropout/batch-norm updates: the tower head trains weights, not statistics
     bar = tqdm(total=total, desc=f"train {cfg.loss}", unit="step", disable=not cfg.show_progress, leave=False)
+    threads = torch.get_num_threads()
+    if policy.linear is not None:
+        # A d x d head's matmuls are too small to gain from threads, and when the cores are shared with
+        # other work, threaded tiny ops wait on each other: measured 0.65 s on one thread vs 28-71 s on two.
+        torch.set_num_threads(1)
     try:
         for epoch in range(cfg.epochs):
             order = train_pairs[torch.randperm(len(train_pairs), generator=generator)]
@@ -452,6 +462,7 @@ def train(
                 break
     finally:
         bar.close()
+        torch.set_num_threads(threads)
     load_state(module, best[1])
     train_seconds = time.perf_counter() - train_started
     metrics = {k: v for k, v in history[-1].items() if k not in ("step", "epoch", "lr")}
