@@ -96,8 +96,14 @@ def alignment_table(encoder, args) -> dict:
             "policies": policies}
 
 
-def speed(encoder, table: dict, args) -> dict:
-    prefs, clean, cache = table["prefs"], table["clean"], table["cache"]
+def speed(encoder, table: dict | None, args) -> dict:
+    if table is None:  # --speed-only: same data, embedded here (outside the timed runs)
+        prefs, clean = synth_preferences(args.pairs, args.train_seed), synth_clean(args.clean, args.train_seed)
+        cache = EmbeddingCache(encoder)
+        cache.embed([p.image for p in prefs], [p.attack for p in prefs])
+        cache.embed([c.image for c in clean])
+    else:
+        prefs, clean, cache = table["prefs"], table["clean"], table["cache"]
     cfg = replace(ROWS["DPO"], seed=args.train_seed)
     retrain = median_seconds(lambda: train(encoder, prefs, clean, cfg, cache=cache), args.repeats)
     pictures = [p.image for p in prefs[:256]]
@@ -153,11 +159,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vit-repeats", type=int, default=15)
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--speed-only", action="store_true", help="only the timings (section 8)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--plot-dir", default=None, help="write the t-sweep plot here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     encoder = load_model(args.model, device=torch.device("cpu"))
+    if args.speed_only:
+        timings = speed(encoder, None, args)
+        print(json.dumps({"model": encoder.spec, "threads": args.threads, "speed": timings}, indent=1))
+        return 0
     table = alignment_table(encoder, args)
     configs = {k: {"loss": v.loss, "beta": v.resolved_beta, "lambda": v.reg_lambda, "ortho": v.ortho, "lr": v.lr,
                    "epochs": v.epochs, "optimizer": v.optimizer} for k, v in ROWS.items()}
