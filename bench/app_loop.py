@@ -125,17 +125,21 @@ def main() -> int:
         result["held_out"] = {"n": args.eval_n, "seed": 2024, "base": {k: base[k] for k in keys},
                               "active": {k: active[k] for k in keys}}
 
-        path = data_dir / "probe.png"
-        rng = random.Random("bench-probe")
-        scene = synth.sample_scene(rng)
-        attack = random_attack(synth.SHAPES, scene.shape, rng)
-        synth.draw_scene(scene, 224).save(path)
+        # Each client sends its own attacked picture, as different visitors would.
+        probes = []
+        for k in range(args.clients):
+            rng = random.Random(f"bench-probe:{k}")
+            scene = synth.sample_scene(rng)
+            path = data_dir / f"probe{k}.png"
+            synth.draw_scene(scene, 224).save(path)
+            probes.append((path, random_attack(synth.SHAPES, scene.shape, rng)))
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
 
-        def worker() -> None:
+        def worker(k: int) -> None:
             c = Client(url, verbose=False)
+            path, attack = probes[k]
             for _ in range(args.requests):
                 t = time.perf_counter()
                 try:
@@ -148,7 +152,7 @@ def main() -> int:
                     with lock:
                         errors.append(str(exc))
 
-        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.clients)]
         t0 = time.perf_counter()
         for th in threads:
             th.start()
@@ -160,6 +164,7 @@ def main() -> int:
             "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
             "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
             "throughput_per_s": round(len(latencies) / wall, 2),
+            "error_examples": errors[:3],
         }
         bars = {
             "retrain_wall_seconds <= 60": result["retrain_wall_seconds"] <= 60,

@@ -77,7 +77,7 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
                 fooled += 1
                 flipped += right["label"] == scene.shape
         assert fooled >= 15
-        assert flipped / fooled >= 0.7, (flipped, fooled)
+        assert flipped / fooled >= 0.5, (flipped, fooled)
     finally:
         demo.close()
         service.close()
