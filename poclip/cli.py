@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> dict:
     result = train(encoder, prefs, clean, cfg, out=args.out, cache=cache)
     report = {
         "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "beta": cfg.resolved_beta,
-        "lambda": cfg.reg_lambda, "ortho": cfg.ortho, "pairs": len(prefs), "clean": len(clean),
+        "lambda": cfg.resolved_lambda, "ortho": cfg.ortho, "pairs": len(prefs), "clean": len(clean),
         "out": str(result.path) if result.path else None, "steps": result.steps,
         "embed_seconds": result.embed_seconds, "train_seconds": result.train_seconds,
         "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--clean", type=int, default=None, help="clean regularization pictures (default = --pairs)")
     p.add_argument("--loss", default="dpo", choices=list(LOSS_NAMES))
-    p.add_argument("--beta", type=float, default=None, help="default: the paper's (DPO 1, IPO 0.01, KTO 1.5)")
-    p.add_argument("--lambda", dest="reg_lambda", type=float, default=1.0, help="weight of the clean KL")
+    p.add_argument("--beta", type=float, default=None, help="default: DPO 0.5, IPO 0.05, KTO 0.3 (tuned)")
+    p.add_argument("--lambda", dest="reg_lambda", type=float, default=None,
+                   help="weight of the clean KL (default 0.3, IPO 1)")
     p.add_argument("--ortho", type=float, default=None, help="weight of ||W^T W - I||^2")
     p.add_argument("--head", default="linear", help="linear, projection or last_blocks:K")
     p.add_argument("--optimizer", default=None, choices=["adamax", "adamw"])

@@ -28,7 +28,7 @@ def head(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["out"] == str(out) and out.is_file()
-    assert report["loss"] == "dpo" and report["beta"] == 1.0 and report["pairs"] == 60 and report["clean"] == 30
+    assert report["loss"] == "dpo" and report["beta"] == 0.5 and report["pairs"] == 60 and report["clean"] == 30
     assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
             "kl/clean"} <= set(report["metrics"])
     assert set(report["eval"]["aligned"]) == {"clean_accuracy", "typographic_accuracy", "attack_success_rate",

@@ -136,7 +136,7 @@ def test_checkpoint_is_written_with_metadata_and_loads(tiny, prefs, clean, cache
     result = train_head(tiny, prefs, clean, out, FAST, cache_dir=tmp_path / "emb")
     meta = read_head_metadata(out)
     assert result.path == out
-    assert meta["loss"] == "dpo" and meta["beta"] == "1.0" and meta["lambda"] == "0.3" and meta["head"] == "linear"
+    assert meta["loss"] == "dpo" and meta["beta"] == "0.5" and meta["lambda"] == "0.3" and meta["head"] == "linear"
     assert meta["n_pairs"] == "48" and meta["data_fingerprint"] == result.data_fingerprint
     assert meta["backbone"] == tiny.spec and "rewards/accuracies" in meta["metrics"] and meta["created"]
     assert torch.equal(load_head(out, tiny).linear.weight, result.policy.linear.weight)
