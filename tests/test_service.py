@@ -154,7 +154,8 @@ def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled
         assert run.status == "succeeded", run.error
         version = svc.repo.get_version(run.version_id)
         assert version.status == "rejected"
-        assert "does not improve" in version.reason
+        # Rewarding the written word either fails to improve typographic accuracy or costs clean accuracy.
+        assert "does not improve" in version.reason or "more than 1 point below" in version.reason
         assert svc.repo.active_version() is None and svc.live.policy is None
     finally:
         svc.close()
