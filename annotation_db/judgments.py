@@ -293,3 +293,15 @@ class JudgmentsMixin(CatalogMixin):
             if not include_undone:
                 query = query.where(Judgment.undone_at.is_(None))
             return [_info(row, annotator) for row in s.scalars(query)]
+
+    def recent_judgments(self, limit: int = 20) -> list[JudgmentInfo]:
+        """Everyone's latest judgments, newest first (undone ones included, with their undo time)."""
+        limit = max(1, min(int(limit), 500))
+        with self.db.reading() as s:
+            rows = s.execute(
+                select(Judgment, Annotator.handle)
+                .join(Annotator, Annotator.id == Judgment.annotator_id)
+                .order_by(Judgment.id.desc())
+                .limit(limit)
+            ).all()
+            return [_info(row, handle) for row, handle in rows]

@@ -15,7 +15,7 @@ from PIL import Image
 from annotation_db import AnnotationDBError, BackupError, HubError
 from poclip import synth
 from poclip.attacks import ATTACK_COLOURS, FONTS, AttackError, TextAttack, random_attack, to_hex
-from poclip.images import ImageError
+from poclip.images import ImageError, normalize_image, open_image
 from poclip.labels import PRESETS, LabelSetError, parse_labels
 from poclip.policy import HeadError
 from poclip.service import AppService, UserError
@@ -82,6 +82,16 @@ def make_attack(
     ).validate()
 
 
+def load_upload(image) -> Image.Image:
+    """The uploaded picture, validated: a path from the upload widget (or a PIL image from tests)."""
+    if image is None:
+        raise gr.Error("Upload an image or pick an example first.")
+    try:
+        return normalize_image(image) if isinstance(image, Image.Image) else open_image(image)
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
 def annotator_handle(handle: str, anon_id: str, profile: gr.OAuthProfile | None = None) -> str:
     """Who is labelling: the Hugging Face login, else the typed handle, else the browser's anonymous id."""
     if profile is not None:
@@ -119,11 +129,10 @@ def side_titles(comparison, shown_left: str, revealed: bool) -> tuple[str, str]:
 def predict_handler(service: AppService, image, text, font, size, fill, stroke, x, y, opacity, rotation, preset,
                     custom, t, arena):
     """Base and aligned predictions side by side: (picture seen, left top-5, right top-5, titles, left model)."""
-    if image is None:
-        raise gr.Error("Upload an image or pick an example first.")
+    picture = load_upload(image)
     try:
         attack = make_attack(text, font, size, fill, stroke, x, y, opacity, rotation)
-        result = service.compare(image, resolve_labels(preset, custom), attack, t=float(t))
+        result = service.compare(picture, resolve_labels(preset, custom), attack, t=float(t), normalize=False)
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc
     shown_left = random.choice(("base", "aligned")) if arena else "base"
@@ -138,12 +147,13 @@ def vote_handler(service: AppService, image, text, font, size, fill, stroke, x, 
     if image is None:
         raise gr.Error("Upload an image and press Predict before voting.")
     who = annotator_handle(handle, anon_id, profile)
+    picture = load_upload(image)
     try:
         attack = make_attack(text, font, size, fill, stroke, x, y, opacity, rotation)
         labels = resolve_labels(preset, custom)
-        stored = service.vote(who, image, labels, attack, verdict, shown_left or "base", correct_label or None,
+        stored = service.vote(who, picture, labels, attack, verdict, shown_left or "base", correct_label or None,
                               t=float(t))
-        comparison = service.compare(image, labels, attack, t=float(t))
+        comparison = service.compare(picture, labels, attack, t=float(t), normalize=False)
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc
     left_title, right_title = side_titles(comparison, shown_left or "base", revealed=True)
@@ -170,8 +180,9 @@ def place_text_handler(image, evt: gr.SelectData):
     """Clicking the picture puts the text's centre there."""
     if image is None or evt is None or evt.index is None:
         return gr.update(), gr.update()
+    width, height = image.size if isinstance(image, Image.Image) else Image.open(image).size
     px, py = evt.index[0], evt.index[1]
-    return round(px / image.width, 3), round(py / image.height, 3)
+    return round(px / width, 3), round(py / height, 3)
 
 
 def example_paths() -> list[str]:
@@ -336,7 +347,12 @@ def data_view(service: AppService):
                             "gold seen": a.gold_seen, "gold correct": a.gold_correct, "trust": round(a.trust, 3)}
                            for a in s.per_annotator],
                           columns=["annotator", "judgments", "undone", "gold seen", "gold correct", "trust"])
-    return text, people
+    recent = pd.DataFrame([{"id": j.id, "when": j.created_at.strftime("%Y-%m-%d %H:%M:%S"), "annotator": j.annotator,
+                            "item": j.sample_id, "chosen": j.chosen, "rejected": j.rejected, "kind": j.kind,
+                            "undone": j.undone_at is not None}
+                           for j in service.repo.recent_judgments(20)],
+                          columns=["id", "when", "annotator", "item", "chosen", "rejected", "kind", "undone"])
+    return text, people, recent
 
 
 def export_handler(service: AppService, token, oauth_token: gr.OAuthToken | None = None):
@@ -387,7 +403,7 @@ def build_demo(service: AppService) -> gr.Blocks:
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="pil", label="Image (click it to place the text)",
+                    image = gr.Image(type="filepath", label="Image (click it to place the text)",
                                      sources=["upload", "clipboard", "webcam"], height=320)
                     with gr.Row():
                         synth_btn = gr.Button("New synthetic object")
@@ -477,6 +493,7 @@ def build_demo(service: AppService) -> gr.Blocks:
         with gr.Tab("Data"):
             data_text = gr.Markdown()
             people = gr.Dataframe(label="Annotators", interactive=False)
+            recent = gr.Dataframe(label="Recent judgments", interactive=False)
             with gr.Row():
                 export_btn = gr.Button("Export pairs (parquet)")
                 export_file = gr.File(label="Download", interactive=False)
@@ -570,11 +587,11 @@ def build_demo(service: AppService) -> gr.Blocks:
 
         def refresh():
             text_, curves_, table_ = progress_view(service)
-            data_text_, people_ = data_view(service)
+            data_text_, people_, recent_ = data_view(service)
             return (f"**Live model:** {service.model_info()}", text_, curves_, table_, versions_table(service),
-                    data_text_, people_)
+                    data_text_, people_, recent_)
 
-        refresh_out = [model_line, progress_text, curves, before_after, versions, data_text, people]
+        refresh_out = [model_line, progress_text, curves, before_after, versions, data_text, people, recent]
         gr.Timer(3.0).tick(refresh, None, refresh_out, api_visibility="private", queue=False)
         demo.load(refresh, None, refresh_out, api_visibility="private")
         demo.load(lambda a: a or f"anon-{secrets.token_hex(4)}", anon_id, anon_id, api_visibility="private")

@@ -90,3 +90,32 @@ def test_random_attack_and_click_to_place():
     assert first[0] in synth.SHAPES and first[3] != first[4]
     event = gr.SelectData(None, {"index": [56, 168], "value": None})
     assert place_text_handler(star(), event) == (0.25, 0.75)
+
+
+def test_bad_uploads_get_clear_messages_and_write_nothing(service, tmp_path):
+    truncated = tmp_path / "broken.png"
+    good = tmp_path / "good.png"
+    star().save(good)
+    truncated.write_bytes(good.read_bytes()[:300])
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not a picture")
+    for path, message in ((truncated, "damaged or truncated"), (text_file, "not an image")):
+        with pytest.raises(gr.Error, match=message):
+            predict_handler(service, str(path), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
+        with pytest.raises(gr.Error, match=message):
+            vote_handler(service, str(path), "circle", *STYLE, "Synthetic shapes", "", 1.0, "left", None, "base",
+                         "ann", "")
+    assert service.repo.stats().judgments == service.repo.stats().gold_items
+    seen, *_ = predict_handler(service, str(good), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
+    assert seen.size == (224, 224)
+
+
+def test_data_tab_lists_recent_judgments(service):
+    from poclip.ui import data_view
+
+    vote_handler(service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0, "neither", "star", "base",
+                 "dora", "")
+    text, people, recent = data_view(service)
+    assert "judgments" in text and "dora" in set(people["annotator"])
+    newest = recent.iloc[0]
+    assert (newest["annotator"], newest["chosen"], newest["undone"]) == ("dora", "star", False)
