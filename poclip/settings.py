@@ -46,6 +46,8 @@ class Settings:
             demand) (``POCLIP_BACKUP_KEEP``, ``POCLIP_BACKUP_EVERY_MINUTES``).
         seed_items: synthetic attacked items offered to annotators when the bundled model is live
             (``POCLIP_SEED_ITEMS``).
+        augment_attacks: extra pairs the trainer derives from each typographic judgment by writing other
+            wrong labels on the same picture (``POCLIP_AUGMENT``; 0 trains on the judgments alone).
         space_id: set by Hugging Face Spaces (``SPACE_ID``); enables the Hugging Face login button.
     """
 
@@ -69,6 +71,7 @@ class Settings:
     backup_every_minutes: float = 30.0
     space_id: str = ""
     seed_items: int = 600
+    augment_attacks: int = 4
 
     @property
     def resolved_database_url(self) -> str:
@@ -99,4 +102,5 @@ class Settings:
             backup_every_minutes=float(env.get("POCLIP_BACKUP_EVERY_MINUTES", defaults.backup_every_minutes)),
             space_id=env.get("SPACE_ID", ""),
             seed_items=int(env.get("POCLIP_SEED_ITEMS", defaults.seed_items)),
+            augment_attacks=int(env.get("POCLIP_AUGMENT", defaults.augment_attacks)),
         )

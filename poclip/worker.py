@@ -9,6 +9,7 @@ head when another process promotes one.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from annotation_db import Repository, RunInfo, RunnerBusyError, VersionInfo
-from poclip.attacks import TextAttack
+from poclip.attacks import TextAttack, random_attack
 from poclip.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.images import open_image
 from poclip.models import ClipEncoder
@@ -85,6 +86,22 @@ def gate(candidate: dict, live: dict, base: dict) -> tuple[bool, str]:
     return True, (f"typographic accuracy {live['typographic_accuracy']:.3f} -> "
                   f"{candidate['typographic_accuracy']:.3f}, clean {live['clean_accuracy']:.3f} -> "
                   f"{candidate['clean_accuracy']:.3f}")
+
+
+def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Preference]:
+    """``k`` more pairs from one typographic judgment: the same picture with other wrong words written on it.
+
+    A person who says the object is ``chosen`` despite the word on the picture has said so for any word: the
+    object does not change with the writing. Each extra pair writes another wrong label (paper-style random
+    attack, seeded by the sample) and rejects it. Judgments on pictures without writing are not expanded.
+    """
+    if pref.attack is None or k <= 0 or len(pref.labels) < 2:
+        return []
+    extra = []
+    for j in range(k):
+        attack = random_attack(pref.labels, pref.chosen, random.Random(f"invariance:{sample_id}:{j}"))
+        extra.append(Preference(pref.image, pref.chosen, attack.text, pref.labels, pref.template, attack))
+    return extra
 
 
 def _summary(metrics: dict) -> dict:
@@ -193,6 +210,7 @@ class Trainer:
             attack = TextAttack.from_dict(pair.attack) if pair.attack else None
             prefs.append(Preference(images[pair.image_sha256], pair.chosen, pair.rejected, tuple(pair.labels),
                                     pair.prompt_template, attack))
+            prefs += text_invariance_pairs(prefs[-1], pair.sample_id, self.settings.augment_attacks)
         if len(clean) < MIN_CLEAN:
             clean += synth_clean(MIN_CLEAN - len(clean), seed=1)
         return prefs, clean, batch.watermark

@@ -238,3 +238,19 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
         assert (svc.live.version is not None) == (version.status == "active")
     finally:
         svc.close()
+
+
+def test_text_invariance_pairs_write_other_wrong_words_on_the_same_picture():
+    from poclip.train import Preference
+    from poclip.worker import text_invariance_pairs
+
+    picture = synth.draw_scene(synth.sample_scene(random.Random(1), shape="heart"), 224)
+    attack = TextAttack("star", size=0.15)
+    judged = Preference(picture, "heart", "star", synth.SHAPES, "a photo of a {}.", attack)
+    extra = text_invariance_pairs(judged, sample_id=7, k=4)
+    assert len(extra) == 4 and extra == text_invariance_pairs(judged, sample_id=7, k=4)
+    for pair in extra:
+        assert pair.chosen == "heart" and pair.image is picture
+        assert pair.rejected == pair.attack.text and pair.rejected != "heart" and pair.rejected in synth.SHAPES
+    assert text_invariance_pairs(Preference(picture, "heart", "star", synth.SHAPES), 7, 4) == []
+    assert text_invariance_pairs(judged, 7, 0) == []
