@@ -53,6 +53,22 @@ def test_upload_write_vote_and_the_counter_rises(tmp_path, bundled):
             page.locator("#vote-right").click()
             expect(page.locator("#vote-counter")).to_contain_text("You have labelled 2 items", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "compare_vote.png"), full_page=True)
+
+            # Annotate with the keyboard: number keys answer, U undoes.
+            page.get_by_role("tab", name="Annotate").click()
+            page.locator("#next-btn").click()
+            expect(page.locator("#label-btn-1")).to_be_visible(timeout=60_000)
+            # The two Compare votes count too: the browser keeps the same anonymous annotator id.
+            expect(page.locator("#item-counter")).to_contain_text("2 labelled by you", timeout=60_000)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("3")
+            expect(page.locator("#item-counter")).to_contain_text("3 labelled by you", timeout=60_000)
+            page.keyboard.press("5")
+            expect(page.locator("#item-counter")).to_contain_text("4 labelled by you", timeout=60_000)
+            page.keyboard.press("u")
+            expect(page.locator("#item-counter")).to_contain_text("3 labelled by you", timeout=60_000)
+            expect(page.get_by_text("Undone: answer this one again.")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "annotate_keyboard.png"), full_page=True)
             browser.close()
     finally:
         demo.close()
