@@ -36,7 +36,7 @@ from poclip import synth  # noqa: E402
 from poclip.attacks import TextAttack, random_attack  # noqa: E402
 from poclip.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
 from poclip.models import load_model  # noqa: E402
-from poclip.service import AppService  # noqa: E402
+from poclip.service import AppService, annotation_item  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
 from poclip.ui import build_demo  # noqa: E402
 
@@ -50,12 +50,8 @@ def free_port() -> int:
 
 
 def seeded_truth(n: int) -> dict[str, str]:
-    truth = {}
-    for i in range(n):
-        rng = random.Random(f"annotate:{i}")
-        scene = synth.sample_scene(rng)
-        truth[random_attack(synth.SHAPES, scene.shape, rng).to_json()] = scene.shape
-    return truth
+    """attack JSON -> true shape for the app's seeded annotation items: what a careful person answers."""
+    return {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(n))}
 
 
 def percentile(values: list[float], q: float) -> float:

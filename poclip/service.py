@@ -84,6 +84,13 @@ class Item:
     labels: list[str]
 
 
+def annotation_item(index: int) -> tuple[synth.Scene, TextAttack]:
+    """Item ``index`` of the synthetic annotation stream: a scene and the paper-style attack written on it."""
+    rng = random.Random(f"annotate:{index}")
+    scene = synth.sample_scene(rng)
+    return scene, random_attack(synth.SHAPES, scene.shape, rng)
+
+
 def parse_rate_limit(text: str) -> tuple[int | None, float]:
     """``"60/60"`` -> (60, 60.0); ``"off"`` -> (None, 60.0)."""
     if text.strip().lower() in ("off", "none", "0", ""):
@@ -185,9 +192,7 @@ class AppService:
                 return 0
             gold = self.repo.ensure_annotator("poclip-gold")
             for i in range(n):
-                rng = random.Random(f"annotate:{i}")
-                scene = synth.sample_scene(rng)
-                attack = random_attack(synth.SHAPES, scene.shape, rng)
+                scene, attack = annotation_item(i)
                 image = self.repo.store_image(synth.draw_scene(scene, 224), source="synthetic")
                 sample = self.repo.add_sample(image.sha256, SYNTH_LABEL_SET, attack.to_dict())
                 if i % round(1 / GOLD_SHARE) == 0:

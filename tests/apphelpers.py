@@ -2,7 +2,7 @@
 
 import socket
 
-from poclip.service import AppService
+from poclip.service import AppService, annotation_item
 from poclip.settings import Settings
 
 ADMIN_TOKEN = "s3cret-admin"
@@ -21,3 +21,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def truth_by_attack(n: int) -> dict[str, str]:
+    """attack JSON -> true shape for the first ``n`` seeded annotation items (what an honest person answers)."""
+    truth = {}
+    for i in range(n):
+        scene, attack = annotation_item(i)
+        truth[attack.to_json()] = scene.shape
+    return truth

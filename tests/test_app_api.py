@@ -9,23 +9,13 @@ import random
 import time
 
 import pytest
-from apphelpers import ADMIN_TOKEN, free_port, make_service
+from apphelpers import ADMIN_TOKEN, free_port, make_service, truth_by_attack
 from gradio_client import Client, handle_file
 
 from poclip import synth
 from poclip.attacks import random_attack
 
 pytestmark = pytest.mark.slow
-
-
-def seeded_truth(n: int) -> dict[str, str]:
-    """attack JSON -> true shape for the app's seeded annotation stream (what an honest person answers)."""
-    truth = {}
-    for i in range(n):
-        rng = random.Random(f"annotate:{i}")
-        scene = synth.sample_scene(rng)
-        truth[random_attack(synth.SHAPES, scene.shape, rng).to_json()] = scene.shape
-    return truth
 
 
 def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
@@ -38,7 +28,7 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
     port = free_port()
     demo.queue(default_concurrency_limit=8).launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True)
-    truth = seeded_truth(240)
+    truth = truth_by_attack(240)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         _, item_id, _, counter = client.predict("alice", "", api_name="/next_item")

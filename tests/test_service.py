@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from apphelpers import ADMIN_TOKEN, make_service
+from apphelpers import ADMIN_TOKEN, make_service, truth_by_attack
 
 from annotation_db import ValidationError
 from poclip import synth
@@ -91,18 +91,10 @@ def test_admin_actions_need_the_token(service):
 
 
 def true_shape(service: AppService, sample) -> str:
-    index = seeded_index(service, sample)
-    rng = random.Random(f"annotate:{index}")
-    return synth.sample_scene(rng).shape
+    return TRUTH[TextAttack.from_dict(sample.attack).to_json()]
 
 
-def seeded_index(service: AppService, sample) -> int:
-    for i in range(service.settings.seed_items):
-        rng = random.Random(f"annotate:{i}")
-        scene = synth.sample_scene(rng)
-        if random_attack(synth.SHAPES, scene.shape, rng).to_dict() == sample.attack:
-            return i
-    raise AssertionError("not a seeded item")
+TRUTH = truth_by_attack(300)
 
 
 @pytest.mark.slow
