@@ -25,7 +25,7 @@ from poclip.attacks import TextAttack, random_attack
 from poclip.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.images import open_image
 from poclip.models import ClipEncoder
-from poclip.policy import Policy, load_head
+from poclip.policy import HeadError, Policy, load_head
 from poclip.settings import Settings
 from poclip.train import CleanImage, Preference, TrainConfig, synth_clean, train_head
 
@@ -118,6 +118,7 @@ class Trainer:
         self.worker_id = f"{socket.gethostname()}:{id(self):x}"
         self.progress = Progress()
         self._live = LiveModel(None, None)
+        self._unloadable: dict[int, str] = {}  # active versions this process cannot load, with the reason
         self._gate_data: EvalEmbeddings | None = None
         self._base_metrics: dict | None = None
         self._gate_lock = threading.Lock()
@@ -144,10 +145,20 @@ class Trainer:
             return current
         if active is None:
             self._live = LiveModel(None, None)
-        else:
+            return self._live
+        if active.id in self._unloadable:
+            return current
+        try:
             policy = load_head(active.head_path, self.encoder)
-            self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
-            log.info("live head is now version %s", active.id)
+        except HeadError as exc:
+            # e.g. the version was trained on another backbone (auto fell back to bundled on an earlier start):
+            # serve the base model rather than fail, and say why.
+            log.warning("cannot serve version %s: %s", active.id, exc)
+            self._unloadable[active.id] = str(exc)
+            self._live = LiveModel(None, None)
+            return self._live
+        self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
+        log.info("live head is now version %s", active.id)
         return self._live
 
     # ----- evaluation for the gate ----------------------------------------------------------------------------

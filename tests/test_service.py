@@ -246,3 +246,19 @@ def test_text_invariance_pairs_write_other_wrong_words_on_the_same_picture():
         assert pair.rejected == pair.attack.text and pair.rejected != "heart" and pair.rejected in synth.SHAPES
     assert text_invariance_pairs(Preference(picture, "heart", "star", synth.SHAPES), 7, 4) == []
     assert text_invariance_pairs(judged, 7, 0) == []
+
+
+def test_a_version_trained_on_another_backbone_is_not_served_and_does_not_stop_the_app(tmp_path, bundled, tiny):
+    from poclip.policy import Policy, save_head
+
+    path = save_head(Policy(tiny), tmp_path / "heads" / "other.safetensors")
+    first = make_service(tmp_path, bundled, seed_items=0)
+    version = first.repo.register_version(tiny.spec, str(path), {"note": "trained elsewhere"})
+    first.repo.promote_version(version.id)
+    first.close()
+    again = make_service(tmp_path, bundled, seed_items=0)  # starts, serving the base model
+    try:
+        assert again.live.policy is None
+        assert again.compare(star_scene(), list(synth.SHAPES)).version == "base model (no aligned version yet)"
+    finally:
+        again.close()
