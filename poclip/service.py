@@ -300,7 +300,8 @@ class AppService:
             raise UserError(f"The vote must be one of {', '.join(VERDICTS)}.")
         if shown_left not in ("base", "aligned"):
             raise UserError("shown_left must be 'base' or 'aligned'.")
-        result = self.compare(image, labels, attack, template, t)
+        clean = normalize_image(image)
+        result = self.compare(clean, labels, attack, template, t, normalize=False)
         left, right = (result.base, result.aligned) if shown_left == "base" else (result.aligned, result.base)
         if verdict == "neither":
             if not correct_label or correct_label not in result.labels:
@@ -319,14 +320,13 @@ class AppService:
             written = attack.text.strip() if attack else ""
             rejected = written if written in result.labels and written != chosen else self._runner_up(left, chosen)
         self.repo.ensure_annotator(annotator)
-        clean = normalize_image(image)
         stored = self.repo.store_image(clean, source="upload", uploader=annotator)
         sample = self.repo.add_sample(stored.sha256, self.label_set_for(result.labels, template),
                                       attack.to_dict() if attack else None)
         judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, shown_left=shown_left,
                                              said_right=verdict)
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected,
-                "verdict": verdict, "shown_left": shown_left}
+                "verdict": verdict, "shown_left": shown_left, "version": result.version, "t": result.t}
 
     @staticmethod
     def _runner_up(answer: Answer, chosen: str) -> str:

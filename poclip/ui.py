@@ -115,8 +115,9 @@ def hf_orgs(oauth_token: gr.OAuthToken | None) -> list[str]:
         return []
 
 
-def side_titles(comparison, shown_left: str, revealed: bool) -> tuple[str, str]:
-    names = {"base": "Base CLIP", "aligned": f"PO-CLIP ({comparison.version}, t={comparison.t:g})"}
+def side_titles(version: str, t: float, shown_left: str, revealed: bool) -> tuple[str, str]:
+    """Headings of the two answer columns; in arena mode neutral names until the person has voted."""
+    names = {"base": "Base CLIP", "aligned": f"PO-CLIP ({version}, t={t:g})"}
     right = "aligned" if shown_left == "base" else "base"
     if not revealed:
         return "### Model A", "### Model B"
@@ -137,7 +138,7 @@ def predict_handler(service: AppService, image, text, font, size, fill, stroke, 
         raise gr.Error(str(exc)) from exc
     shown_left = random.choice(("base", "aligned")) if arena else "base"
     left, right = (result.base, result.aligned) if shown_left == "base" else (result.aligned, result.base)
-    left_title, right_title = side_titles(result, shown_left, revealed=not arena)
+    left_title, right_title = side_titles(result.version, result.t, shown_left, revealed=not arena)
     return result.picture, left.top(5), right.top(5), left_title, right_title, shown_left
 
 
@@ -153,10 +154,9 @@ def vote_handler(service: AppService, image, text, font, size, fill, stroke, x, 
         labels = resolve_labels(preset, custom)
         stored = service.vote(who, picture, labels, attack, verdict, shown_left or "base", correct_label or None,
                               t=float(t))
-        comparison = service.compare(picture, labels, attack, t=float(t), normalize=False)
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc
-    left_title, right_title = side_titles(comparison, shown_left or "base", revealed=True)
+    left_title, right_title = side_titles(stored["version"], stored["t"], shown_left or "base", revealed=True)
     message = f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*."
     return message, left_title, right_title, f"You have labelled {service.labelled_by(who)} items."
 

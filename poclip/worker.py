@@ -122,6 +122,7 @@ class Trainer:
         self._gate_data: EvalEmbeddings | None = None
         self._base_metrics: dict | None = None
         self._gate_lock = threading.Lock()
+        self._request_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_schedule = time.time()
@@ -187,10 +188,12 @@ class Trainer:
 
     def request(self, config: dict[str, Any] | None = None, reason: str = "manual") -> RunInfo:
         """Queue a run (unless one is already queued); the loop or :meth:`run_pending` picks it up."""
-        queued = [r for r in self.repo.list_runs(limit=20) if r.status in ("queued", "running")]
-        if queued:
-            return queued[0]
-        return self.repo.enqueue_run({"loss": "dpo", **(config or {}), "reason": reason})
+        # Check and enqueue under one lock, so two clicks (or a click and the scheduler) queue one run.
+        with self._request_lock:
+            queued = [r for r in self.repo.list_runs(limit=20) if r.status in ("queued", "running")]
+            if queued:
+                return queued[0]
+            return self.repo.enqueue_run({"loss": "dpo", **(config or {}), "reason": reason})
 
     def run_pending(self) -> RunInfo | None:
         """Claim and execute the oldest queued run, if no other process is running one."""

@@ -262,3 +262,12 @@ def test_a_version_trained_on_another_backbone_is_not_served_and_does_not_stop_t
         assert again.compare(star_scene(), list(synth.SHAPES)).version == "base model (no aligned version yet)"
     finally:
         again.close()
+
+
+def test_two_retrain_clicks_queue_one_run(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: service.retrain(token=TOKEN), range(4)))
+    queued = [r for r in service.repo.list_runs() if r.status == "queued"]
+    assert len(queued) == 1 and {r["run_id"] for r in runs} == {queued[0].id}
