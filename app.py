@@ -6,9 +6,9 @@ import logging
 
 import gradio as gr
 
-from poclip.service import AppService
+from poclip.app.service import AppService
+from poclip.app.ui import build_demo, launch_kwargs
 from poclip.settings import Settings
-from poclip.ui import build_demo, launch_kwargs
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -23,15 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poclip import synth  # noqa: E402
-from poclip.embed_cache import EmbeddingCache  # noqa: E402
-from poclip.evaluate import embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
-from poclip.models import load_model  # noqa: E402
-from poclip.policy import Policy  # noqa: E402
-from poclip.train import TrainConfig, synth_clean, synth_preferences, train  # noqa: E402
+from poclip.engine.embed_cache import EmbeddingCache  # noqa: E402
+from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
+from poclip.engine.models import load_model  # noqa: E402
+from poclip.engine.policy import Policy  # noqa: E402
+from poclip.engine.train import TrainConfig, synth_clean, synth_preferences, train  # noqa: E402
+from poclip.world import synth  # noqa: E402
 
 # Every row is TrainConfig's default recipe for its loss (AdamW 0.05, 60 epochs, ortho 1e-3, lambda 0.3 or
-# IPO 1; beta DPO 0.5, IPO 0.05, KTO 0.3), which a small grid on this benchmark chose (see poclip/losses.py).
+# IPO 1; beta DPO 0.5, IPO 0.05, KTO 0.3), which a small grid on this benchmark chose (see poclip/engine/losses.py).
 ROWS: dict[str, TrainConfig] = {name: TrainConfig(loss=name.lower()) for name in ("CE", "DPO", "IPO", "KTO")}
 SWEEP_TS = [-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
@@ -175,7 +175,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.plot_dir:
-        from poclip.plots import plot_sweep
+        from poclip.engine.plots import plot_sweep
 
         for name, rows in result["sweeps"].items():
             plot_sweep(rows, Path(args.plot_dir) / f"sweep_{name.lower()}.png", "t",

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from poclip import synth  # noqa: E402
-from poclip.attacks import TextAttack, random_attack  # noqa: E402
-from poclip.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
-from poclip.models import load_model  # noqa: E402
-from poclip.service import AppService, annotation_item  # noqa: E402
+from poclip.app.service import AppService, annotation_item  # noqa: E402
+from poclip.app.ui import build_demo  # noqa: E402
+from poclip.engine.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
+from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
-from poclip.ui import build_demo  # noqa: E402
+from poclip.world import synth  # noqa: E402
+from poclip.world.attacks import TextAttack, random_attack  # noqa: E402
 
 TOKEN = "bench-admin"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
-    from poclip.pretrain import PretrainConfig, pretrain
+    from poclip.world.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
                          pool_size=args.pool_size, seed=args.seed, workers=args.workers)
@@ -22,8 +22,8 @@ def _pretrain(args: argparse.Namespace) -> dict:
 
 def _encoder_and_head(model: str | None, head: str | None):
     """Load the backbone (by default the one the head was trained on) and the head, if any."""
-    from poclip.models import load_model
-    from poclip.policy import load_head, read_head_metadata
+    from poclip.engine.models import load_model
+    from poclip.engine.policy import load_head, read_head_metadata
 
     if head is None:
         return load_model(model or "bundled"), None
@@ -33,7 +33,7 @@ def _encoder_and_head(model: str | None, head: str | None):
 
 
 def _cache(args: argparse.Namespace, encoder):
-    from poclip.embed_cache import EmbeddingCache
+    from poclip.engine.embed_cache import EmbeddingCache
 
     return EmbeddingCache(encoder, args.cache_dir) if getattr(args, "cache_dir", None) else None
 
@@ -54,7 +54,7 @@ def _load_dataset(data: str, split: str):
 
 
 def _eval(args: argparse.Namespace) -> dict:
-    from poclip.evaluate import embed_dataset_eval, embed_synth_eval, evaluate_policy, evaluate_synth
+    from poclip.engine.evaluate import embed_dataset_eval, embed_synth_eval, evaluate_policy, evaluate_synth
 
     encoder, policy = _encoder_and_head(args.model, args.head)
     if args.data == "synth" and policy is None and args.t is None:
@@ -80,9 +80,9 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from poclip.evaluate import embed_synth_eval, evaluate_policy
-    from poclip.models import load_model
-    from poclip.train import TrainConfig, synth_clean, synth_preferences, train
+    from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
+    from poclip.engine.models import load_model
+    from poclip.engine.train import TrainConfig, synth_clean, synth_preferences, train
 
     if args.data != "synth":
         raise SystemExit(f"--data {args.data!r}: the command line trains on 'synth' pairs; the app trains on "
@@ -115,7 +115,7 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _sweep_t(args: argparse.Namespace) -> dict:
-    from poclip.evaluate import embed_synth_eval, evaluate_policy, sweep_strength
+    from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength
 
     encoder, policy = _encoder_and_head(args.model, args.head)
     data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), keep_images=policy.trains_on_pixels)
@@ -126,7 +126,7 @@ def _sweep_t(args: argparse.Namespace) -> dict:
     result = {"model": encoder.spec, "head": args.head, "n": args.n, "seed": args.seed, "sweep": rows,
               "base": {k: base[k] for k in ("clean_accuracy", "typographic_accuracy", "attack_success_rate")}}
     if args.plot:
-        from poclip.plots import plot_sweep
+        from poclip.engine.plots import plot_sweep
 
         result["plot"] = str(plot_sweep(rows, args.plot, "t", {"clean_accuracy": "clean",
                                                                 "typographic_accuracy": "attacked"},
@@ -135,8 +135,8 @@ def _sweep_t(args: argparse.Namespace) -> dict:
 
 
 def _disentangle(args: argparse.Namespace) -> dict:
-    from poclip.disentangle import DisentangleConfig, run_disentangle
-    from poclip.models import load_model
+    from poclip.engine.disentangle import DisentangleConfig, run_disentangle
+    from poclip.engine.models import load_model
 
     encoder = load_model(args.model)
     cfg = DisentangleConfig(pairs=args.pairs, clean=args.pairs, n_eval=args.n, eval_seed=args.seed)
@@ -144,7 +144,7 @@ def _disentangle(args: argparse.Namespace) -> dict:
     result.pop("policy")
     result["model"] = encoder.spec
     if args.plot:
-        from poclip.plots import plot_sweep
+        from poclip.engine.plots import plot_sweep
 
         result["plot"] = str(plot_sweep(result["sweep"], args.plot, "t",
                                         {"attribute_accuracy": "tone accuracy", "shape_accuracy": "shape accuracy"},
@@ -155,7 +155,7 @@ def _disentangle(args: argparse.Namespace) -> dict:
 def _examples(args: argparse.Namespace) -> dict:
     import random
 
-    from poclip import synth
+    from poclip.world import synth
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,10 +171,10 @@ def _worker(args: argparse.Namespace) -> dict:
     import time
 
     from annotation_db import RepositoryConfig, open_repository
-    from poclip.models import load_model
-    from poclip.service import parse_rate_limit
+    from poclip.app.service import parse_rate_limit
+    from poclip.app.worker import Trainer
+    from poclip.engine.models import load_model
     from poclip.settings import Settings
-    from poclip.worker import Trainer
 
     settings = Settings.from_env()
     count, window = parse_rate_limit(settings.rate_limit)
@@ -200,7 +200,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from poclip.losses import LOSS_NAMES
+    from poclip.engine.losses import LOSS_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m poclip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -299,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
-    from poclip.attacks import AttackError
-    from poclip.models import ModelUnavailable
-    from poclip.policy import HeadError
-    from poclip.train import TrainingDataError
+    from poclip.engine.models import ModelUnavailable
+    from poclip.engine.policy import HeadError
+    from poclip.engine.train import TrainingDataError
+    from poclip.world.attacks import AttackError
 
     try:
         result = args.func(args)

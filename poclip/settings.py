@@ -25,7 +25,7 @@ class Settings:
     Attributes:
         data_dir: images, checkpoints, embedding cache and the SQLite database (``POCLIP_DATA_DIR``).
         database_url: SQLAlchemy URL (``DATABASE_URL``); default a SQLite file in ``data_dir``.
-        model_spec: backbone spec (``POCLIP_MODEL``), see :func:`poclip.models.load_model`.
+        model_spec: backbone spec (``POCLIP_MODEL``), see :func:`poclip.engine.models.load_model`.
         hub_timeout_s: how long a hub download may take to start before we give up (``POCLIP_HUB_TIMEOUT``).
         admin_token: shared secret for admin actions (``POCLIP_ADMIN_TOKEN``); empty disables token login.
         sqlite_journal_mode: ``WAL`` normally; ``DELETE`` on network file systems (``POCLIP_SQLITE_JOURNAL``).

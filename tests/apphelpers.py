@@ -2,7 +2,7 @@
 
 import socket
 
-from poclip.service import AppService, annotation_item
+from poclip.app.service import AppService, annotation_item
 from poclip.settings import Settings
 
 ADMIN_TOKEN = "s3cret-admin"

@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def bundled():
-    from poclip.models import load_model
+    from poclip.engine.models import load_model
 
     return load_model("bundled", device=torch.device("cpu"))
 
@@ -22,7 +22,7 @@ def bundled():
 @pytest.fixture(scope="session")
 def tiny():
     """A random-init open_clip model, loaded through the same code path as real ones."""
-    from poclip.models import load_model
+    from poclip.engine.models import load_model
 
     torch.manual_seed(0)
     return load_model("poclip-tiny-rn", device=torch.device("cpu"))

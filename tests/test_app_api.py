@@ -12,15 +12,15 @@ import pytest
 from apphelpers import ADMIN_TOKEN, free_port, make_service, truth_by_attack
 from gradio_client import Client, handle_file
 
-from poclip import synth
-from poclip.attacks import random_attack
+from poclip.world import synth
+from poclip.world.attacks import random_attack
 
 pytestmark = pytest.mark.slow
 
 
 def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
-    from poclip.attacks import TextAttack
-    from poclip.ui import build_demo
+    from poclip.app.ui import build_demo
+    from poclip.world.attacks import TextAttack
 
     service = make_service(tmp_path / "data", bundled, seed_items=240)
     service.start_background()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poclip.attacks import FONTS, AttackError, TextAttack, random_attack, render, to_hex
+from poclip.world.attacks import FONTS, AttackError, TextAttack, random_attack, render, to_hex
 
 
 def grey(size=(224, 224)):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from apphelpers import free_port, make_service
 
-from poclip import synth
 from poclip.settings import REPO_DIR
+from poclip.world import synth
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_DIR / "test-artifacts"
@@ -21,7 +21,7 @@ def test_upload_write_vote_and_the_counter_rises(tmp_path, bundled):
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import expect, sync_playwright
 
-    from poclip.ui import build_demo, launch_kwargs
+    from poclip.app.ui import build_demo, launch_kwargs
 
     service = make_service(tmp_path / "data", bundled)
     demo = build_demo(service)

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from poclip import synth
-from poclip.embed_cache import EmbeddingCache
-from poclip.evaluate import (
+from poclip.engine.embed_cache import EmbeddingCache
+from poclip.engine.evaluate import (
     embed_dataset_eval,
     embed_synth_eval,
     evaluate_policy,
@@ -13,7 +12,8 @@ from poclip.evaluate import (
     evaluate_synth_policy,
     sweep_strength,
 )
-from poclip.policy import Policy
+from poclip.engine.policy import Policy
+from poclip.world import synth
 
 
 @pytest.fixture(scope="module")

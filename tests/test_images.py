@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poclip.images import MAX_SIDE, ImageError, open_image
+from poclip.world.images import MAX_SIDE, ImageError, open_image
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

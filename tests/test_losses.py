@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from poclip.losses import (
+from poclip.engine.losses import (
     conservative_dpo_loss,
     cross_entropy_loss,
     dpo_loss,

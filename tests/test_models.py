@@ -4,9 +4,9 @@ import time
 import pytest
 import torch
 
-from poclip import synth
-from poclip.models import ModelUnavailable, load_model
-from poclip.pretrain import save_model_folder
+from poclip.engine.models import ModelUnavailable, load_model
+from poclip.world import synth
+from poclip.world.pretrain import save_model_folder
 
 
 def pictures(n=6):

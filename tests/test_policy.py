@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from poclip import synth
-from poclip.policy import HeadError, Policy, load_head, read_head_metadata, save_head, strength_matrix
+from poclip.engine.policy import HeadError, Policy, load_head, read_head_metadata, save_head, strength_matrix
+from poclip.world import synth
 
 LABELS = list(synth.SHAPES)
 
@@ -80,7 +80,7 @@ def test_head_checkpoint_roundtrip_with_metadata(trained_like, tiny, embeddings,
 
 
 def test_loading_a_head_onto_other_backbone_weights_is_refused(trained_like, tmp_path):
-    from poclip.models import load_model
+    from poclip.engine.models import load_model
 
     path = save_head(trained_like, tmp_path / "head.safetensors")
     torch.manual_seed(123)

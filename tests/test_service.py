@@ -7,10 +7,10 @@ import torch
 from apphelpers import ADMIN_TOKEN, make_service, truth_by_attack
 
 from annotation_db import ValidationError
-from poclip import synth
-from poclip.attacks import TextAttack, random_attack
-from poclip.service import AdminRequired, AppService, UserError
-from poclip.worker import gate
+from poclip.app.service import AdminRequired, AppService, UserError
+from poclip.app.worker import gate
+from poclip.world import synth
+from poclip.world.attacks import TextAttack, random_attack
 
 TOKEN = ADMIN_TOKEN
 
@@ -170,7 +170,7 @@ def test_too_few_pairs_fails_the_run_with_the_reason(service):
 
 
 def test_live_head_swap_keeps_in_flight_requests_on_the_old_head(tmp_path, bundled):
-    from poclip.policy import Policy, save_head
+    from poclip.engine.policy import Policy, save_head
 
     svc = make_service(tmp_path, bundled)
     try:
@@ -233,8 +233,8 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
 
 
 def test_text_invariance_pairs_write_other_wrong_words_on_the_same_picture():
-    from poclip.train import Preference
-    from poclip.worker import text_invariance_pairs
+    from poclip.app.worker import text_invariance_pairs
+    from poclip.engine.train import Preference
 
     picture = synth.draw_scene(synth.sample_scene(random.Random(1), shape="heart"), 224)
     attack = TextAttack("star", size=0.15)
@@ -249,7 +249,7 @@ def test_text_invariance_pairs_write_other_wrong_words_on_the_same_picture():
 
 
 def test_a_version_trained_on_another_backbone_is_not_served_and_does_not_stop_the_app(tmp_path, bundled, tiny):
-    from poclip.policy import Policy, save_head
+    from poclip.engine.policy import Policy, save_head
 
     path = save_head(Policy(tiny), tmp_path / "heads" / "other.safetensors")
     first = make_service(tmp_path, bundled, seed_items=0)

@@ -2,7 +2,7 @@ from collections import Counter
 
 import numpy as np
 
-from poclip import synth
+from poclip.world import synth
 
 
 def test_same_seed_same_pictures_and_captions():

@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from poclip import synth
-from poclip.embed_cache import EmbeddingCache, entry_key
-from poclip.policy import load_head, read_head_metadata
-from poclip.train import (
+from poclip.engine.embed_cache import EmbeddingCache, entry_key
+from poclip.engine.policy import load_head, read_head_metadata
+from poclip.engine.train import (
     CleanImage,
     Preference,
     TrainConfig,
@@ -19,6 +18,7 @@ from poclip.train import (
     train,
     train_head,
 )
+from poclip.world import synth
 
 METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl/clean"}
 FAST = TrainConfig(epochs=3, batch_size=16, lr=0.02, patience=0)

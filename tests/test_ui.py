@@ -8,8 +8,7 @@ import pytest
 from apphelpers import ADMIN_TOKEN, make_service
 from PIL import Image
 
-from poclip import synth
-from poclip.ui import (
+from poclip.app.ui import (
     CUSTOM,
     answer_handler,
     next_item_handler,
@@ -20,6 +19,7 @@ from poclip.ui import (
     undo_handler,
     vote_handler,
 )
+from poclip.world import synth
 
 STYLE = ("sans-bold", 0.15, "#ffffff", "rgba(0, 0, 0, 1)", 0.5, 0.5, 1.0, 0.0)
 
@@ -111,7 +111,7 @@ def test_bad_uploads_get_clear_messages_and_write_nothing(service, tmp_path):
 
 
 def test_data_tab_lists_recent_judgments(service):
-    from poclip.ui import data_view
+    from poclip.app.ui import data_view
 
     vote_handler(service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0, "neither", "star", "base",
                  "dora", "")

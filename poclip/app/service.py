@@ -24,13 +24,13 @@ from annotation_db import (
     ValidationError,
     open_repository,
 )
-from poclip import synth
-from poclip.attacks import TextAttack, random_attack, render
-from poclip.images import normalize_image, open_image
-from poclip.labels import DEFAULT_TEMPLATE, PRESETS, check_template, parse_labels
-from poclip.models import ClipEncoder, load_model
+from poclip.app.worker import LiveModel, Trainer
+from poclip.engine.models import ClipEncoder, load_model
 from poclip.settings import Settings
-from poclip.worker import LiveModel, Trainer
+from poclip.world import synth
+from poclip.world.attacks import TextAttack, random_attack, render
+from poclip.world.images import normalize_image, open_image
+from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS, check_template, parse_labels
 
 log = logging.getLogger(__name__)
 

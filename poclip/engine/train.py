@@ -1,13 +1,13 @@
 """Train an alignment head from preference triples (DPO, IPO, KTO, robust DPO, hinge, or the CE baseline).
 
-The whole loop is :func:`train`: embed every picture once (through :class:`~poclip.embed_cache.EmbeddingCache`),
+The whole loop is :func:`train`: embed every picture once (through :class:`~poclip.engine.embed_cache.EmbeddingCache`),
 precompute the reference log-probabilities, then minimise::
 
     L = mean_pairs L_pref(r_w, r_l)  +  lambda * mean_clean KL(pi_ref || pi)  +  gamma * ||W^T W - I||_F^2
 
 with Adamax or AdamW on a cosine schedule, early stopping on a validation split, and optionally a Beta
 moving average of the weights. The last term (linear head only) keeps W close to orthogonal, which keeps
-the logits near-linear in the strength t of :meth:`~poclip.policy.Policy.with_strength`, so the strength
+the logits near-linear in the strength t of :meth:`~poclip.engine.policy.Policy.with_strength`, so the strength
 dial moves predictions monotonically from the base model to the trained one. The CE baseline is plain
 cross-entropy on the attacked pictures: no reference, no KL, no orthogonality term.
 
@@ -30,10 +30,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from poclip import synth
-from poclip.attacks import TextAttack, random_attack, render
-from poclip.embed_cache import EmbeddingCache, entry_key
-from poclip.losses import (
+from poclip.engine.embed_cache import EmbeddingCache, entry_key
+from poclip.engine.losses import (
     DEFAULT_BETA,
     LOSS_NAMES,
     cross_entropy_loss,
@@ -41,8 +39,10 @@ from poclip.losses import (
     preference_loss,
     reward_metrics,
 )
-from poclip.models import ClipEncoder
-from poclip.policy import Policy, parse_head, save_head
+from poclip.engine.models import ClipEncoder
+from poclip.engine.policy import Policy, parse_head, save_head
+from poclip.world import synth
+from poclip.world.attacks import TextAttack, random_attack, render
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 # IPO's squared loss pulls harder on clean pictures than DPO's saturating one, so it needs the paper's lambda.
@@ -58,7 +58,7 @@ class TrainingDataError(ValueError):
 class Preference:
     """One preference triple: on ``image`` (with ``attack`` written on it, if any) ``chosen`` beats ``rejected``.
 
-    ``image`` is a picture or an embedding-cache key (:func:`poclip.embed_cache.entry_key`).
+    ``image`` is a picture or an embedding-cache key (:func:`poclip.engine.embed_cache.entry_key`).
     """
 
     image: Image.Image | str = field(repr=False)
@@ -84,7 +84,7 @@ class TrainConfig:
     :data:`DEFAULT_LAMBDA`), tuned on the benchmark; the paper's starting points are DPO 1.0, IPO 0.01, KTO 1.5.
 
     Attributes:
-        head: ``linear``, ``projection`` or ``last_blocks:K`` (see :mod:`poclip.policy`).
+        head: ``linear``, ``projection`` or ``last_blocks:K`` (see :mod:`poclip.engine.policy`).
         loss: one of ``dpo``, ``ipo``, ``kto``, ``robust``, ``conservative``, ``hinge``, ``ce``.
         reg_lambda: weight of the KL(pi_ref || pi) regularizer on clean pictures (ignored by ``ce``).
         ortho: weight of ``||W^T W - I||_F^2`` (linear head), the strength-dial penalty.
@@ -482,7 +482,7 @@ def train(
 
 
 def checkpoint_metadata(cfg: TrainConfig, result: TrainResult, n_pairs: int, n_clean: int) -> dict[str, object]:
-    """The string metadata stored with a head (see :func:`poclip.policy.save_head`)."""
+    """The string metadata stored with a head (see :func:`poclip.engine.policy.save_head`)."""
     return {
         "loss": cfg.loss,
         "beta": str(cfg.resolved_beta),

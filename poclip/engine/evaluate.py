@@ -14,12 +14,12 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from poclip import synth
-from poclip.attacks import render
-from poclip.embed_cache import EmbeddingCache
-from poclip.losses import kl_to_reference
-from poclip.models import DEFAULT_TEMPLATES, ClipEncoder
-from poclip.policy import Policy
+from poclip.engine.embed_cache import EmbeddingCache
+from poclip.engine.losses import kl_to_reference
+from poclip.engine.models import DEFAULT_TEMPLATES, ClipEncoder
+from poclip.engine.policy import Policy
+from poclip.world import synth
+from poclip.world.attacks import render
 
 
 def evaluate_synth(
@@ -131,11 +131,11 @@ def embed_dataset_eval(
     """Embed a Hugging Face ``datasets.Dataset`` with an image and a label column, attacking on the fly.
 
     The label set is the ``ClassLabel`` names of ``label_column`` (or its sorted distinct values). Each
-    picture gets a paper-style attack writing another label (:func:`poclip.attacks.random_attack`, seeded
+    picture gets a paper-style attack writing another label (:func:`poclip.world.attacks.random_attack`, seeded
     by ``f"dataset-attack:{seed}:{i}"``). ``n`` (default all) rows are taken in a seeded random order.
     """
-    from poclip.attacks import random_attack
-    from poclip.images import normalize_image
+    from poclip.world.attacks import random_attack
+    from poclip.world.images import normalize_image
 
     for column in (label_column, image_column):
         if column not in dataset.column_names:

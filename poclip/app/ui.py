@@ -1,4 +1,4 @@
-"""The Gradio interface: Compare, Annotate, Train and Data tabs over :class:`poclip.service.AppService`.
+"""The Gradio interface: Compare, Annotate, Train and Data tabs over :class:`poclip.app.service.AppService`.
 
 Handlers are plain functions of the service and the component values, so tests call them directly;
 every event a client may call has an explicit ``api_name``.
@@ -13,13 +13,13 @@ import gradio as gr
 from PIL import Image
 
 from annotation_db import AnnotationDBError, BackupError, HubError
-from poclip import synth
-from poclip.attacks import ATTACK_COLOURS, FONTS, AttackError, TextAttack, random_attack, to_hex
-from poclip.images import ImageError, normalize_image, open_image
-from poclip.labels import PRESETS, LabelSetError, parse_labels
-from poclip.policy import HeadError
-from poclip.service import AppService, UserError
+from poclip.app.service import AppService, UserError
+from poclip.engine.policy import HeadError
 from poclip.settings import ASSETS_DIR
+from poclip.world import synth
+from poclip.world.attacks import ATTACK_COLOURS, FONTS, AttackError, TextAttack, random_attack, to_hex
+from poclip.world.images import ImageError, normalize_image, open_image
+from poclip.world.labels import PRESETS, LabelSetError, parse_labels
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 CUSTOM = "Custom (type below)"
@@ -254,7 +254,7 @@ def undo_handler(service: AppService, handle, anon_id, profile: gr.OAuthProfile 
         if undone is None:
             return _item_outputs(service, who, service.next_item(who), note="\n\n_Nothing recent to undo._")
         sample = service.repo.get_sample(undone["sample_id"])
-        from poclip.service import Item
+        from poclip.app.service import Item
 
         item = Item(sample, service.picture_of(sample), list(sample.labels))
         return _item_outputs(service, who, item, note="\n\n_Undone: answer this one again._")

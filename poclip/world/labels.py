@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from poclip.synth import SHAPES
+from poclip.world.synth import SHAPES
 
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 64

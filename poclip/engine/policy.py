@@ -33,7 +33,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from poclip.models import ClipEncoder
+from poclip.engine.models import ClipEncoder
 
 HEAD_FORMAT = "poclip-head/1"
 HEAD_KINDS = ("linear", "projection", "last_blocks:K")
@@ -97,7 +97,7 @@ class LinearHead(torch.nn.Module):
 
 
 class Policy(torch.nn.Module):
-    """A backbone (:class:`~poclip.models.ClipEncoder`, frozen) plus an alignment head.
+    """A backbone (:class:`~poclip.engine.models.ClipEncoder`, frozen) plus an alignment head.
 
     Use :meth:`log_probs_for` / :meth:`predict` for the app's base-and-aligned predictions, and
     :meth:`with_strength` for the SVD strength knob. The reference policy is ``encoder`` itself.
@@ -252,7 +252,7 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
     Metadata always holds the format, backbone spec and fingerprint, head type and creation time; values
     that are not strings are stored as JSON. A crash before the rename leaves any old file untouched.
     """
-    from poclip.embed_cache import backbone_fingerprint
+    from poclip.engine.embed_cache import backbone_fingerprint
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +295,7 @@ def load_head(path: str | Path, encoder: ClipEncoder, check_backbone: bool = Tru
     Raises :class:`HeadError` if the file is not a head checkpoint or (with ``check_backbone``) was
     trained on different backbone weights, since a head only means something on its own backbone.
     """
-    from poclip.embed_cache import backbone_fingerprint
+    from poclip.engine.embed_cache import backbone_fingerprint
 
     meta = read_head_metadata(path)
     if check_backbone and meta.get("backbone_fingerprint") != backbone_fingerprint(encoder):

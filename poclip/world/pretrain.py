@@ -23,8 +23,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from poclip import synth
-from poclip.models import ClipEncoder
+from poclip.engine.models import ClipEncoder
+from poclip.world import synth
 
 MODEL_NAME = "poclip-tiny-rn"
 RENDER_SIZE = 128  # drawn larger than the model input, then downsampled as real photos are

@@ -27,8 +27,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from poclip.attacks import TextAttack, render
-from poclip.models import ClipEncoder
+from poclip.engine.models import ClipEncoder
+from poclip.world.attacks import TextAttack, render
 
 log = logging.getLogger(__name__)
 

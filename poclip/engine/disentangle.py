@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from poclip import synth
-from poclip.embed_cache import EmbeddingCache
-from poclip.losses import kl_to_reference
-from poclip.models import ClipEncoder
-from poclip.policy import Policy
-from poclip.train import CleanImage, Preference, TrainConfig, train
+from poclip.engine.embed_cache import EmbeddingCache
+from poclip.engine.losses import kl_to_reference
+from poclip.engine.models import ClipEncoder
+from poclip.engine.policy import Policy
+from poclip.engine.train import CleanImage, Preference, TrainConfig, train
+from poclip.world import synth
 
 TONES: tuple[str, ...] = ("warm", "cool")
 TONE_TEMPLATE = "a {} coloured shape."
@@ -140,6 +140,6 @@ def run_disentangle(encoder: ClipEncoder, cfg: DisentangleConfig | None = None,
 
 
 def _clean(n: int, seed: int) -> list[CleanImage]:
-    from poclip.train import synth_clean
+    from poclip.engine.train import synth_clean
 
     return synth_clean(n, seed + 7919)  # a stream apart from the typographic experiment's clean pictures

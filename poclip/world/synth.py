@@ -18,7 +18,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from poclip.attacks import ATTACK_COLOURS, FONTS, PAPER_SIZE_RANGE, TextAttack, random_attack, render
+from poclip.world.attacks import ATTACK_COLOURS, FONTS, PAPER_SIZE_RANGE, TextAttack, random_attack, render
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "heart", "hexagon", "cross", "diamond", "crescent", "arrow",
@@ -275,7 +275,7 @@ class EvalItem:
 def eval_item(seed: int, index: int, attack: Literal["none", "random"] = "random", size: int = 224) -> EvalItem:
     """Item ``index`` of the evaluation set for ``seed``; classes cycle so every set is balanced.
 
-    The attack writes a wrong shape name in the paper's style (:func:`poclip.attacks.random_attack`).
+    The attack writes a wrong shape name in the paper's style (:func:`poclip.world.attacks.random_attack`).
     """
     rng = random.Random(f"eval:{seed}:{index}")
     scene = sample_scene(rng, shape=SHAPES[index % len(SHAPES)])

@@ -21,13 +21,13 @@ from typing import Any
 from PIL import Image
 
 from annotation_db import Repository, RunInfo, RunnerBusyError, VersionInfo
-from poclip.attacks import TextAttack, random_attack
-from poclip.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
-from poclip.images import open_image
-from poclip.models import ClipEncoder
-from poclip.policy import HeadError, Policy, load_head
+from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
+from poclip.engine.models import ClipEncoder
+from poclip.engine.policy import HeadError, Policy, load_head
+from poclip.engine.train import CleanImage, Preference, TrainConfig, synth_clean, train_head
 from poclip.settings import Settings
-from poclip.train import CleanImage, Preference, TrainConfig, synth_clean, train_head
+from poclip.world.attacks import TextAttack, random_attack
+from poclip.world.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Trainer:
     def gate_data(self) -> EvalEmbeddings:
         with self._gate_lock:
             if self._gate_data is None:
-                from poclip.embed_cache import EmbeddingCache
+                from poclip.engine.embed_cache import EmbeddingCache
 
                 cache = EmbeddingCache(self.encoder, self.cache_dir)
                 self._gate_data = embed_synth_eval(self.encoder, self.settings.gate_eval_n, GATE_SEED, cache)

@@ -1,0 +1,1 @@
+"""The preference-optimization engine: backbones, alignment heads, losses, training, evaluation."""

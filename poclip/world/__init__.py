@@ -1,0 +1,1 @@
+"""The synthetic world: procedurally drawn objects, typographic attacks, picture handling, label sets."""
