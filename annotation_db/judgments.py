@@ -203,6 +203,26 @@ class JudgmentsMixin(CatalogMixin):
             None,
         )
 
+    def check_rate_limit(self, annotator: str) -> None:
+        """Raise :class:`RateLimitedError` if a human judgment by ``annotator`` would be refused now.
+
+        Lets a caller that must write other rows first (an uploaded picture, its sample) refuse early, so a
+        refused judgment leaves nothing behind. Unknown annotators have judged nothing. One indexed count.
+        """
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        limit = self.config.rate_limit_count
+        if limit is None:
+            return
+        since = self.now() - timedelta(seconds=self.config.rate_limit_window_s)
+        with self.db.reading() as s:
+            annotator_id = s.scalar(_ANNOTATOR_ID, {"handle": annotator})
+            if annotator_id is not None and s.scalar(
+                _RECENT_COUNT, {"annotator_id": annotator_id, "since": since}
+            ) >= limit:
+                raise RateLimitedError(
+                    f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s"
+                )
+
     def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
         """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
 

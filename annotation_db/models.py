@@ -234,6 +234,9 @@ class ModelVersion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The version that was live when this one was promoted: what a rollback returns to (migration 0002; a
+    # plain id, as versions are never deleted).
+    previous_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class TrainingRun(Base):

@@ -32,6 +32,7 @@ class VersionInfo:
     reason: str | None
     created_at: datetime
     promoted_at: datetime | None
+    previous_id: int | None = None  # the version live before this one was promoted
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionInfo:
@@ -46,6 +47,7 @@ class VersionInfo:
             row.reason,
             row.created_at,
             row.promoted_at,
+            row.previous_id,
         )
 
 
@@ -135,9 +137,12 @@ class VersionsMixin(StoreBase):
             raise InvalidTransitionError(_CONCURRENT) from exc
 
     def rollback_version(self, to_version_id: int | None = None, reason: str = "rolled back") -> VersionInfo:
-        """Re-activate an earlier version: ``to_version_id``, or the active version's parent.
+        """Re-activate an earlier version: ``to_version_id``, or the version that was live before the active one.
 
-        The version that was active becomes ``archived`` with ``reason`` recorded; it can be promoted again.
+        "Live before" is recorded at each promotion (not the training parent: a manually promoted version
+        may have been trained from another one). A rollback does not overwrite the target's own record, so
+        repeated rollbacks walk back through the history. The version that was active becomes ``archived``
+        with ``reason`` recorded; it can be promoted again.
 
         Returns:
             The version that is now active.
@@ -150,15 +155,17 @@ class VersionsMixin(StoreBase):
                 current = s.scalar(select(ModelVersion).where(ModelVersion.status == VersionStatus.ACTIVE))
                 if current is None:
                     raise InvalidTransitionError("no version is active; nothing to roll back")
-                target_id = to_version_id if to_version_id is not None else current.parent_id
+                target_id = to_version_id if to_version_id is not None else current.previous_id
                 if target_id is None:
-                    raise InvalidTransitionError(f"active version {current.id} has no parent to roll back to")
+                    raise InvalidTransitionError(
+                        f"version {current.id} was the first live version; there is nothing earlier to roll back to"
+                    )
                 if target_id == current.id:
                     raise InvalidTransitionError(f"version {target_id} is already active")
                 target = self._version(s, target_id)
                 if target.status is VersionStatus.REJECTED:
                     raise InvalidTransitionError(f"version {target_id} was rejected; pick another version")
-                self._activate(s, target, reason=f"{reason} (to version {target_id})")
+                self._activate(s, target, reason=f"{reason} (to version {target_id})", rollback=True)
                 return VersionInfo.of(target)
         except IntegrityError as exc:
             raise InvalidTransitionError(_CONCURRENT) from exc
@@ -188,7 +195,11 @@ class VersionsMixin(StoreBase):
             raise NotFoundError(f"unknown model version {version_id}")
         return row
 
-    def _activate(self, s: Session, row: ModelVersion, reason: str | None) -> None:
+    def _activate(self, s: Session, row: ModelVersion, reason: str | None, rollback: bool = False) -> None:
+        if not rollback:
+            row.previous_id = s.scalar(
+                select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE, ModelVersion.id != row.id)
+            )
         values: dict[str, Any] = {"status": VersionStatus.ARCHIVED}
         if reason is not None:
             values["reason"] = reason

@@ -53,9 +53,23 @@ def test_rollback_to_parent_or_a_given_version(repo):
 
     assert repo.rollback_version(to_version_id=v1.id).id == v1.id
     assert active_count(repo) == 1
-    with pytest.raises(InvalidTransitionError, match="has no parent"):
+    with pytest.raises(InvalidTransitionError, match="first live version"):
         repo.rollback_version()
     assert repo.promote_version(v3.id).status == "active"  # roll forward again
+
+
+def test_rollback_returns_to_the_version_that_was_live_not_the_parent(repo):
+    v1 = register(repo, "v1")
+    repo.promote_version(v1.id)
+    v2 = register(repo, "v2")  # trained from v1 ...
+    v3 = register(repo, "v3", parent_id=v1.id)  # ... and so was v3
+    repo.promote_version(v2.id)
+    repo.promote_version(v3.id)  # a manual promote: v2 was live, v3's parent is v1
+    assert repo.get_version(v3.id).previous_id == v2.id
+    assert repo.rollback_version().id == v2.id
+    assert repo.rollback_version().id == v1.id  # repeated rollbacks walk back through what was live
+    with pytest.raises(InvalidTransitionError, match="first live version"):
+        repo.rollback_version()
 
 
 def test_rejected_versions_cannot_be_promoted(repo):
