@@ -17,6 +17,14 @@ def make_service(data_dir, encoder, **overrides) -> AppService:
     return AppService.create(settings, encoder=encoder)
 
 
+def footprint(service: AppService) -> dict[str, int]:
+    """What a vote can leave behind: rows of each kind and picture files on disk."""
+    stats = service.repo.stats()
+    files = sum(1 for _ in (service.settings.data_dir / "images").rglob("*.png"))
+    return {"images": stats.images, "samples": stats.samples, "judgments": stats.judgments + stats.undone,
+            "annotators": len(stats.per_annotator), "files": files}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from apphelpers import ADMIN_TOKEN, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, footprint, make_service, truth_by_attack
 
 from annotation_db import ValidationError
 from poclip.app.service import AdminRequired, AppService, UserError
@@ -33,22 +33,105 @@ def test_compare_without_a_version_shows_the_base_model_on_both_sides(service):
     assert abs(sum(result.base.probs.values()) - 1) < 1e-4
 
 
-def test_vote_stores_one_judgment_and_bad_votes_store_nothing(service):
-    before = service.repo.stats().judgments
-    stored = service.vote("ann", star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), "neither",
-                          correct_label="star")
-    assert stored["chosen"] == "star" and stored["rejected"] != "star"
-    assert service.repo.stats().judgments == before + 1
-    for kwargs, message in [({"verdict": "sideways"}, "must be one of"),
-                            ({"verdict": "neither", "correct_label": None}, "Pick the right label"),
-                            ({"verdict": "left", "shown_left": "nobody"}, "shown_left")]:
-        args = {"verdict": "left", "shown_left": "base", "correct_label": None, **kwargs}
+def test_vote_stores_exactly_the_comparison_and_bad_votes_store_nothing(service):
+    shown = service.predict(star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), source="synthetic")
+    before = footprint(service)
+    refused = [
+        (dict(comparison_id=shown.id, verdict="sideways"), "must be one of"),
+        (dict(comparison_id=shown.id, verdict="neither"), "Pick the right label"),
+        (dict(comparison_id=shown.id, verdict="neither", correct_label="banana"), "not one of this comparison"),
+        (dict(comparison_id=None, verdict="left"), "press Predict"),
+        (dict(comparison_id="made-up", verdict="left"), "expired"),
+        (dict(comparison_id=shown.id, verdict="left", annotator=" "), "handle"),
+        (dict(comparison_id=shown.id, verdict="left", annotator="x" * 65), "at most 64"),
+    ]
+    for kwargs, message in refused:
         with pytest.raises(UserError, match=message):
-            service.vote("ann2", star_scene(), list(synth.SHAPES), None, **args)
-    assert service.repo.stats().judgments == before + 1
-    with pytest.raises(ValidationError):  # the same person on the same sample again
-        service.vote("ann", star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), "neither",
-                     correct_label="star")
+            service.vote(**{"annotator": "ann2", **kwargs})
+    assert footprint(service) == before  # no image row, file, sample, annotator or judgment
+
+    stored = service.vote("ann", shown.id, "neither", correct_label="star")
+    assert (stored["chosen"], stored["rejected"], stored["shown_left"]) == ("star", shown.base.label, "base")
+    sample = service.repo.get_sample(stored["sample_id"])
+    assert sample.attack == shown.attack.to_dict() and sample.labels == shown.labels
+    after = footprint(service)
+    assert (after["judgments"], after["images"], after["samples"]) == (before["judgments"] + 1,
+                                                                       before["images"] + 1, before["samples"] + 1)
+    with pytest.raises(UserError, match="already judged this picture"):  # the same person, the same picture
+        service.vote("ann", shown.id, "left")
+    assert footprint(service) == after
+
+
+def test_a_stale_vote_stores_the_old_comparison_exactly(service):
+    """Predict, then the controls change (another word, another t) and a new Predict: the old id still means
+    the old picture, word, label set, sides and answers."""
+    old = service.predict(star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), t=1.0,
+                          arena=True, source="synthetic", rng=random.Random(3))
+    new = service.predict(star_scene(), ["star", "heart"], TextAttack("heart", size=0.3), t=0.0,
+                          source="synthetic")
+    assert new.id != old.id
+    stored = service.vote("stale", old.id, "left")
+    judgment = service.repo.judgments_of("stale")[0]
+    sample = service.repo.get_sample(stored["sample_id"])
+    assert sample.attack["text"] == "circle" and sample.labels == tuple(synth.SHAPES)
+    assert (judgment.shown_left, judgment.said_right) == (old.shown_left, "left")
+    assert judgment.chosen == old.left.label and stored["t"] == 1.0
+
+
+def test_refused_by_the_rate_limit_leaves_nothing_behind(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled, rate_limit="1/60", seed_items=0)
+    try:
+        first = svc.predict(star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), source="synthetic")
+        svc.vote("quick", first.id, "neither", correct_label="star")
+        before = footprint(svc)
+        other = synth.draw_scene(synth.sample_scene(random.Random(8), shape="heart"), 224)
+        second = svc.predict(other, list(synth.SHAPES), TextAttack("arrow", size=0.15), source="synthetic")
+        with pytest.raises(ValidationError, match="slow down"):
+            svc.vote("quick", second.id, "neither", correct_label="heart")
+        assert footprint(svc) == before  # the new picture was not stored
+    finally:
+        svc.close()
+
+
+def test_an_upload_is_stored_only_when_its_uploader_agreed(service):
+    private = service.predict(star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15))
+    before = footprint(service)
+    with pytest.raises(UserError, match="Others may see"):
+        service.vote("owner", private.id, "neither", correct_label="star")
+    assert footprint(service) == before
+    shared = service.predict(star_scene(), list(synth.SHAPES), TextAttack("circle", size=0.15), shared=True)
+    service.vote("owner", shared.id, "neither", correct_label="star")
+    assert footprint(service)["images"] == before["images"] + 1
+
+
+def test_comparisons_are_bounded_and_expire_with_a_clear_message():
+    from poclip.app.comparisons import ComparisonExpired, ComparisonStore
+    from poclip.app.service import Answer, Comparison
+
+    now = [0.0]
+    store = ComparisonStore(max_records=3, max_bytes=10**9, ttl_s=60, clock=lambda: now[0])
+    pic = synth.draw_scene(synth.sample_scene(random.Random(1)), 32)
+
+    def record(i):
+        answer = Answer("base", {"a": 0.6, "b": 0.4})
+        return Comparison(f"c{i}", pic, pic, None, ("a", "b"), "{}", answer, answer, "base", "base model", 1.0)
+
+    for i in range(4):
+        store.put(record(i))
+    assert len(store) == 3 and store.n_bytes == 3 * record(0).n_bytes
+    with pytest.raises(ComparisonExpired, match="press Predict again"):
+        store.get("c0")  # the least recently used went first
+    store.get("c1")
+    store.put(record(4))  # c2 is now the least recently used
+    with pytest.raises(ComparisonExpired):
+        store.get("c2")
+    now[0] = 61.0
+    with pytest.raises(ComparisonExpired, match="expired"):
+        store.get("c1")
+    small = ComparisonStore(max_records=100, max_bytes=2 * record(0).n_bytes, ttl_s=60, clock=lambda: now[0])
+    for i in range(5):
+        small.put(record(i))
+    assert len(small) == 2 and small.n_bytes <= 2 * record(0).n_bytes
 
 
 def test_annotate_flow_answer_and_undo(service):
@@ -139,8 +222,11 @@ def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled
             scene = synth.sample_scene(rng)
             attack = random_attack(synth.SHAPES, scene.shape, rng)
             # A vandal insists the written word is the object: training on this rewards reading.
-            svc.vote("mallory", synth.draw_scene(scene, 224), list(synth.SHAPES), attack, "neither",
-                     correct_label=attack.text)
+            shown = svc.predict(synth.draw_scene(scene, 224), list(synth.SHAPES), attack, source="synthetic")
+            if shown.base.label == attack.text:  # both sides said the word: "both" confirms it
+                svc.vote("mallory", shown.id, "both")
+            else:
+                svc.vote("mallory", shown.id, "neither", correct_label=attack.text)
         svc.retrain(token=TOKEN)
         run = svc.trainer.run_pending()
         assert run.status == "succeeded", run.error
@@ -271,3 +357,34 @@ def test_two_retrain_clicks_queue_one_run(service):
         runs = list(pool.map(lambda _: service.retrain(token=TOKEN), range(4)))
     queued = [r for r in service.repo.list_runs() if r.status == "queued"]
     assert len(queued) == 1 and {r["run_id"] for r in runs} == {queued[0].id}
+
+
+def test_the_gold_pseudo_annotator_is_not_counted_as_a_person(service):
+    status = service.status()
+    assert status["gold_items"] == 3 and (status["judgments"], status["annotators"]) == (0, 0)
+    item = service.next_item("first-person")
+    service.answer_item("first-person", item.sample.id, item.labels[0])
+    status = service.status()
+    assert (status["judgments"], status["annotators"]) == (1, 1)
+    assert service.data_summary()["annotators"] == 1 and "per_annotator" not in service.data_summary()
+    people = service.data_summary(admin=True)["per_annotator"]
+    assert [p.handle for p in people] == ["first-person"]
+
+
+def test_rollback_after_a_manual_promote_returns_to_what_was_live(tmp_path, bundled):
+    from poclip.engine.policy import Policy, save_head
+
+    svc = make_service(tmp_path, bundled, seed_items=0)
+    try:
+        ids = []
+        for k in range(3):
+            path = save_head(Policy(bundled), tmp_path / "heads" / f"v{k}.safetensors")
+            parent = ids[0] if ids else None  # versions 2 and 3 were both trained from version 1
+            ids.append(svc.repo.register_version(bundled.spec, str(path), {"loss": "dpo"}, parent_id=parent).id)
+        svc.promote(ids[0], token=TOKEN)
+        svc.promote(ids[2], token=TOKEN)
+        svc.promote(ids[1], token=TOKEN)  # manual: version 3 was live, version 2's parent is version 1
+        assert svc.rollback(token=TOKEN) == {"active_version": ids[2]}
+        assert svc.live.version.id == ids[2]
+    finally:
+        svc.close()

@@ -11,19 +11,23 @@ import logging
 import random
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from annotation_db import (
+    DuplicateJudgmentError,
     Repository,
     RepositoryConfig,
     SampleInfo,
     ValidationError,
     open_repository,
 )
+from annotation_db.models import HANDLE_MAX
+from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonExpired, ComparisonStore
+from poclip.app.comparisons import new_id as new_comparison_id
 from poclip.app.worker import LiveModel, Trainer
 from poclip.engine.models import ClipEncoder, load_model
 from poclip.settings import Settings
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SYNTH_LABEL_SET = "Synthetic shapes"
 GOLD_SHARE = 0.1
+GOLD_HANDLE = "poclip-gold"  # the pseudo-annotator that holds gold answers; not a person
 VERDICTS = ("left", "right", "both", "neither")
 
 
@@ -45,34 +50,6 @@ class UserError(ValueError):
 
 class AdminRequired(UserError):
     """An admin action attempted without admin rights."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One model's answer on one picture."""
-
-    model: str  # "base" or "aligned"
-    probs: dict[str, float]  # label -> probability, all labels
-
-    @property
-    def label(self) -> str:
-        return max(self.probs, key=self.probs.get)
-
-    def top(self, k: int = 5) -> dict[str, float]:
-        return dict(sorted(self.probs.items(), key=lambda kv: -kv[1])[:k])
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Base and aligned answers from one image-tower pass, and what the model saw."""
-
-    picture: Image.Image
-    labels: list[str]
-    template: str
-    base: Answer
-    aligned: Answer
-    version: str
-    t: float
 
 
 @dataclass(frozen=True)
@@ -89,6 +66,50 @@ def annotation_item(index: int) -> tuple[synth.Scene, TextAttack]:
     rng = random.Random(f"annotate:{index}")
     scene = synth.sample_scene(rng)
     return scene, random_attack(synth.SHAPES, scene.shape, rng)
+
+
+def runner_up(answer: Answer, chosen: str) -> str:
+    """The answer's most likely label other than ``chosen``."""
+    return next(label for label, _ in sorted(answer.probs.items(), key=lambda kv: -kv[1]) if label != chosen)
+
+
+def judgment_for(record: Comparison, verdict: str, correct_label: str | None) -> tuple[str, str]:
+    """(chosen, rejected) for ``verdict`` on the comparison as shown; :class:`UserError` when it cannot stand.
+
+    left/right: the winner's answer over the loser's (its runner-up when both said the same); both: the shared
+    answer over the written word (or the runner-up); neither: ``correct_label`` over the wrong answer shown.
+    """
+    if verdict not in VERDICTS:
+        raise UserError(f"The vote must be one of {', '.join(VERDICTS)}.")
+    left, right = record.left, record.right
+    if verdict == "neither":
+        if not correct_label:
+            raise UserError("Neither side was right? Pick the right label from the list first.")
+        if correct_label not in record.labels:
+            raise UserError(f"{correct_label!r} is not one of this comparison's labels ({', '.join(record.labels)}).")
+        wrong = [a.label for a in (left, right) if a.label != correct_label]
+        if not wrong:
+            raise UserError(f"Both sides answered {correct_label!r}: vote 'Both' if that is right.")
+        return correct_label, wrong[0]
+    if verdict in ("left", "right"):
+        winner, loser = (left, right) if verdict == "left" else (right, left)
+        rejected = loser.label if loser.label != winner.label else runner_up(loser, winner.label)
+        return winner.label, rejected
+    if left.label != right.label:
+        raise UserError("The two sides give different answers, so they cannot both be right.")
+    written = record.attack.text.strip() if record.attack else ""
+    rejected = written if written in record.labels and written != left.label else runner_up(left, left.label)
+    return left.label, rejected
+
+
+def check_handle(handle: str | None) -> str:
+    """The annotator's name as stored, checked before anything is written."""
+    handle = (handle or "").strip()
+    if not handle:
+        raise UserError("Type a handle (or log in) so your labels can be counted.")
+    if len(handle) > HANDLE_MAX:
+        raise UserError(f"Your handle is {len(handle)} characters long; at most {HANDLE_MAX} are allowed.")
+    return handle
 
 
 def parse_rate_limit(text: str) -> tuple[int | None, float]:
@@ -110,6 +131,7 @@ class AppService:
         self.encoder = encoder
         self.repo = repo
         self.trainer = Trainer(settings, repo, encoder)
+        self.comparisons = ComparisonStore()
         self._seed_lock = threading.Lock()
 
     @classmethod
@@ -143,7 +165,11 @@ class AppService:
                f"{self.live.label}"
 
     def status(self) -> dict[str, Any]:
-        """Live model, data counts and the trainer's state, as one JSON-friendly dict."""
+        """Live model, data counts and the trainer's state, as one JSON-friendly dict.
+
+        ``judgments`` and ``annotators`` count people only (the gold pseudo-annotator's reference answers are
+        ``gold_items``); ``pairs`` are items whose votes currently yield a training pair.
+        """
         stats = self.repo.stats()
         progress = self.trainer.progress
         every = self.settings.retrain_every_pairs
@@ -151,15 +177,46 @@ class AppService:
         return {
             "backbone": self.encoder.spec,
             "live_version": self.live.version.id if self.live.version else None,
-            "judgments": stats.judgments,
+            "judgments": stats.judgments - stats.gold_items,
+            "gold_items": stats.gold_items,
             "pairs": stats.pairs,
-            "annotators": stats.annotators,
+            "annotators": sum(1 for a in stats.per_annotator if a.handle != GOLD_HANDLE),
             "agreement_alpha": stats.alpha,
             "new_pairs": fresh,
             "next_retrain_at": (every - fresh) if every and fresh < every else (0 if every else None),
             "trainer": {"run": progress.run_id, "phase": progress.phase, "step": progress.step,
                         "total": progress.total, "message": progress.message},
         }
+
+    def training_progress(self):
+        """The trainer's progress (phase, steps, metric history) as the background trainer last reported it."""
+        return self.trainer.progress
+
+    def latest_evaluation(self) -> dict | None:
+        """The newest finished run's held-out evaluation (candidate, live before, base), if any."""
+        runs = self.repo.list_runs(limit=1)
+        return runs[0].metrics if runs and runs[0].metrics and "candidate" in runs[0].metrics else None
+
+    def versions(self, limit: int = 50) -> list:
+        """The newest model versions (id, status, metrics, reason), newest first."""
+        return self.repo.list_versions(limit=limit)
+
+    def data_summary(self, *, admin: bool = False) -> dict[str, Any]:
+        """Counts for everyone; per-annotator figures and the latest judgments only for ``admin``.
+
+        Handles, anonymous ids and trust scores identify people, so the public sees aggregates only.
+        """
+        s = self.repo.stats()
+        summary: dict[str, Any] = {
+            "images": s.images, "items": s.samples, "gold_items": s.gold_items,
+            "judgments": s.judgments - s.gold_items, "undone": s.undone,
+            "annotators": sum(1 for a in s.per_annotator if a.handle != GOLD_HANDLE),
+            "pairs": s.pairs, "alpha": s.alpha,
+        }
+        if admin:
+            summary["per_annotator"] = [a for a in s.per_annotator if a.handle != GOLD_HANDLE]
+            summary["recent"] = self.repo.recent_judgments(20)
+        return summary
 
     # ----- label sets and annotation items ------------------------------------------------------------------
 
@@ -190,7 +247,7 @@ class AppService:
         with self._seed_lock:
             if self.repo.stats().samples >= n:
                 return 0
-            gold = self.repo.ensure_annotator("poclip-gold")
+            gold = self.repo.ensure_annotator(GOLD_HANDLE)
             for i in range(n):
                 scene, attack = annotation_item(i)
                 image = self.repo.store_image(synth.draw_scene(scene, 224), source="synthetic")
@@ -210,10 +267,16 @@ class AppService:
 
     def next_item(self, annotator: str) -> Item | None:
         """The next item ``annotator`` should label, or None when they have labelled everything."""
+        annotator = check_handle(annotator)
         self.repo.ensure_annotator(annotator)
         sample = self.repo.next_sample(annotator)
         if sample is None:
             return None
+        return Item(sample, self.picture_of(sample), list(sample.labels))
+
+    def item(self, sample_id: int) -> Item:
+        """Item ``sample_id`` as annotators see it (e.g. again after an undo)."""
+        sample = self.repo.get_sample(int(sample_id))
         return Item(sample, self.picture_of(sample), list(sample.labels))
 
     def answer_item(self, annotator: str, sample_id: int, chosen: str) -> dict[str, Any]:
@@ -222,6 +285,7 @@ class AppService:
         The rejected label is the word written on the picture when it is a candidate label, else the base
         model's most likely wrong label (what the person implicitly corrected).
         """
+        annotator = check_handle(annotator)
         sample = self.repo.get_sample(int(sample_id))
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
@@ -243,14 +307,18 @@ class AppService:
         return None if undone is None else {"judgment_id": undone.id, "sample_id": undone.sample_id}
 
     def labelled_by(self, annotator: str) -> int:
-        return len(self.repo.judgments_of(annotator))
+        """How many labels ``annotator`` has given and not undone (0 for someone new)."""
+        try:
+            return len(self.repo.judgments_of(annotator))
+        except ValidationError:  # not an annotator yet
+            return 0
 
     # ----- compare and vote ------------------------------------------------------------------------------------
 
     def compare(
         self,
         image: Image.Image,
-        labels: str | list[str],
+        labels: str | list[str] | tuple[str, ...],
         attack: TextAttack | None = None,
         template: str = DEFAULT_TEMPLATE,
         t: float = 1.0,
@@ -260,77 +328,95 @@ class AppService:
 
         One image-tower pass; the aligned answer uses the live head at strength ``t`` (the base model when
         no version is live). The live head is read once, so a swap during the call does not mix versions.
+        The result is not kept: :meth:`predict` keeps it for a vote.
         """
-        label_list = parse_labels(labels)
+        label_list = parse_labels(list(labels) if isinstance(labels, tuple) else labels)
         template = check_template(template)
         picture = normalize_image(image) if normalize else image
-        if attack is not None:
-            picture = render(picture, attack)
+        seen = render(picture, attack) if attack is not None else picture
         live = self.live
-        emb = self.encoder.encode_images([picture])
+        emb = self.encoder.encode_images([seen])
         if live.policy is None:
             base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
             aligned = base
         else:
             base, aligned = live.policy.log_probs_for(emb, label_list, template, float(t))
         as_dict = lambda lp: {lab: round(float(p), 6) for lab, p in zip(label_list, lp[0].exp(), strict=True)}  # noqa: E731
-        return Comparison(picture, label_list, template, Answer("base", as_dict(base)),
-                          Answer("aligned", as_dict(aligned)), live.label, float(t))
+        return Comparison(new_comparison_id(), picture, seen, attack, tuple(label_list), template,
+                          Answer("base", as_dict(base)), Answer("aligned", as_dict(aligned)), "base", live.label,
+                          float(t))
 
-    def vote(
+    def predict(
         self,
-        annotator: str,
         image: Image.Image,
         labels: str | list[str],
-        attack: TextAttack | None,
-        verdict: str,
-        shown_left: str = "base",
-        correct_label: str | None = None,
+        attack: TextAttack | None = None,
+        *,
         template: str = DEFAULT_TEMPLATE,
         t: float = 1.0,
-    ) -> dict[str, Any]:
-        """Store a judgment from the Compare tab.
+        arena: bool = False,
+        source: str = "upload",
+        shared: bool = False,
+        rng: random.Random | None = None,
+    ) -> Comparison:
+        """:meth:`compare`, then keep the comparison (with which model is shown left) for :meth:`vote`.
+
+        Args:
+            image: an already normalised picture (:func:`poclip.world.images.open_image`).
+            arena: show the models in random order (``rng``), named only after the vote.
+            source: ``upload``, ``synthetic`` or ``example``: where the picture came from.
+            shared: for uploads, the person agreed that the picture is stored with their vote and shown to
+                other annotators; without it a vote on an upload is refused.
+        Returns:
+            The kept comparison; its ``id`` is what a vote names.
+        """
+        if source not in SOURCES:
+            raise UserError(f"source must be one of {', '.join(SOURCES)}.")
+        result = self.compare(image, labels, attack, template, t, normalize=False)
+        shown_left = (rng or random).choice(SIDES) if arena else "base"
+        return self.comparisons.put(replace(result, shown_left=shown_left, source=source, shared=bool(shared)))
+
+    def comparison(self, comparison_id: str) -> Comparison:
+        """The kept comparison with this id (:class:`ComparisonExpired` when it is gone)."""
+        try:
+            return self.comparisons.get(comparison_id)
+        except ComparisonExpired as exc:
+            raise UserError(str(exc)) from exc
+
+    def vote(self, annotator: str, comparison_id: str, verdict: str, correct_label: str | None = None) -> dict:
+        """Store the person's verdict on comparison ``comparison_id``, exactly as it was shown.
 
         ``verdict`` says which side was right: ``left``, ``right``, ``both`` or ``neither`` (then
-        ``correct_label`` names the object). ``shown_left`` is the model on the left (``base``/``aligned``).
-        The chosen label is the right answer; the rejected one is the wrong answer shown (or, when both were
-        right, the written word or the runner-up).
-        """
-        if verdict not in VERDICTS:
-            raise UserError(f"The vote must be one of {', '.join(VERDICTS)}.")
-        if shown_left not in ("base", "aligned"):
-            raise UserError("shown_left must be 'base' or 'aligned'.")
-        clean = normalize_image(image)
-        result = self.compare(clean, labels, attack, template, t, normalize=False)
-        left, right = (result.base, result.aligned) if shown_left == "base" else (result.aligned, result.base)
-        if verdict == "neither":
-            if not correct_label or correct_label not in result.labels:
-                raise UserError("Pick the right label from the label set when neither side was right.")
-            chosen = correct_label
-            wrong = [a.label for a in (left, right) if a.label != chosen]
-            rejected = wrong[0] if wrong else self._runner_up(left, chosen)
-        elif verdict in ("left", "right"):
-            winner, loser = (left, right) if verdict == "left" else (right, left)
-            chosen = winner.label
-            rejected = loser.label if loser.label != chosen else self._runner_up(loser, chosen)
-        else:
-            if left.label != right.label:
-                raise UserError("The two sides give different answers, so they cannot both be right.")
-            chosen = left.label
-            written = attack.text.strip() if attack else ""
-            rejected = written if written in result.labels and written != chosen else self._runner_up(left, chosen)
-        self.repo.ensure_annotator(annotator)
-        stored = self.repo.store_image(clean, source="upload", uploader=annotator)
-        sample = self.repo.add_sample(stored.sha256, self.label_set_for(result.labels, template),
-                                      attack.to_dict() if attack else None)
-        judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, shown_left=shown_left,
-                                             said_right=verdict)
-        return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected,
-                "verdict": verdict, "shown_left": shown_left, "version": result.version, "t": result.t}
+        ``correct_label``, one of the comparison's labels, names the object). The chosen label is the right
+        answer; the rejected one is the wrong answer shown (or, when both were right, the written word or the
+        runner-up).
 
-    @staticmethod
-    def _runner_up(answer: Answer, chosen: str) -> str:
-        return next(label for label, _ in sorted(answer.probs.items(), key=lambda kv: -kv[1]) if label != chosen)
+        Everything is checked before anything is written (the comparison, the verdict, the label, the
+        handle, consent for uploads, the rate limit); then the picture, its sample and the judgment are
+        stored. A refused vote leaves no image row, file, sample or annotator behind.
+        """
+        record = self.comparison(comparison_id)
+        chosen, rejected = judgment_for(record, verdict, correct_label)
+        annotator = check_handle(annotator)
+        if record.source == "upload" and not record.shared:
+            raise UserError("A vote stores your picture and shows it to other annotators: tick 'Others may see and "
+                            "label my picture' and press Predict again (or vote on an example or a synthetic "
+                            "object).")
+        self.repo.check_rate_limit(annotator)
+        self.repo.ensure_annotator(annotator)
+        stored = self.repo.store_image(record.picture, source=record.source,
+                                       uploader=annotator if record.source == "upload" else None)
+        sample = self.repo.add_sample(stored.sha256, self.label_set_for(list(record.labels), record.template),
+                                      record.attack.to_dict() if record.attack else None)
+        try:
+            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, shown_left=record.shown_left,
+                                                 said_right=verdict)
+        except DuplicateJudgmentError as exc:  # nothing new was written: the picture and sample were there
+            raise UserError("You have already judged this picture with this text and these labels; change "
+                            "something and press Predict again.") from exc
+        return {"judgment_id": judgment.id, "sample_id": sample.id, "comparison_id": record.id, "chosen": chosen,
+                "rejected": rejected, "verdict": verdict, "shown_left": record.shown_left,
+                "version": record.version, "t": record.t}
 
     # ----- admin -------------------------------------------------------------------------------------------------
 
@@ -343,9 +429,17 @@ class AppService:
         return bool(self.settings.admin_org and hf_orgs and self.settings.admin_org in hf_orgs)
 
     def require_admin(self, token: str | None = None, hf_orgs: list[str] | None = None) -> None:
-        if not self.is_admin(token, hf_orgs):
-            raise AdminRequired("This action needs admin rights: enter the admin token (POCLIP_ADMIN_TOKEN) or "
-                                "log in with Hugging Face as a member of the admin organisation.")
+        if self.is_admin(token, hf_orgs):
+            return
+        if not self.settings.admin_token and not self.settings.admin_org:
+            raise AdminRequired("Admin actions are switched off on this server: set POCLIP_ADMIN_TOKEN (or "
+                                "POCLIP_ADMIN_ORG for Hugging Face logins) and restart the app.")
+        ways = []
+        if self.settings.admin_token:
+            ways.append("sign in with the admin token (POCLIP_ADMIN_TOKEN)")
+        if self.settings.admin_org:
+            ways.append(f"log in with Hugging Face as a member of {self.settings.admin_org}")
+        raise AdminRequired(f"This action needs admin rights: {' or '.join(ways)}.")
 
     def retrain(self, loss: str = "dpo", *, token: str | None = None, hf_orgs: list[str] | None = None) -> dict:
         """Queue a retrain (admin). The background trainer picks it up; returns the queued run."""

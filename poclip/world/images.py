@@ -1,14 +1,25 @@
-"""Turning whatever a user uploads into a safe, upright, bounded RGB picture."""
+"""Turning whatever a user uploads into a safe, upright, bounded RGB picture, or a message that says why not.
+
+:func:`open_image` is the app's validator: it runs on the raw file before anything else decodes it, so every
+malformed upload gets one of these messages and every valid one the same normalisation (EXIF orientation,
+first frame, alpha on white, 16-bit and float pictures scaled to 8 bits, at most :data:`MAX_SIDE`).
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_SIDE = 1024  # larger uploads are downscaled; CLIP sees 224 px or less anyway
 MAX_PIXELS = 40_000_000  # refuse decompression bombs well before they reach memory
+MAX_FILE_BYTES = 25 * 2**20  # the app also passes this to Gradio as max_file_size
+MIN_SIDE = 16  # below this there is nothing to recognise and no room to write a word
+MAX_ASPECT = 10.0  # longer side / shorter side; a 1x40000 strip is not a picture of an object
+# Raster formats only: Pillow would hand EPS to Ghostscript, and vector or document formats are not photos.
+FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "ICO")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -16,21 +27,45 @@ class ImageError(ValueError):
     """An upload that is not a usable picture; the message is meant for the user."""
 
 
+def _check_geometry(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"The picture is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); at most "
+                         f"{MAX_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down and upload it again.")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"The picture is only {width}x{height} pixels; it needs at least {MIN_SIDE} pixels on "
+                         "each side to show an object.")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise ImageError(f"The picture is {width}x{height} pixels, a thin strip; its long side may be at most "
+                         f"{MAX_ASPECT:g} times its short side. Crop it to the object.")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greys scaled to 0-255 (converting would clip most of them to white)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and values.max() <= 1.0 else max(float(values.max()), 1e-12)
+    else:
+        top = 65535.0 if not values.size or values.max() <= 65535 else float(values.max())
+    scaled = np.clip(np.nan_to_num(values) / top * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, "L")
+
+
 def normalize_image(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
-    """Upright (EXIF orientation applied), RGB (alpha flattened on white), first frame, at most ``max_side``."""
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"The image has {image.width}x{image.height} pixels; at most {MAX_PIXELS:,} are accepted.")
+    """Upright (EXIF orientation applied), RGB (alpha flattened on white), first frame, at most ``max_side``.
+
+    Raises :class:`ImageError` for pictures too large, too small or too thin to use.
+    """
+    _check_geometry(image.width, image.height)
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         image = flat
-    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greys: scale to 8 bits instead of clipping everything above 255 to white.
-        image = image.point(lambda v: v / 256).convert("L").convert("RGB")
     else:
         image = image.convert("RGB")
     if max(image.size) > max_side:
@@ -38,23 +73,61 @@ def normalize_image(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image
     return image
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode an image file or bytes, then :func:`normalize_image` it.
-
-    Raises :class:`ImageError` for empty, truncated, non-image or oversized input.
-    """
-    data = Path(source).read_bytes() if isinstance(source, str | Path) else source
-    if not data:
-        raise ImageError("The file is empty (0 bytes).")
+def _not_an_image(data: bytes) -> ImageError:
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return ImageError("This is an SVG drawing, not a picture: export it as PNG or JPEG and upload that.")
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return ImageError("This file is a web page (HTML), not a picture, whatever its name says. Upload a PNG, "
+                          "JPEG, WebP or GIF picture.")
+    if head.startswith(b"%pdf"):
+        return ImageError("This is a PDF document, not a picture: export the page as PNG or JPEG.")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        data[:4096].decode("utf-8")
+        return ImageError("This file contains text, not a picture, whatever its name says. Upload a PNG, JPEG, "
+                          "WebP or GIF picture.")
+    except UnicodeDecodeError:
+        return ImageError(f"This file is not a picture in a format the app reads ({', '.join(FORMATS[:5])}, ...).")
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Validate and fully decode an image file or bytes, then :func:`normalize_image` it.
+
+    Nothing else decodes the upload first: the checks below are what protect the app. The size is checked
+    from the header before the pixels are decoded.
+
+    Raises:
+        ImageError: empty, over-long, not a supported raster picture, damaged or truncated, too many pixels,
+            too small or too thin; the message says which.
+    """
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError("The uploaded file is gone (uploads are kept for a while only): upload it again.")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"The file is {path.stat().st_size / 2**20:.0f} MB; at most "
+                             f"{MAX_FILE_BYTES // 2**20} MB are accepted.")
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+    if not data:
+        raise ImageError("The file is empty (0 bytes): it holds no picture.")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"The file is {len(data) / 2**20:.0f} MB; at most {MAX_FILE_BYTES // 2**20} MB are accepted.")
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            _check_geometry(*probe.size)
             probe.verify()
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
         image.load()
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"The image is too large to open safely: {exc}") from exc
+        raise ImageError(f"The picture has too many pixels to open safely (at most {MAX_PIXELS / 1e6:.0f} "
+                         "megapixels).") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("This file is not an image Pillow can read (try PNG, JPEG or WebP).") from exc
-    except (OSError, SyntaxError) as exc:
-        raise ImageError(f"The image file is damaged or truncated: {exc}") from exc
+        raise _not_an_image(data) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("The picture file is damaged or cut short (truncated); the picture cannot be read. "
+                         "Save it again and re-upload it.") from exc
     return normalize_image(image)

@@ -1,0 +1,157 @@
+"""The Annotate tab: one attacked picture at a time, a button per candidate label, keyboard shortcuts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from poclip.app.service import AppService, Item, UserError
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.identity import annotator_handle
+
+MAX_LABEL_BUTTONS = 12
+
+# Keyboard shortcuts on the Annotate tab: 1-9 and 0 pick a label, S skips, U undoes.
+SHORTCUTS_JS = """
+<script>
+document.addEventListener('keydown', (e) => {
+  const tag = (e.target && e.target.tagName) || '';
+  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(tag) || e.ctrlKey || e.metaKey || e.altKey) return;
+  const panel = document.getElementById('annotate-panel');
+  if (!panel || panel.offsetParent === null) return;
+  let id = null;
+  if (/^[0-9]$/.test(e.key)) id = 'label-btn-' + (e.key === '0' ? 10 : Number(e.key));
+  else if (e.key === 's' || e.key === 'S') id = 'skip-btn';
+  else if (e.key === 'u' || e.key === 'U') id = 'undo-btn';
+  const btn = id && document.getElementById(id);
+  if (btn && btn.offsetParent !== null) { e.preventDefault(); btn.click(); }
+});
+</script>
+"""
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """What the Annotate tab shows: the picture, its sample id and label set, the prompt and the counters."""
+
+    picture: object
+    sample_id: int | None
+    labels: list[str]
+    prompt: str
+    counter: str
+
+    def outputs(self) -> tuple:
+        buttons = [gr.update(value=f"{k + 1 if k < 9 else 0}  {label}" if k < 10 else label, visible=True)
+                   for k, label in enumerate(self.labels[:MAX_LABEL_BUTTONS])]
+        buttons += [gr.update(visible=False)] * (MAX_LABEL_BUTTONS - len(buttons))
+        return (self.picture, self.sample_id, self.labels, self.prompt, self.counter, *buttons)
+
+
+def counter_text(service: AppService, who: str) -> str:
+    """The person's own labels, everyone's, and what a training pair is."""
+    status = service.status()
+    mine = service.labelled_by(who)
+    text = (f"**{mine}** labels from you · **{status['judgments']}** from {status['annotators']} "
+            f"{'person' if status['annotators'] == 1 else 'people'} · **{status['pairs']}** training pairs "
+            "(an item gives a pair once its labels agree)")
+    if status["next_retrain_at"] is not None:
+        text += f" · next retrain after **{status['next_retrain_at']}** more new pairs"
+    return text
+
+
+def item_view(service: AppService, who: str, item: Item | None, note: str = "") -> ItemView:
+    counter = counter_text(service, who)
+    if item is None:
+        return ItemView(None, None, [], "Nothing left to label right now: thank you!" + note, counter)
+    prompt = "Which label names the **object** (ignore any writing)?" + note
+    return ItemView(item.picture, item.sample.id, list(item.labels), prompt, counter)
+
+
+def next_item_handler(service: AppService, handle: str | None, anon_id: str | None,
+                      profile: gr.OAuthProfile | None = None) -> ItemView:
+    """The next item for this annotator."""
+    who = annotator_handle(handle, anon_id, profile)
+    return item_view(service, who, service.next_item(who))
+
+
+def answer_handler(service: AppService, sample_id: int | None, chosen: str | None, handle: str | None,
+                   anon_id: str | None, profile: gr.OAuthProfile | None = None) -> ItemView:
+    """Record the chosen label for the item (a button's text or the bare label), then serve the next one."""
+    who = annotator_handle(handle, anon_id, profile)
+    if sample_id is None:
+        raise UserError("There is no item on screen to answer: press Start.")
+    label = chosen.split("  ", 1)[-1].strip() if chosen else ""
+    service.answer_item(who, int(sample_id), label)
+    return item_view(service, who, service.next_item(who))
+
+
+def skip_handler(service: AppService, sample_id: int | None, handle: str | None, anon_id: str | None,
+                 profile: gr.OAuthProfile | None = None) -> ItemView:
+    """Show another item without recording anything (the skipped one may come back later)."""
+    who = annotator_handle(handle, anon_id, profile)
+    item = service.next_item(who)
+    for _ in range(5):
+        if item is None or item.sample.id != sample_id:
+            break
+        item = service.next_item(who)
+    return item_view(service, who, item)
+
+
+def undo_handler(service: AppService, handle: str | None, anon_id: str | None,
+                 profile: gr.OAuthProfile | None = None) -> ItemView:
+    """Undo this annotator's last label (within the undo window) and show that item again."""
+    who = annotator_handle(handle, anon_id, profile)
+    undone = service.undo(who)
+    if undone is None:
+        return item_view(service, who, service.next_item(who), note="\n\n_Nothing recent to undo._")
+    return item_view(service, who, service.item(undone["sample_id"]), note="\n\n_Undone: answer this one again._")
+
+
+def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> list:
+    """The Annotate tab's components and events (inside an open ``gr.Tab``); returns the item outputs."""
+    with gr.Column(elem_id="annotate-panel"):
+        gr.Markdown("Number keys pick a label, **S** skips, **U** undoes.", elem_id="annotate-help")
+        item_counter = gr.Markdown(elem_id="item-counter")
+        item_prompt = gr.Markdown(elem_id="item-prompt")
+        item_image = gr.Image(type="pil", label="Item", interactive=False, height=250, elem_id="item-image",
+                              show_label=False)
+        item_id = gr.Number(visible=False, precision=0, label="sample id")
+        item_labels = gr.JSON(visible=False, label="label set")
+        chosen = gr.Textbox(visible=False, label="label")
+        with gr.Row(elem_id="label-grid"):
+            label_buttons = [gr.Button(visible=False, elem_id=f"label-btn-{k + 1}", min_width=0, size="sm")
+                             for k in range(MAX_LABEL_BUTTONS)]
+        with gr.Row(elem_id="annotate-actions"):
+            start_btn = gr.Button("Start / next item", variant="primary", elem_id="next-btn", min_width=0)
+            skip_btn = gr.Button("Skip (S)", elem_id="skip-btn", min_width=0)
+            undo_btn = gr.Button("Undo (U)", elem_id="undo-btn", min_width=0)
+        answer_api = gr.Button(visible=False)
+
+    @user_errors
+    def next_item(handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+        """API: the next item -> (picture, sample id, label set, prompt, counters, label buttons...)."""
+        return next_item_handler(service, handle, anonymous_id, profile).outputs()
+
+    @user_errors
+    def answer(sample_id, label, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+        """API: the right label for the sample on screen -> the next item (as /next_item)."""
+        return answer_handler(service, sample_id, label, handle, anonymous_id, profile).outputs()
+
+    @user_errors
+    def skip(sample_id, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+        return skip_handler(service, sample_id, handle, anonymous_id, profile).outputs()
+
+    @user_errors
+    def undo(handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+        return undo_handler(service, handle, anonymous_id, profile).outputs()
+
+    item_out = [item_image, item_id, item_labels, item_prompt, item_counter, *label_buttons]
+    start_btn.click(next_item, [handle_box, anon_id], item_out, api_name="next_item")
+    answer_api.click(answer, [item_id, chosen, handle_box, anon_id], item_out, api_name="answer")
+    for k, button in enumerate(label_buttons):
+        button.click(answer, [item_id, button, handle_box, anon_id], item_out, api_visibility="private",
+                     api_name=f"answer_button_{k + 1}")
+    skip_btn.click(skip, [item_id, handle_box, anon_id], item_out, api_name="skip")
+    undo_btn.click(undo, [handle_box, anon_id], item_out, api_name="undo")
+    return item_out

@@ -1,0 +1,363 @@
+"""The Compare tab: a picture, a word written on it, base and aligned CLIP side by side, and a vote.
+
+Predict keeps a comparison record on the server (:meth:`AppService.predict`) and the page keeps only its
+id in ``gr.State``. Changing any control afterwards marks the answers out of date and disables voting until
+the next Predict, so a vote always stores what was on screen. Uploads arrive as raw files and go through
+the app's validator (:func:`poclip.world.images.open_image`) before anything decodes them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+
+import gradio as gr
+from PIL import Image
+
+from poclip.app.comparisons import Comparison
+from poclip.app.service import AppService, UserError
+from poclip.app.ui.boundary import USER_ERRORS, user_errors
+from poclip.app.ui.identity import annotator_handle
+from poclip.settings import ASSETS_DIR
+from poclip.world import synth
+from poclip.world.attacks import ATTACK_COLOURS, FONTS, TextAttack, random_attack, render, to_hex
+from poclip.world.images import open_image
+from poclip.world.labels import PRESETS, parse_labels
+
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+CUSTOM = "Custom (type below)"
+STALE = "_The controls changed since Predict: press **Predict** to see the answers for what is set now._"
+CONSENT = ("Others may see and label my picture. A vote stores the picture and may show it to other "
+           "annotators; upload only pictures you have the right to share.")
+
+
+@dataclass
+class Controls:
+    """Everything on the Compare tab that decides what the models see, in the order of the page's inputs."""
+
+    text: str = ""
+    font: str = "sans-bold"
+    size: float = 0.15
+    fill: str = ATTACK_COLOURS["white"]
+    stroke: str = ATTACK_COLOURS["black"]
+    x: float = 0.5
+    y: float = 0.5
+    opacity: float = 1.0
+    rotation: float = 0.0
+    preset: str = "Synthetic shapes"
+    custom: str = ""
+    t: float = 1.0
+    arena: bool = False
+    share: bool = False
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def labels(self) -> list[str]:
+        """The label set chosen: a preset, or the typed list when 'Custom' is picked."""
+        if self.preset == CUSTOM or self.preset not in PRESETS:
+            return parse_labels(self.custom or "")
+        return list(PRESETS[self.preset])
+
+    def attack(self) -> TextAttack | None:
+        """The attack the controls describe; ``None`` when no text is typed. ``size`` 0 means auto-fit."""
+        if not self.text or not self.text.strip():
+            return None
+        return TextAttack(
+            text=self.text, font=self.font, size=None if not self.size else float(self.size),
+            fill=to_hex(self.fill, "Text colour"), stroke=to_hex(self.stroke, "Outline colour"), x=float(self.x),
+            y=float(self.y), opacity=float(self.opacity), rotation=float(self.rotation),
+        ).validate()
+
+
+@dataclass(frozen=True)
+class Picture:
+    """The normalised picture on the Compare tab and where it came from (``upload``/``synthetic``/``example``)."""
+
+    image: Image.Image
+    source: str
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What Predict puts on screen."""
+
+    seen: Image.Image
+    left: dict[str, float]
+    right: dict[str, float]
+    left_title: str
+    right_title: str
+    comparison_id: str
+    labels: tuple[str, ...]
+
+
+def side_titles(record: Comparison, revealed: bool) -> tuple[str, str]:
+    """Headings of the two answer columns; in arena mode neutral names until the person has voted."""
+    if not revealed:
+        return "### Model A", "### Model B"
+    names = {"base": "Base CLIP", "aligned": f"PO-CLIP ({record.version}, t={record.t:g})"}
+    right = "aligned" if record.shown_left == "base" else "base"
+    return f"### {names[record.shown_left]}", f"### {names[right]}"
+
+
+def example_paths() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+
+# ----- handlers (plain functions of the service; tests call them by keyword) ----------------------------------
+
+
+def upload_handler(path: str | None) -> Picture | None:
+    """The app's validator on the raw uploaded file; ``None`` when the upload was cleared."""
+    if not path:
+        return None
+    return Picture(open_image(path), "upload")
+
+
+def example_handler(index: int) -> Picture:
+    """Example picture number ``index`` (bundled with the app, so no consent is needed)."""
+    paths = example_paths()
+    if not 0 <= index < len(paths):
+        raise UserError("There is no such example.")
+    return Picture(open_image(paths[index]), "example")
+
+
+def synthetic_object_handler(seed: int | None = None) -> Picture:
+    """A fresh picture from the synthetic world (what the bundled model was trained on)."""
+    return Picture(synth.draw_scene(synth.sample_scene(random.Random(seed)), 224), "synthetic")
+
+
+def preview_handler(picture: Picture | None, controls: Controls) -> Image.Image | None:
+    """The picture with the text placed as the controls say (what Predict will show the models)."""
+    if picture is None:
+        return None
+    attack = controls.attack()
+    return render(picture.image, attack) if attack is not None else picture.image
+
+
+def predict_handler(service: AppService, picture: Picture | None, controls: Controls,
+                    rng: random.Random | None = None) -> Shown:
+    """Base and aligned predictions side by side, kept on the server as one comparison record."""
+    if picture is None:
+        raise UserError("Upload a picture, pick an example or draw a synthetic object first.")
+    record = service.predict(picture.image, controls.labels(), controls.attack(), t=float(controls.t),
+                             arena=bool(controls.arena), source=picture.source, shared=bool(controls.share), rng=rng)
+    left_title, right_title = side_titles(record, revealed=not controls.arena)
+    return Shown(record.seen, record.left.top(5), record.right.top(5), left_title, right_title, record.id,
+                 record.labels)
+
+
+def vote_handler(service: AppService, comparison_id: str | None, verdict: str, correct_label: str | None,
+                 handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None) -> dict:
+    """Store the verdict on comparison ``comparison_id``; returns the stored judgment, the revealed titles and
+    the person's own count."""
+    if not comparison_id:
+        raise UserError("Press Predict first: a vote needs answers on screen.")
+    who = annotator_handle(handle, anon_id, profile)
+    stored = service.vote(who, comparison_id, verdict, correct_label or None)
+    left_title, right_title = side_titles(service.comparison(comparison_id), revealed=True)
+    mine = service.labelled_by(who)
+    return {**stored, "message": f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*.",
+            "left_title": left_title, "right_title": right_title,
+            "counter": f"You have given {mine} label{'s' if mine != 1 else ''}."}
+
+
+def random_attack_handler(preset: str, custom: str, seed: int | None = None) -> tuple:
+    """A paper-style random attack for the controls: a label from the set, random style and place."""
+    labels = Controls(preset=preset, custom=custom).labels()
+    a = random_attack(labels, None, random.Random(seed))
+    return a.text, a.font, a.size, a.fill, a.stroke, a.x, a.y, 1.0, 0.0
+
+
+def place_text_handler(picture: Picture | None, evt: gr.SelectData):
+    """Clicking the picture puts the text's centre there."""
+    if picture is None or evt is None or evt.index is None:
+        return gr.update(), gr.update()
+    width, height = picture.image.size
+    return round(min(max(evt.index[0] / width, 0), 1), 3), round(min(max(evt.index[1] / height, 0), 1), 3)
+
+
+# ----- layout and events -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareTab:
+    upload: gr.File
+    preview: gr.Image
+    predict_btn: gr.Button
+    vote_buttons: dict[str, gr.Button]
+    correct: gr.Dropdown
+    vote_message: gr.Markdown
+    vote_counter: gr.Markdown
+    comparison_id: gr.State
+
+
+def _voting(enabled: bool) -> list:
+    return [gr.update(interactive=enabled) for _ in range(4)]
+
+
+def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> CompareTab:
+    """The Compare tab's components and events (inside an open ``gr.Tab``)."""
+    picture = gr.State(None)  # Picture: the normalised picture and where it came from
+    comparison_id = gr.State(None)  # the id of the comparison on screen; None while it is out of date
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            upload = gr.File(label="Upload a picture (PNG, JPEG, WebP, GIF)", file_count="single", type="filepath",
+                             elem_id="upload", height=90)
+            share = gr.Checkbox(label=CONSENT, value=False, elem_id="share")
+            with gr.Row():
+                synth_btn = gr.Button("New synthetic object", elem_id="synth-btn")
+                random_btn = gr.Button("Random attack", elem_id="random-btn")
+            examples = example_paths()
+            gallery = gr.Gallery(examples, label="Examples (click one)", columns=6, height=110, allow_preview=False,
+                                 visible=bool(examples), elem_id="examples")
+            text = gr.Textbox(label="Text to write on the picture", placeholder="e.g. star", max_lines=4,
+                              elem_id="attack-text")
+            with gr.Accordion("Text style and position", open=False):
+                font = gr.Dropdown(list(FONTS), value="sans-bold", label="Font")
+                size = gr.Slider(0, 0.5, value=0.15, step=0.005, label="Size (fraction of the picture; 0 = fit)")
+                with gr.Row():
+                    fill = gr.ColorPicker(value=ATTACK_COLOURS["white"], label="Text colour")
+                    stroke = gr.ColorPicker(value=ATTACK_COLOURS["black"], label="Outline colour")
+                x = gr.Slider(0, 1, value=0.5, step=0.01, label="Horizontal position")
+                y = gr.Slider(0, 1, value=0.5, step=0.01, label="Vertical position")
+                opacity = gr.Slider(0, 1, value=1, step=0.05, label="Opacity")
+                rotation = gr.Slider(-90, 90, value=0, step=1, label="Rotation (degrees)")
+            preset = gr.Dropdown([*PRESETS, CUSTOM], value="Synthetic shapes", label="Label set", elem_id="preset")
+            custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="dog, cat, car",
+                                elem_id="custom-labels")
+            with gr.Row():
+                t = gr.Slider(-2, 2, value=1, step=0.05, label="Alignment strength t (0 = base, 1 = trained)")
+                arena = gr.Checkbox(label="Arena mode (hide which side is which until I vote)")
+            predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
+        with gr.Column():
+            preview = gr.Image(type="pil", label="What the models see (click to place the text)", interactive=False,
+                               height=320, elem_id="preview")
+            stale = gr.Markdown(elem_id="stale-note")
+            with gr.Row():
+                with gr.Column(min_width=150):
+                    left_title = gr.Markdown("### Base CLIP")
+                    left = gr.Label(num_top_classes=5, label="Left", elem_id="left-answer")
+                with gr.Column(min_width=150):
+                    right_title = gr.Markdown("### PO-CLIP")
+                    right = gr.Label(num_top_classes=5, label="Right", elem_id="right-answer")
+            gr.Markdown("**Which answer is right?**")
+            with gr.Row():
+                vote_buttons = {v: gr.Button(name, elem_id=f"vote-{v}", interactive=False, min_width=80)
+                                for v, name in (("left", "Left is right"), ("right", "Right is right"),
+                                                ("both", "Both"))}
+            with gr.Row():
+                correct = gr.Dropdown([], value=None, label="Neither: the object is ...", scale=3,
+                                      elem_id="neither-label", allow_custom_value=False)
+                vote_buttons["neither"] = gr.Button("Neither", elem_id="vote-neither", interactive=False,
+                                                    min_width=80)
+            vote_message = gr.Markdown(elem_id="vote-message")
+            vote_counter = gr.Markdown(elem_id="vote-counter")
+    # The public API: /predict takes the raw file and returns the comparison id that /vote names.
+    with gr.Row(visible=False):
+        api_id = gr.Textbox(label="comparison id")
+        api_verdict = gr.Textbox(label="verdict")
+        api_label = gr.Textbox(label="neither label")
+        api_labels = gr.JSON(label="label set")
+        predict_api = gr.Button()
+        vote_api = gr.Button()
+
+    controls = [text, font, size, fill, stroke, x, y, opacity, rotation, preset, custom, t, arena, share]
+    buttons = list(vote_buttons.values())
+
+    @user_errors
+    def on_upload(path):
+        loaded = upload_handler(path)
+        return (gr.update(), gr.update()) if loaded is None else (loaded, loaded.image)
+
+    @user_errors
+    def on_example(evt: gr.SelectData):
+        loaded = example_handler(int(evt.index))
+        return loaded, loaded.image, None
+
+    @user_errors
+    def on_synthetic():
+        loaded = synthetic_object_handler()
+        return loaded, loaded.image, None
+
+    upload.upload(on_upload, upload, [picture, preview], api_visibility="private")
+    gallery.select(on_example, None, [picture, preview, upload], api_visibility="private")
+    synth_btn.click(on_synthetic, None, [picture, preview, upload], api_visibility="private")
+
+    def mark_stale(record_id):
+        return None, *_voting(False), (STALE if record_id else "")
+
+    def on_preview(pic, *values):
+        try:
+            return preview_handler(pic, Controls(*values))
+        except USER_ERRORS:  # e.g. text still being typed past the limit: Predict will say what is wrong
+            return gr.update()
+
+    # Any change to the picture or a control: the answers on screen no longer match, so voting stops at once;
+    # the preview follows, debounced (only the newest pending preview runs).
+    gr.on([picture.change, *(c.change for c in controls)], mark_stale, comparison_id,
+          [comparison_id, *buttons, stale], queue=False, api_visibility="private")
+    gr.on([picture.change, *(c.change for c in controls)], on_preview, [picture, *controls], preview,
+          trigger_mode="always_last", api_visibility="private", show_progress="hidden")
+
+    @user_errors
+    def on_predict(pic, *values):
+        shown = predict_handler(service, pic, Controls(*values))
+        return (shown.seen, shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
+                *_voting(True), gr.update(choices=list(shown.labels), value=None), "", "")
+
+    predict_out = [preview, left, right, left_title, right_title, comparison_id, *buttons, correct, stale, vote_message]
+    predict_btn.click(on_predict, [picture, *controls], predict_out, api_visibility="private",
+                      api_name="predict_click")
+    text.submit(on_predict, [picture, *controls], predict_out, api_visibility="private", api_name="predict_enter")
+
+    @user_errors
+    def predict(picture, text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
+                arena, share):
+        """API: the raw picture file and the controls -> what the models saw, both answers, titles, the
+        comparison id for /vote and the label set."""
+        controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
+                            arena, share)
+        shown = predict_handler(service, upload_handler(picture), controls)
+        return (shown.seen, shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
+                list(shown.labels))
+
+    predict_api.click(predict, [upload, *controls], [preview, left, right, left_title, right_title, api_id,
+                                                     api_labels], api_name="predict")
+
+    def on_vote(verdict: str):
+        @user_errors
+        def vote_click(record_id, label, handle_, anon, profile: gr.OAuthProfile | None = None):
+            result = vote_handler(service, record_id, verdict, label, handle_, anon, profile)
+            return (result["message"], result["left_title"], result["right_title"], result["counter"],
+                    *_voting(False))
+
+        return vote_click
+
+    vote_out = [vote_message, left_title, right_title, vote_counter, *buttons]
+    for verdict, button in vote_buttons.items():
+        button.click(on_vote(verdict), [comparison_id, correct, handle_box, anon_id], vote_out,
+                     api_visibility="private", api_name=f"vote_{verdict}")
+
+    @user_errors
+    def vote(comparison_id, verdict, neither_label, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+        """API: a verdict (left, right, both, neither + the right label) on the comparison /predict returned."""
+        result = vote_handler(service, comparison_id, verdict, neither_label, handle, anonymous_id, profile)
+        keep = ("judgment_id", "sample_id", "comparison_id", "chosen", "rejected", "verdict", "shown_left",
+                "version", "t")
+        return {k: result[k] for k in keep}, result["counter"]
+
+    vote_json = gr.JSON(visible=False)
+    vote_api.click(vote, [api_id, api_verdict, api_label, handle_box, anon_id], [vote_json, vote_counter],
+                   api_name="vote")
+
+    @user_errors
+    def random_style(preset_, custom_):
+        return random_attack_handler(preset_, custom_)
+
+    random_btn.click(random_style, [preset, custom], [text, font, size, fill, stroke, x, y, opacity, rotation],
+                     api_name="random_attack")
+    preview.select(place_text_handler, picture, [x, y], api_visibility="private")
+    return CompareTab(upload, preview, predict_btn, vote_buttons, correct, vote_message, vote_counter,
+                      comparison_id)

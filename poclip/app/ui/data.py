@@ -1,0 +1,77 @@
+"""The Data tab: counts and agreement for everyone; who labelled what, exports and backups for admins only."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from poclip.app.service import AppService
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.identity import hf_orgs
+
+PEOPLE_COLUMNS = ["annotator", "labels", "undone", "gold seen", "gold correct", "trust"]
+RECENT_COLUMNS = ["id", "when", "annotator", "item", "chosen", "rejected", "kind", "undone"]
+
+
+def data_view(service: AppService, token: str | None, oauth_token: gr.OAuthToken | None = None):
+    """(summary text, per-annotator table or None, recent judgments or None): the tables for admins only."""
+    admin = service.is_admin(token or None, hf_orgs(oauth_token))
+    s = service.data_summary(admin=admin)
+    alpha = "n/a (needs items with two or more human labels)" if s["alpha"] is None else f"{s['alpha']:.3f}"
+    text = (f"**{s['judgments']}** labels from **{s['annotators']}** "
+            f"{'person' if s['annotators'] == 1 else 'people'} ({s['undone']} undone) on **{s['items']}** items "
+            f"({s['gold_items']} gold items with a reference answer) · **{s['pairs']}** training pairs (an item "
+            f"gives a pair once its labels agree) · agreement (Krippendorff's alpha): **{alpha}**")
+    if not admin:
+        return text + "\n\n_Who labelled what is shown to admins only._", None, None
+    people = pd.DataFrame([{"annotator": a.handle, "labels": a.judgments, "undone": a.undone,
+                            "gold seen": a.gold_seen, "gold correct": a.gold_correct, "trust": round(a.trust, 3)}
+                           for a in s["per_annotator"]], columns=PEOPLE_COLUMNS)
+    recent = pd.DataFrame([{"id": j.id, "when": j.created_at.strftime("%Y-%m-%d %H:%M:%S"), "annotator": j.annotator,
+                            "item": j.sample_id, "chosen": j.chosen, "rejected": j.rejected, "kind": j.kind,
+                            "undone": j.undone_at is not None} for j in s["recent"]], columns=RECENT_COLUMNS)
+    return text, people, recent
+
+
+def build_data(service: AppService, admin_token: gr.State) -> dict:
+    """The Data tab's components and events (inside an open ``gr.Tab``); returns what the page refreshes."""
+    summary = gr.Markdown(elem_id="data-summary")
+    people = gr.Dataframe(label="Annotators (admins only)", interactive=False, visible=False, elem_id="people")
+    recent = gr.Dataframe(label="Recent judgments (admins only)", interactive=False, visible=False, elem_id="recent")
+    with gr.Row():
+        export_btn = gr.Button("Export pairs (parquet)")
+        export_file = gr.File(label="Download", interactive=False)
+    with gr.Row():
+        hub_repo = gr.Textbox(label="Hub dataset repo (user/name)", value=service.settings.export_repo)
+        push_btn = gr.Button("Push to the Hub")
+        backup_btn = gr.Button("Back up now")
+    data_message = gr.Markdown()
+
+    @user_errors
+    def export(token, oauth_token: gr.OAuthToken | None = None):
+        return service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))
+
+    @user_errors
+    def push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
+        return f"Pushed to {service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}."
+
+    @user_errors
+    def backup(token, oauth_token: gr.OAuthToken | None = None):
+        return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
+
+    api_token = gr.Textbox(visible=False, label="admin token")
+    private = {"api_visibility": "private"}
+    export_btn.click(export, [admin_token], export_file, api_name="export_click", **private)
+    push_btn.click(push, [admin_token, hub_repo], data_message, api_name="push_click", **private)
+    backup_btn.click(backup, [admin_token], data_message, api_name="backup_click", **private)
+    api_export, api_push, api_backup = (gr.Button(visible=False) for _ in range(3))
+    api_export.click(export, [api_token], export_file, api_name="export")
+    api_push.click(push, [api_token, hub_repo], data_message, api_name="push_to_hub")
+    api_backup.click(backup, [api_token], data_message, api_name="backup")
+
+    def refresh(token, oauth_token: gr.OAuthToken | None = None):
+        text, people_, recent_ = data_view(service, token, oauth_token)
+        admin = people_ is not None
+        return (text, gr.update(value=people_, visible=admin), gr.update(value=recent_, visible=admin))
+
+    return {"outputs": [summary, people, recent], "refresh": refresh}

@@ -1,0 +1,53 @@
+"""Who is using the page: the annotator (Hugging Face login, typed handle or the browser's anonymous id)
+and whether they are an admin (signed in once with the token, or a Hugging Face login in the admin org)."""
+
+from __future__ import annotations
+
+import secrets
+
+import gradio as gr
+
+from poclip.app.service import AppService, UserError
+
+
+def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None) -> str:
+    """Who is labelling: the Hugging Face login, else the typed handle, else the browser's anonymous id."""
+    if profile is not None:
+        return f"hf:{profile.username}"
+    if handle and handle.strip():
+        return handle.strip()
+    if anon_id:
+        return anon_id
+    raise UserError("Type a handle (or log in) so your labels can be counted.")
+
+
+def hf_orgs(oauth_token: gr.OAuthToken | None) -> list[str]:
+    """The organisations of the logged-in Hugging Face user (empty when not logged in or offline)."""
+    if oauth_token is None:
+        return []
+    try:
+        from huggingface_hub import whoami
+
+        return [org["name"] for org in whoami(token=oauth_token.token).get("orgs", [])]
+    except Exception:  # no network or a revoked token: no org rights, not a crash
+        return []
+
+
+def sign_in_handler(service: AppService, token: str | None, oauth_token: gr.OAuthToken | None = None):
+    """Check the admin token (or the Hugging Face login) once; returns (token kept for this page, message).
+
+    The token stays in this page's server-side session state and is passed to every admin action, so both
+    admin tabs work after one sign-in.
+    """
+    token = (token or "").strip()
+    service.require_admin(token or None, hf_orgs(oauth_token))
+    return token, "Signed in as admin: the Train and Data tabs' admin actions are unlocked."
+
+
+def browser_secret(service: AppService) -> str:
+    """A secret kept in the data dir, so anonymous ids stored in browsers survive restarts."""
+    path = service.settings.data_dir / "browser_state_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(16))
+    return path.read_text().strip()

@@ -1,0 +1,123 @@
+"""The Train tab (admin): retrain now, live progress and curves, held-out evaluation, versions, promote, roll back."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from poclip.app.service import AppService, UserError
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.chart import chart_svg
+from poclip.app.ui.identity import hf_orgs
+
+LOSSES = ("dpo", "ipo", "kto", "robust", "hinge")
+EVAL_KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
+VERSION_COLUMNS = ["id", "status", "loss", "parent", "created", "typographic acc", "clean acc", "pairs", "reason"]
+
+
+def progress_text(service: AppService) -> str:
+    """The trainer's state in steps (the unit of the chart), e.g. 'training run 3: step 120 of 180'."""
+    p = service.training_progress()
+    run = f" run {p.run_id}" if p.run_id else ""
+    if p.phase == "training" and p.total:
+        text = f"**Trainer:** training{run}: step {p.step} of {p.total}"
+    elif p.phase in ("promoted", "rejected") and p.history:
+        text = f"**Trainer:**{run} {p.phase} after {int(p.history[-1]['step'])} steps"
+    else:
+        text = f"**Trainer:** {p.phase}{run}"
+    if p.message:
+        text += f"\n\n{p.message}"
+    return text
+
+
+def progress_view(service: AppService) -> tuple[str, str, pd.DataFrame]:
+    """Progress text, the chart (SVG in HTML) and the latest held-out evaluation table."""
+    p = service.training_progress()
+    chart = chart_svg(list(p.history), title="Training run %s (per optimizer step)" % (p.run_id or ""))
+    table = pd.DataFrame(columns=["metric", "live before", "candidate", "base"])
+    metrics = service.latest_evaluation()
+    if metrics:
+        table = pd.DataFrame([{"metric": k, "live before": metrics["live_before"].get(k),
+                               "candidate": metrics["candidate"].get(k), "base": metrics["base"].get(k)}
+                              for k in EVAL_KEYS])
+    return progress_text(service), chart, table
+
+
+def versions_table(service: AppService) -> pd.DataFrame:
+    rows = [{"id": v.id, "status": v.status, "loss": v.metrics.get("loss"), "parent": v.parent_id,
+             "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
+             "typographic acc": (v.metrics.get("candidate") or {}).get("typographic_accuracy"),
+             "clean acc": (v.metrics.get("candidate") or {}).get("clean_accuracy"),
+             "pairs": v.metrics.get("pairs"), "reason": v.reason or v.metrics.get("gate", "")}
+            for v in service.versions(limit=50)]
+    return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+
+
+def retrain_handler(service: AppService, token: str | None, loss: str | None,
+                    oauth_token: gr.OAuthToken | None = None) -> str:
+    """Queue a retrain (admin only); the background trainer runs it while the UI stays responsive."""
+    run = service.retrain(loss or "dpo", token=token, hf_orgs=hf_orgs(oauth_token))
+    return f"**Trainer:** run {run['run_id']} is {run['status']}; progress appears here."
+
+
+def promote_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
+    if not version_id:
+        raise UserError("Enter the id of the version to promote.")
+    service.promote(int(version_id), token=token, hf_orgs=hf_orgs(oauth_token))
+    return f"Version {int(version_id)} is live.", versions_table(service)
+
+
+def rollback_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
+    result = service.rollback(int(version_id) if version_id else None, token=token, hf_orgs=hf_orgs(oauth_token))
+    return f"Rolled back: version {result['active_version']} is live.", versions_table(service)
+
+
+def build_train(service: AppService, admin_token: gr.State) -> dict:
+    """The Train tab's components and events (inside an open ``gr.Tab``); returns what the page refreshes."""
+    gr.Markdown("Admin only: sign in above (admin token or Hugging Face login) to retrain, promote and roll back.")
+    with gr.Row():
+        loss = gr.Dropdown(list(LOSSES), value="dpo", label="Loss", scale=2)
+        retrain_btn = gr.Button("Retrain now", variant="primary", elem_id="retrain-btn", scale=1)
+    progress = gr.Markdown(elem_id="train-progress")
+    chart = gr.HTML(chart_svg([]), elem_id="train-chart-box")
+    before_after = gr.Dataframe(label="Held-out evaluation: live model before, candidate, base", interactive=False)
+    versions = gr.Dataframe(label="Model versions", interactive=False, headers=VERSION_COLUMNS)
+    with gr.Row():
+        version_id = gr.Number(label="Version id", precision=0)
+        promote_btn = gr.Button("Promote")
+        rollback_btn = gr.Button("Roll back (to this id, or to the version live before the current one)")
+    admin_message = gr.Markdown(elem_id="admin-message")
+    status_json = gr.JSON(label="Status", visible=False)
+    status_btn = gr.Button(visible=False)
+
+    @user_errors
+    def retrain(token, loss_, oauth_token: gr.OAuthToken | None = None):
+        return retrain_handler(service, token, loss_, oauth_token)
+
+    @user_errors
+    def promote(token, version, oauth_token: gr.OAuthToken | None = None):
+        return promote_handler(service, token, version, oauth_token)
+
+    @user_errors
+    def rollback(token, version, oauth_token: gr.OAuthToken | None = None):
+        return rollback_handler(service, token, version, oauth_token)
+
+    # The token comes from the page's sign-in state; API clients pass it as the first argument.
+    api_token = gr.Textbox(visible=False, label="admin token")
+    private = {"api_visibility": "private"}
+    retrain_btn.click(retrain, [admin_token, loss], progress, api_name="retrain_click", **private)
+    promote_btn.click(promote, [admin_token, version_id], [admin_message, versions], api_name="promote_click",
+                      **private)
+    rollback_btn.click(rollback, [admin_token, version_id], [admin_message, versions], api_name="rollback_click",
+                       **private)
+    api_retrain, api_promote, api_rollback = (gr.Button(visible=False) for _ in range(3))
+    api_retrain.click(retrain, [api_token, loss], progress, api_name="retrain")
+    api_promote.click(promote, [api_token, version_id], [admin_message, versions], api_name="promote")
+    api_rollback.click(rollback, [api_token, version_id], [admin_message, versions], api_name="rollback")
+    status_btn.click(lambda: service.status(), None, status_json, api_name="status")
+
+    def refresh():
+        text, svg, table = progress_view(service)
+        return text, svg, table, versions_table(service)
+
+    return {"outputs": [progress, chart, before_after, versions], "refresh": refresh}
