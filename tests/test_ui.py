@@ -1,27 +1,37 @@
 """UI handlers as plain functions (no browser): what each button returns and the errors it shows."""
 
+import logging
 import random
 
 import gradio as gr
 import numpy as np
 import pytest
-from apphelpers import ADMIN_TOKEN, make_service
+from apphelpers import ADMIN_TOKEN, footprint, make_service
 from PIL import Image
+from upload_corpus import CORPUS
 
-from poclip.app.ui import (
+from poclip.app.ui.annotate import answer_handler, next_item_handler, undo_handler
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.chart import chart_svg
+from poclip.app.ui.compare import (
     CUSTOM,
-    answer_handler,
-    next_item_handler,
+    Controls,
+    Picture,
     place_text_handler,
     predict_handler,
+    preview_handler,
     random_attack_handler,
-    retrain_handler,
-    undo_handler,
+    upload_handler,
     vote_handler,
 )
+from poclip.app.ui.data import data_view
+from poclip.app.ui.identity import sign_in_handler
+from poclip.app.ui.train import progress_text, retrain_handler, versions_table
 from poclip.world import synth
 
-STYLE = ("sans-bold", 0.15, "#ffffff", "rgba(0, 0, 0, 1)", 0.5, 0.5, 1.0, 0.0)
+predict = user_errors(predict_handler)
+vote = user_errors(vote_handler)
+upload = user_errors(upload_handler)
 
 
 @pytest.fixture
@@ -31,57 +41,143 @@ def service(tmp_path, bundled):
     svc.close()
 
 
-def star() -> Image.Image:
-    return synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224)
+def star() -> Picture:
+    return Picture(synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224), "synthetic")
 
 
 def test_predict_shows_the_attacked_picture_and_both_answers(service):
-    clean_seen, clean, *_ = predict_handler(service, star(), "", *STYLE, "Synthetic shapes", "", 1.0, False)
-    assert max(clean, key=clean.get) == "star" and len(clean) == 5
-    seen, left, right, left_title, right_title, shown_left = predict_handler(
-        service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
-    assert not np.array_equal(np.asarray(seen), np.asarray(clean_seen))  # the word is on the picture
-    assert left["circle"] > clean.get("circle", 0.0)
-    assert shown_left == "base" and left_title == "### Base CLIP" and "PO-CLIP" in right_title
+    clean = predict(service, picture=star(), controls=Controls())
+    assert max(clean.left, key=clean.left.get) == "star" and len(clean.left) == 5
+    shown = predict(service, picture=star(), controls=Controls(text="circle"))
+    assert not np.array_equal(np.asarray(shown.seen), np.asarray(clean.seen))  # the word is on the picture
+    assert shown.left["circle"] > clean.left.get("circle", 0.0)
+    assert shown.left_title == "### Base CLIP" and "PO-CLIP" in shown.right_title
+    assert shown.labels == tuple(synth.SHAPES) and shown.comparison_id != clean.comparison_id
+
+
+def test_the_preview_shows_the_text_where_it_will_go(service):
+    plain = preview_handler(star(), Controls())
+    left_word = preview_handler(star(), Controls(text="circle", x=0.2, y=0.2))
+    right_word = preview_handler(star(), Controls(text="circle", x=0.8, y=0.8))
+    diff = np.abs(np.asarray(left_word, dtype=int) - np.asarray(plain, dtype=int)).sum(axis=2)
+    ys, xs = np.nonzero(diff)
+    assert xs.mean() < 112 and ys.mean() < 112  # the text went to the top left
+    assert not np.array_equal(np.asarray(left_word), np.asarray(right_word))
+    assert preview_handler(None, Controls(text="circle")) is None
 
 
 def test_arena_mode_hides_the_sides_until_the_vote(service):
+    rng = random.Random(7)
     sides = set()
     for _ in range(12):
-        *_, left_title, right_title, shown_left = predict_handler(service, star(), "circle", *STYLE,
-                                                                   "Synthetic shapes", "", 1.0, True)
-        assert (left_title, right_title) == ("### Model A", "### Model B")
-        sides.add(shown_left)
+        shown = predict_handler(service, star(), Controls(text="circle", arena=True), rng=rng)
+        assert (shown.left_title, shown.right_title) == ("### Model A", "### Model B")
+        sides.add(service.comparison(shown.comparison_id).shown_left)
     assert sides == {"base", "aligned"}
-    message, left_title, _, counter = vote_handler(service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0,
-                                                   "neither", "star", "aligned", "ann", "")
-    assert "star" in message and left_title.startswith("### PO-CLIP") and counter == "You have labelled 1 items."
+    record = service.comparison(shown.comparison_id)
+    result = vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label="star",
+                  handle="ann", anon_id="")
+    named = "### PO-CLIP" if record.shown_left == "aligned" else "### Base CLIP"
+    assert result["left_title"].startswith(named) and result["counter"] == "You have given 1 label."
+    assert result["shown_left"] == record.shown_left
 
 
-def test_user_errors_are_shown_not_crashes(service):
+def test_neither_needs_a_label_from_the_comparisons_own_set(service):
+    shown = predict(service, picture=star(), controls=Controls(text="circle", preset=CUSTOM,
+                                                               custom="starfish, doughnut, kite"))
+    before = footprint(service)
+    with pytest.raises(gr.Error, match="Pick the right label"):
+        vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label=None, handle="ann",
+             anon_id="")
+    with pytest.raises(gr.Error, match="not one of this comparison's labels"):
+        vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label="circle", handle="ann",
+             anon_id="")
+    assert footprint(service) == before
+    wrong = [label for label in shown.labels if label != max(shown.left, key=shown.left.get)]
+    stored = vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label=wrong[0],
+                  handle="ann", anon_id="")
+    assert stored["chosen"] == wrong[0]
+    assert service.repo.get_sample(stored["sample_id"]).labels == ("starfish", "doughnut", "kite")
+
+
+def test_user_errors_are_shown_and_logged_on_one_line(service, caplog):
+    caplog.set_level(logging.INFO, logger="poclip.app.ui")
     with pytest.raises(gr.Error, match="at least two labels"):
-        predict_handler(service, star(), "", *STYLE, CUSTOM, "star", 1.0, False)
-    with pytest.raises(gr.Error, match="Upload an image"):
-        predict_handler(service, None, "", *STYLE, "Synthetic shapes", "", 1.0, False)
+        predict(service, picture=star(), controls=Controls(preset=CUSTOM, custom="star"))
+    with pytest.raises(gr.Error, match="Upload a picture"):
+        predict(service, picture=None, controls=Controls())
     with pytest.raises(gr.Error, match="at most 200"):
-        predict_handler(service, star(), "x" * 300, *STYLE, "Synthetic shapes", "", 1.0, False)
+        predict(service, picture=star(), controls=Controls(text="x" * 300))
+    with pytest.raises(gr.Error, match="Press Predict first"):
+        vote(service, comparison_id=None, verdict="left", correct_label=None, handle="ann", anon_id="")
+    shown = predict(service, picture=star(), controls=Controls())
     with pytest.raises(gr.Error, match="handle"):
-        vote_handler(service, star(), "", *STYLE, "Synthetic shapes", "", 1.0, "left", None, "base", "", "")
-    with pytest.raises(gr.Error, match="admin"):
-        retrain_handler(service, "not-the-token", "dpo")
-    assert service.repo.stats().judgments == service.repo.stats().gold_items
+        vote(service, comparison_id=shown.comparison_id, verdict="left", correct_label=None, handle="", anon_id="")
+    with pytest.raises(gr.Error, match="sign in with the admin token"):
+        user_errors(retrain_handler)(service, "not-the-token", "dpo")
+    assert footprint(service)["judgments"] == service.repo.stats().gold_items
+    refusals = [r for r in caplog.records if r.name == "poclip.app.ui"]
+    assert len(refusals) == 6 and all(r.exc_info is None and "\n" not in r.getMessage() for r in refusals)
     assert "queued" in retrain_handler(service, ADMIN_TOKEN, "dpo")
 
 
+def test_every_upload_in_the_corpus_gets_a_message_or_a_prediction(service, tmp_path):
+    voted = 0
+    for i, case in enumerate(CORPUS):
+        path = tmp_path / case.filename
+        path.write_bytes(case.data())
+        before = footprint(service)
+        if case.message:
+            with pytest.raises(gr.Error, match=case.message):
+                upload(str(path))
+            assert footprint(service) == before, case.name
+            continue
+        picture = upload(str(path))
+        shown = predict(service, picture=picture, controls=Controls(text="circle", share=True))
+        assert sum(shown.left.values()) > 0.5 and shown.seen.mode == "RGB", case.name
+        result = vote(service, comparison_id=shown.comparison_id, verdict="left", correct_label=None,
+                      handle=f"uploader-{i}", anon_id="")  # some cases normalise to the same white square
+        voted += 1
+        stored = service.repo.get_image(service.repo.get_sample(result["sample_id"]).image_sha256)
+        assert (stored.width, stored.height) == picture.image.size, case.name
+    assert voted == sum(1 for c in CORPUS if c.check)
+
+
+def test_admin_signs_in_once_and_only_admins_see_who_labelled_what(service):
+    item = service.next_item("dora")
+    service.answer_item("dora", item.sample.id, item.labels[0])
+    text, people, recent = data_view(service, token="")
+    assert "**1** labels from **1** person" in text and people is None and recent is None
+    assert "admins only" in text
+    with pytest.raises(gr.Error, match="admin token"):
+        user_errors(sign_in_handler)(service, "wrong")
+    token, message = sign_in_handler(service, ADMIN_TOKEN)
+    assert token == ADMIN_TOKEN and "Signed in" in message
+    text, people, recent = data_view(service, token=token)
+    assert list(people["annotator"]) == ["dora"]  # the gold pseudo-annotator is not a person
+    assert (recent.iloc[0]["annotator"], recent.iloc[0]["chosen"]) == ("dora", item.labels[0])
+
+
+def test_admin_message_when_no_admin_is_configured(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled, admin_token="", seed_items=0)
+    try:
+        with pytest.raises(gr.Error, match="switched off on this server: set POCLIP_ADMIN_TOKEN"):
+            user_errors(sign_in_handler)(svc, "anything")
+    finally:
+        svc.close()
+
+
 def test_annotate_buttons_answer_and_undo(service):
-    picture, item_id, prompt, counter, *buttons = next_item_handler(service, "kbd", "")
-    assert picture.size == (224, 224) and "**0** labelled by you" in counter
+    shown = next_item_handler(service, handle="kbd", anon_id="")
+    assert shown.picture.size == (224, 224) and "**0** labels from you" in shown.counter
+    assert shown.labels == list(synth.SHAPES)
+    buttons = shown.outputs()[5:]
     labels = [b["value"] for b in buttons if b.get("visible")]
     assert labels[0].startswith("1  ") and labels[9].startswith("0  ") and len(labels) == 10
-    _, next_id, _, counter, *_ = answer_handler(service, item_id, labels[2], "kbd", "")
-    assert next_id != item_id and "**1** labelled by you" in counter
-    _, again_id, prompt, counter, *_ = undo_handler(service, "kbd", "")
-    assert again_id == item_id and "Undone" in prompt and "**0** labelled by you" in counter
+    answered = answer_handler(service, sample_id=shown.sample_id, chosen=labels[2], handle="kbd", anon_id="")
+    assert answered.sample_id != shown.sample_id and "**1** labels from you" in answered.counter
+    again = undo_handler(service, handle="kbd", anon_id="")
+    assert again.sample_id == shown.sample_id and "Undone" in again.prompt and "**0** labels from you" in again.counter
 
 
 def test_random_attack_and_click_to_place():
@@ -92,30 +188,26 @@ def test_random_attack_and_click_to_place():
     assert place_text_handler(star(), event) == (0.25, 0.75)
 
 
-def test_bad_uploads_get_clear_messages_and_write_nothing(service, tmp_path):
-    truncated = tmp_path / "broken.png"
-    good = tmp_path / "good.png"
-    star().save(good)
-    truncated.write_bytes(good.read_bytes()[:300])
-    text_file = tmp_path / "notes.png"
-    text_file.write_text("not a picture")
-    for path, message in ((truncated, "damaged or truncated"), (text_file, "not an image")):
-        with pytest.raises(gr.Error, match=message):
-            predict_handler(service, str(path), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
-        with pytest.raises(gr.Error, match=message):
-            vote_handler(service, str(path), "circle", *STYLE, "Synthetic shapes", "", 1.0, "left", None, "base",
-                         "ann", "")
-    assert service.repo.stats().judgments == service.repo.stats().gold_items
-    seen, *_ = predict_handler(service, str(good), "circle", *STYLE, "Synthetic shapes", "", 1.0, False)
-    assert seen.size == (224, 224)
+def test_training_chart_has_a_numeric_step_axis_a_legend_and_units():
+    history = [{"step": s, "loss": 0.7 - s / 400, "rewards/margins": s / 50, "kl/clean": s / 2000,
+                "rewards/accuracies": min(1.0, s / 100)} for s in range(1, 181)]
+    svg = chart_svg(history)
+    for text in ("loss", "reward margin", "KL on clean pictures", "reward accuracy", "nats", "fraction",
+                 "optimizer step", ">50<", ">100<", ">150<"):
+        assert text in svg, text
+    assert "epoch" not in svg and "No training curves" in chart_svg([])
 
 
-def test_data_tab_lists_recent_judgments(service):
-    from poclip.app.ui import data_view
+def test_progress_text_counts_steps_and_versions_show_the_loss(service):
+    from poclip.app.worker import Progress
 
-    vote_handler(service, star(), "circle", *STYLE, "Synthetic shapes", "", 1.0, "neither", "star", "base",
-                 "dora", "")
-    text, people, recent = data_view(service)
-    assert "judgments" in text and "dora" in set(people["annotator"])
-    newest = recent.iloc[0]
-    assert (newest["annotator"], newest["chosen"], newest["undone"]) == ("dora", "star", False)
+    service.trainer.progress = Progress(3, "training", 120, 180, [{"step": 120, "loss": 0.5}])
+    assert progress_text(service) == "**Trainer:** training run 3: step 120 of 180"
+    service.trainer.progress = Progress(3, "promoted", 60, 60, [{"step": 180, "loss": 0.4}], "better")
+    assert progress_text(service).startswith("**Trainer:** run 3 promoted after 180 steps")
+    assert "loss" in versions_table(service).columns
+
+
+def test_a_cleared_upload_keeps_the_picture():
+    assert upload_handler(None) is None
+    assert isinstance(star().image, Image.Image)

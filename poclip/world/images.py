@@ -19,8 +19,9 @@ MAX_FILE_BYTES = 25 * 2**20  # the app also passes this to Gradio as max_file_si
 MIN_SIDE = 16  # below this there is nothing to recognise and no room to write a word
 MAX_ASPECT = 10.0  # longer side / shorter side; a 1x40000 strip is not a picture of an object
 # Raster formats only: Pillow would hand EPS to Ghostscript, and vector or document formats are not photos.
-FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "ICO")
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "ICO")  # JPEG includes phones' MPO files
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.init()  # register every plugin, so each name in FORMATS is known when the first upload arrives
 
 
 class ImageError(ValueError):
