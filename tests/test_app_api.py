@@ -31,19 +31,20 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
     truth = truth_by_attack(240)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        _, item_id, _, counter = client.predict("alice", "", api_name="/next_item")
-        assert "**0** labelled by you" in counter
+        _, item_id, labels, _, counter = client.predict(handle="alice", api_name="/next_item")
+        assert "**0** labels from you" in counter and labels == list(synth.SHAPES)
         for _ in range(200):
             sample = service.repo.get_sample(int(item_id))
             answer = truth[TextAttack.from_dict(sample.attack).to_json()]
-            _, item_id, _, counter = client.predict(int(item_id), answer, "alice", "", api_name="/answer")
-        assert "**200** labelled by you" in counter
+            _, item_id, labels, _, counter = client.predict(sample_id=int(item_id), label=answer, handle="alice",
+                                                            api_name="/answer")
+        assert "**200** labels from you" in counter
         assert service.repo.training_pairs().pairs.__len__() >= 200
 
         with pytest.raises(Exception, match="admin"):
-            client.predict("wrong-token", "dpo", api_name="/retrain")
+            client.predict(token="wrong-token", loss_="dpo", api_name="/retrain")
         assert service.repo.list_runs() == []
-        assert "queued" in client.predict(ADMIN_TOKEN, "dpo", api_name="/retrain")
+        assert "queued" in client.predict(token=ADMIN_TOKEN, loss_="dpo", api_name="/retrain")
 
         deadline = time.time() + 300
         status = client.predict(api_name="/status")
@@ -61,13 +62,73 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
             path = tmp_path / f"held{i}.png"
             synth.draw_scene(scene, 224).save(path)
             _, left, right, *_ = client.predict(
-                handle_file(str(path)), attack.text, attack.font, attack.size, attack.fill, attack.stroke,
-                attack.x, attack.y, 1.0, 0.0, "Synthetic shapes", "", 1.0, False, api_name="/predict")
+                picture=handle_file(str(path)), text=attack.text, font=attack.font, size=attack.size,
+                fill=attack.fill, stroke=attack.stroke, x=attack.x, y=attack.y, api_name="/predict")
             if left["label"] == attack.text:  # the base model (left) was fooled by the written word
                 fooled += 1
                 flipped += right["label"] == scene.shape
         assert fooled >= 15
         assert flipped / fooled >= 0.5, (flipped, fooled)
+    finally:
+        demo.close()
+        service.close()
+
+
+def test_votes_through_the_api_name_a_comparison_and_nothing_else(tmp_path, bundled):
+    """README's client example, then /vote: a vote without a comparison id stores nothing; a stale id (the
+    client predicted again since) stores the old comparison exactly."""
+    from apphelpers import footprint
+
+    from poclip.app.ui import build_demo
+
+    service = make_service(tmp_path / "data", bundled, seed_items=0)
+    demo = build_demo(service)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    picture = tmp_path / "star.png"
+    synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224).save(picture)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        seen, base, aligned, _, _, old_id, labels = client.predict(
+            picture=handle_file(str(picture)), text="circle", share=True, api_name="/predict")
+        assert base["label"] == "circle" and labels == list(synth.SHAPES)
+        client.predict(picture=handle_file(str(picture)), text="heart", label_set="Custom (type below)",
+                       custom_labels="heart, star", share=True, api_name="/predict")
+        before = footprint(service)
+        for missing in ("", "no-such-comparison"):
+            with pytest.raises(Exception, match="Press Predict|expired"):
+                client.predict(comparison_id=missing, verdict="left", handle="api-user", api_name="/vote")
+        assert footprint(service) == before
+        stored, counter = client.predict(comparison_id=old_id, verdict="neither", neither_label="star",
+                                         handle="api-user", api_name="/vote")
+        assert (stored["chosen"], stored["rejected"], stored["comparison_id"]) == ("star", "circle", old_id)
+        sample = service.repo.get_sample(stored["sample_id"])
+        assert sample.attack["text"] == "circle" and sample.labels == tuple(synth.SHAPES)
+        assert counter == "You have given 1 label."
+    finally:
+        demo.close()
+        service.close()
+
+
+def test_readmes_client_example_runs_as_printed(tmp_path, bundled, monkeypatch, capsys):
+    import re
+
+    from poclip.app.ui import build_demo
+    from poclip.settings import REPO_DIR
+
+    readme = (REPO_DIR / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "/vote" in block)
+    service = make_service(tmp_path / "data", bundled, seed_items=20)
+    demo = build_demo(service)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    monkeypatch.chdir(REPO_DIR)  # the example names a picture in the repository
+    try:
+        exec(compile(example.replace("http://127.0.0.1:7860/", f"http://127.0.0.1:{port}/"), "README", "exec"), {})
+        printed = capsys.readouterr().out
+        assert "star over circle | You have given 1 label." in printed
+        assert "You have given" in printed and "'live_version': None" in printed
+        assert [j.chosen for j in service.repo.judgments_of("me")][0] == "star"
     finally:
         demo.close()
         service.close()

@@ -1,76 +1,254 @@
-"""End to end in a real browser: Debian's headless Chromium driven by Playwright against the launched app."""
+"""End to end in a real browser: Debian's headless Chromium driven by Playwright against the launched app.
+
+One app serves the module; each test opens its own page (so its own session and anonymous id). Screenshots
+at 1280x900 (desktop) and 390x844 (phone) are kept in ``test-artifacts/``.
+"""
 
 import random
-import shutil
-from pathlib import Path
 
 import pytest
-from apphelpers import free_port, make_service
+from apphelpers import ADMIN_TOKEN, footprint, free_port, make_service, truth_by_attack
 
 from poclip.settings import REPO_DIR
 from poclip.world import synth
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_DIR / "test-artifacts"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT = 60_000
 
 pytestmark = pytest.mark.slow
 
 
-def test_upload_write_vote_and_the_counter_rises(tmp_path, bundled):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, bundled, chromium):
+    from playwright.sync_api import sync_playwright
 
     from poclip.app.ui import build_demo, launch_kwargs
 
-    service = make_service(tmp_path / "data", bundled)
+    data = tmp_path_factory.mktemp("browser")
+    service = make_service(data / "data", bundled, seed_items=40)
+    service.start_background()  # the Train tab's retrain runs in the app's trainer thread
     demo = build_demo(service)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         **launch_kwargs())
-    picture = tmp_path / "star.png"
-    synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224).save(picture)
+    star = data / "star.png"
+    synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224).save(star)
     ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run", "--disable-quic"],
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            expect(page.get_by_text("Live model:")).to_be_visible(timeout=30_000)
-            page.locator("input[type=file]").first.set_input_files(str(picture))
-            page.get_by_label("Text to write on the image").fill("circle")
-            page.locator("#predict-btn").click()
-            expect(page.locator("#left-answer")).to_contain_text("circle", timeout=60_000)
-            page.locator("#vote-left").click()
-            expect(page.locator("#vote-counter")).to_contain_text("You have labelled 1 items", timeout=60_000)
-            page.get_by_label("Text to write on the image").fill("heart")
-            page.locator("#predict-btn").click()
-            expect(page.locator("#left-answer")).to_contain_text("heart", timeout=60_000)
-            page.locator("#vote-right").click()
-            expect(page.locator("#vote-counter")).to_contain_text("You have labelled 2 items", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "compare_vote.png"), full_page=True)
-
-            # Annotate with the keyboard: number keys answer, U undoes.
-            page.get_by_role("tab", name="Annotate").click()
-            page.locator("#next-btn").click()
-            expect(page.locator("#label-btn-1")).to_be_visible(timeout=60_000)
-            # The two Compare votes count too: the browser keeps the same anonymous annotator id.
-            expect(page.locator("#item-counter")).to_contain_text("2 labelled by you", timeout=60_000)
-            page.locator("body").click(position={"x": 5, "y": 5})
-            page.keyboard.press("3")
-            expect(page.locator("#item-counter")).to_contain_text("3 labelled by you", timeout=60_000)
-            page.keyboard.press("5")
-            expect(page.locator("#item-counter")).to_contain_text("4 labelled by you", timeout=60_000)
-            page.keyboard.press("u")
-            expect(page.locator("#item-counter")).to_contain_text("3 labelled by you", timeout=60_000)
-            expect(page.get_by_text("Undone: answer this one again.")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "annotate_keyboard.png"), full_page=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        try:
+            yield {"service": service, "url": f"http://127.0.0.1:{port}/", "browser": browser, "star": star,
+                   "dir": data}
+        finally:
             browser.close()
-    finally:
-        demo.close()
-        service.close()
-    assert service.repo.stats().judgments >= 2 + service.repo.stats().gold_items
+            demo.close()
+            service.close()
+
+
+def open_page(app, viewport=DESKTOP):
+    from playwright.sync_api import expect
+
+    page = app["browser"].new_page(viewport=viewport)
+    page.goto(app["url"], wait_until="domcontentloaded")
+    expect(page.get_by_text("Live model:")).to_be_visible(timeout=TIMEOUT)
+    return page
+
+
+def upload_and_predict(page, picture, word, *, share=True):
+    from playwright.sync_api import expect
+
+    if share:
+        page.locator("#share input[type=checkbox]").check()
+    page.locator("#upload input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#preview img")).to_be_visible(timeout=TIMEOUT)
+    page.locator("#attack-text textarea").fill(word)
+    page.locator("#predict-btn").click()
+    expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
+
+
+def choose(page, dropdown_id, option):
+    page.locator(f"#{dropdown_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_upload_write_vote_and_the_counter_rises(app):
+    """Upload, write a word, Predict, vote twice; the Annotate tab counts the same person's labels and the
+    keyboard answers and undoes. Desktop screenshots of both tabs."""
+    from playwright.sync_api import expect
+
+    page = open_page(app)
+    upload_and_predict(page, app["star"], "circle")
+    expect(page.locator("#left-answer")).to_contain_text("circle", timeout=TIMEOUT)
+    page.locator("#vote-left").click()
+    expect(page.locator("#vote-counter")).to_contain_text("You have given 1 label.", timeout=TIMEOUT)
+    expect(page.locator("#vote-left")).to_be_disabled()  # the comparison on screen has been judged
+    page.locator("#attack-text textarea").fill("heart")
+    page.locator("#predict-btn").click()
+    expect(page.locator("#left-answer")).to_contain_text("heart", timeout=TIMEOUT)
+    page.locator("#vote-right").click()
+    expect(page.locator("#vote-counter")).to_contain_text("You have given 2 labels.", timeout=TIMEOUT)
+    page.screenshot(path=str(ARTIFACTS / "compare-1280x900.png"))
+    expect(page.get_by_text("Runs", exact=True)).to_have_count(0)  # Gradio's browser run history is off
+
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#next-btn").click()
+    expect(page.locator("#label-btn-1")).to_be_visible(timeout=TIMEOUT)
+    expect(page.locator("#item-counter")).to_contain_text("2 labels from you", timeout=TIMEOUT)
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("3")
+    expect(page.locator("#item-counter")).to_contain_text("3 labels from you", timeout=TIMEOUT)
+    page.keyboard.press("u")
+    expect(page.locator("#item-counter")).to_contain_text("2 labels from you", timeout=TIMEOUT)
+    expect(page.get_by_text("Undone: answer this one again.")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "annotate-1280x900.png"))
+    page.close()
+
+
+def test_neither_without_choosing_a_label_is_refused_and_nothing_is_stored(app):
+    from playwright.sync_api import expect
+
+    page = open_page(app)
+    upload_and_predict(page, app["star"], "square")
+    before = footprint(app["service"])
+    page.locator("#vote-neither").click()
+    expect(page.get_by_text("Neither side was right? Pick the right label from the list first.")).to_be_visible(
+        timeout=TIMEOUT)
+    expect(page.locator("#vote-message")).not_to_contain_text("Stored")
+    assert footprint(app["service"]) == before
+    page.close()
+
+
+def test_changing_the_word_after_predict_disables_voting_until_predict(app):
+    from playwright.sync_api import expect
+
+    page = open_page(app)
+    upload_and_predict(page, app["star"], "circle")
+    page.locator("#attack-text textarea").fill("heart")
+    for verdict in ("left", "right", "both", "neither"):
+        expect(page.locator(f"#vote-{verdict}")).to_be_disabled(timeout=TIMEOUT)
+    expect(page.locator("#stale-note")).to_contain_text("press Predict", timeout=TIMEOUT)
+    page.locator("#predict-btn").click()
+    expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
+    page.locator("#random-btn").click()  # a random attack is a change too
+    expect(page.locator("#attack-text textarea")).not_to_have_value("heart", timeout=TIMEOUT)
+    expect(page.locator("#vote-left")).to_be_disabled(timeout=TIMEOUT)
+    page.wait_for_timeout(1000)  # let the random style's change events settle before typing again
+    page.locator("#attack-text textarea").fill("heart")
+    page.locator("#predict-btn").click()
+    expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
+    expect(page.locator("#stale-note")).not_to_contain_text("press Predict")
+    page.close()
+
+
+def test_custom_labels_and_neither_store_the_chosen_custom_label(app):
+    from playwright.sync_api import expect
+
+    from poclip.world.attacks import TextAttack
+    from poclip.world.images import open_image
+
+    service = app["service"]
+    labels = ["starfish", "doughnut", "kite"]
+    # Which label the models answer is deterministic; pick one they did not answer.
+    answered = service.compare(open_image(app["star"]), labels, TextAttack("kite")).base.label
+    truth = next(label for label in labels if label != answered)
+    page = open_page(app)
+    choose(page, "preset", "Custom (type below)")
+    page.locator("#custom-labels textarea").fill(", ".join(labels))
+    upload_and_predict(page, app["star"], "kite")
+    choose(page, "neither-label", truth)
+    page.locator("#vote-neither").click()
+    expect(page.locator("#vote-message")).to_contain_text(f"{truth} is right", timeout=TIMEOUT)
+    latest = service.repo.recent_judgments(1)[0]
+    assert latest.chosen == truth and latest.rejected == answered
+    assert service.repo.get_sample(latest.sample_id).labels == tuple(labels)
+    page.close()
+
+
+def test_a_file_that_is_not_a_picture_gets_the_apps_message(app):
+    from playwright.sync_api import expect
+
+    page = open_page(app)
+    fake = app["dir"] / "table.png"
+    fake.write_text("shape,colour\nstar,red\n")
+    before = footprint(app["service"])
+    page.locator("#upload input[type=file]").set_input_files(str(fake))
+    expect(page.locator("#upload-note")).to_contain_text(
+        "This file cannot be used. This file contains text, not a picture, whatever its name says.", timeout=TIMEOUT)
+    expect(page.locator("#preview")).not_to_contain_text("Error")  # no bare red "Error" on the panels
+    page.screenshot(path=str(ARTIFACTS / "bad-upload-1280x900.png"))
+    page.locator("#predict-btn").click()
+    expect(page.get_by_text("Upload a picture, pick an example or draw a synthetic object first.")).to_be_visible(
+        timeout=TIMEOUT)
+    assert footprint(app["service"]) == before
+    page.close()
+
+
+def test_the_training_chart_shows_a_legend_and_a_numeric_step_axis(app):
+    """Sign in once, retrain from the Train tab, watch the chart; the Data tab's admin tables need no second
+    sign-in, and the public sees no names."""
+    from playwright.sync_api import expect
+
+    from poclip.world.attacks import TextAttack
+
+    service = app["service"]
+    truth = truth_by_attack(40)
+    for _ in range(30):  # enough pairs for a run: honest answers on the seeded items (uploads: the first label)
+        item = service.next_item("trainer-feed")
+        key = TextAttack.from_dict(item.sample.attack).to_json() if item.sample.attack else None
+        service.answer_item("trainer-feed", item.sample.id, truth.get(key, item.labels[0]))
+    page = open_page(app)
+    page.get_by_role("tab", name="Data").click()
+    expect(page.locator("#data-summary")).to_contain_text("admins only", timeout=TIMEOUT)
+    expect(page.locator("#people")).to_be_hidden()
+    page.get_by_text("Admin sign-in").click()
+    page.locator("#admin-token input").fill(ADMIN_TOKEN)
+    page.locator("#sign-in-btn").click()
+    expect(page.locator("#sign-in-message")).to_contain_text("Signed in", timeout=TIMEOUT)
+    expect(page.locator("#people")).to_contain_text("trainer-feed", timeout=TIMEOUT)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#retrain-btn").click()
+    chart = page.locator("#train-chart")
+    expect(chart).to_be_visible(timeout=120_000)
+    for legend in ("loss", "reward margin", "KL on clean pictures", "reward accuracy"):
+        expect(chart.get_by_text(legend, exact=True)).to_be_visible()
+    expect(chart.get_by_text("optimizer step", exact=True)).to_be_visible()
+    ticks = [t for t in chart.locator("text").all_inner_texts() if t.strip().isdigit()]
+    assert len(ticks) >= 3 and sorted(int(t) for t in ticks)[-1] >= 10, ticks
+    expect(page.locator("#train-progress")).to_contain_text("step", timeout=120_000)
+    expect(page.locator("#train-progress")).not_to_contain_text("epoch")
+    chart.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "train-1280x900.png"))
+    page.close()
+
+
+def test_on_a_phone_the_picture_and_every_label_button_fit_without_scrolling(app):
+    from playwright.sync_api import expect
+
+    page = open_page(app, PHONE)
+    upload_and_predict(page, app["star"], "circle", share=False)
+    page.locator("#left-answer").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "compare-390x844.png"))
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#handle input").fill("phone-user")
+    page.locator("#next-btn").click()
+    expect(page.locator("#label-btn-1")).to_be_visible(timeout=TIMEOUT)
+    for _ in range(10):  # the worst case: an item with ten labels (uploads in other tests have fewer)
+        if page.locator("#label-btn-10").is_visible():
+            break
+        page.locator("#skip-btn").click()
+        page.wait_for_timeout(1500)
+    expect(page.locator("#label-btn-10")).to_be_visible(timeout=TIMEOUT)
+    page.evaluate("document.getElementById('item-image').scrollIntoView({block: 'start'})")
+    top = page.locator("#item-image").bounding_box()
+    buttons = [page.locator(f"#label-btn-{k}").bounding_box() for k in range(1, 11)]
+    bottom = max(b["y"] + b["height"] for b in buttons)
+    assert top["y"] >= 0 and bottom <= PHONE["height"], (top, bottom)
+    assert all(b["x"] >= 0 and b["x"] + b["width"] <= PHONE["width"] for b in buttons)
+    page.screenshot(path=str(ARTIFACTS / "annotate-390x844.png"))
+    page.close()

@@ -290,7 +290,10 @@ class AppService:
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
         rejected = self._rejected_for(sample, chosen)
-        judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected)
+        try:
+            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected)
+        except DuplicateJudgmentError as exc:
+            raise UserError("You have already labelled this item (press U to undo your last label).") from exc
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected}
 
     def _rejected_for(self, sample: SampleInfo, chosen: str) -> str:

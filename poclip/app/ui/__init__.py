@@ -13,7 +13,7 @@ import gradio as gr
 
 from poclip.app.service import AppService
 from poclip.app.ui.annotate import SHORTCUTS_JS, build_annotate
-from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.compare import build_compare
 from poclip.app.ui.data import build_data
 from poclip.app.ui.identity import browser_secret, sign_in_handler
@@ -71,8 +71,8 @@ def build_demo(service: AppService) -> gr.Blocks:
             return sign_in_handler(service, token, oauth_token)
 
         signed_in = sign_in_btn.click(sign_in, [token_box], [admin_token, sign_in_message],
-                                      api_visibility="private")
-        token_box.submit(sign_in, [token_box], [admin_token, sign_in_message], api_visibility="private")
+                                      api_visibility="private", **QUIET)
+        token_box.submit(sign_in, [token_box], [admin_token, sign_in_message], api_visibility="private", **QUIET)
 
         def refresh_training():
             return (f"**Live model:** {service.model_info()}", *train["refresh"]())

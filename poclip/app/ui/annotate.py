@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from poclip.app.service import AppService, Item, UserError
-from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.identity import annotator_handle
 
 MAX_LABEL_BUTTONS = 12
@@ -147,11 +147,11 @@ def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brow
         return undo_handler(service, handle, anonymous_id, profile).outputs()
 
     item_out = [item_image, item_id, item_labels, item_prompt, item_counter, *label_buttons]
-    start_btn.click(next_item, [handle_box, anon_id], item_out, api_name="next_item")
-    answer_api.click(answer, [item_id, chosen, handle_box, anon_id], item_out, api_name="answer")
+    start_btn.click(next_item, [handle_box, anon_id], item_out, api_name="next_item", **QUIET)
+    answer_api.click(answer, [item_id, chosen, handle_box, anon_id], item_out, api_name="answer", **QUIET)
     for k, button in enumerate(label_buttons):
         button.click(answer, [item_id, button, handle_box, anon_id], item_out, api_visibility="private",
-                     api_name=f"answer_button_{k + 1}")
-    skip_btn.click(skip, [item_id, handle_box, anon_id], item_out, api_name="skip")
-    undo_btn.click(undo, [handle_box, anon_id], item_out, api_name="undo")
+                     api_name=f"answer_button_{k + 1}", **QUIET)
+    skip_btn.click(skip, [item_id, handle_box, anon_id], item_out, api_name="skip", **QUIET)
+    undo_btn.click(undo, [handle_box, anon_id], item_out, api_name="undo", **QUIET)
     return item_out

@@ -31,6 +31,18 @@ def message_of(exc: BaseException) -> str:
     return text[0].upper() + text[1:]
 
 
+# Events that may refuse: the message appears as a toast; without this Gradio also stamps a bare red "Error" on
+# every output component of the event.
+QUIET = {"show_progress": "hidden"}
+
+
+def refused(action: str, exc: BaseException) -> str:
+    """Log a refusal on one line (no traceback) and return the message for the page."""
+    message = message_of(exc)
+    log.info("%s refused: %s", action, message)
+    return message
+
+
 def user_errors(fn):
     """Wrap an event handler: user errors -> ``gr.Error`` with the app's message, logged on one line."""
 
@@ -43,8 +55,6 @@ def user_errors(fn):
             log.info("%s refused: %s", fn.__name__, exc.message)
             raise
         except USER_ERRORS as exc:
-            message = message_of(exc)
-            log.info("%s refused: %s", fn.__name__, message)
-            raise gr.Error(message, print_exception=False) from None
+            raise gr.Error(refused(fn.__name__, exc), print_exception=False) from None
 
     return wrapper

@@ -9,14 +9,15 @@ the app's validator (:func:`poclip.world.images.open_image`) before anything dec
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+import secrets
+from dataclasses import astuple, dataclass, field, fields
 
 import gradio as gr
 from PIL import Image
 
 from poclip.app.comparisons import Comparison
 from poclip.app.service import AppService, UserError
-from poclip.app.ui.boundary import USER_ERRORS, user_errors
+from poclip.app.ui.boundary import QUIET, USER_ERRORS, refused, user_errors
 from poclip.app.ui.identity import annotator_handle
 from poclip.settings import ASSETS_DIR
 from poclip.world import synth
@@ -71,12 +72,21 @@ class Controls:
         ).validate()
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # hashed by identity: gr.State notices a new picture without hashing pixels
 class Picture:
-    """The normalised picture on the Compare tab and where it came from (``upload``/``synthetic``/``example``)."""
+    """The normalised picture on the Compare tab and where it came from (``upload``/``synthetic``/``example``).
+
+    ``key`` names this picture in the page's record of what the answers on screen were computed from.
+    """
 
     image: Image.Image
     source: str
+    key: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+def shown_key(picture: Picture | None, controls: Controls) -> str:
+    """What a prediction was computed from (picture and every control), to tell whether the screen is stale."""
+    return repr((picture.key if picture else None, *astuple(controls)))
 
 
 @dataclass(frozen=True)
@@ -201,10 +211,12 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     """The Compare tab's components and events (inside an open ``gr.Tab``)."""
     picture = gr.State(None)  # Picture: the normalised picture and where it came from
     comparison_id = gr.State(None)  # the id of the comparison on screen; None while it is out of date
+    shown = gr.State(None)  # shown_key() of what the answers on screen were computed from
     with gr.Row(equal_height=False):
         with gr.Column():
             upload = gr.File(label="Upload a picture (PNG, JPEG, WebP, GIF)", file_count="single", type="filepath",
                              elem_id="upload", height=90)
+            upload_note = gr.Markdown(elem_id="upload-note")
             share = gr.Checkbox(label=CONSENT, value=False, elem_id="share")
             with gr.Row():
                 synth_btn = gr.Button("New synthetic object", elem_id="synth-btn")
@@ -266,10 +278,14 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     controls = [text, font, size, fill, stroke, x, y, opacity, rotation, preset, custom, t, arena, share]
     buttons = list(vote_buttons.values())
 
-    @user_errors
     def on_upload(path):
-        loaded = upload_handler(path)
-        return (gr.update(), gr.update()) if loaded is None else (loaded, loaded.image)
+        try:
+            loaded = upload_handler(path)
+        except USER_ERRORS as exc:  # shown beside the upload; the previous picture is cleared
+            message = refused("upload", exc)
+            gr.Warning(message)
+            return None, None, f"**This file cannot be used.** {message}"
+        return (gr.update(), gr.update(), "") if loaded is None else (loaded, loaded.image, "")
 
     @user_errors
     def on_example(evt: gr.SelectData):
@@ -281,11 +297,15 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         loaded = synthetic_object_handler()
         return loaded, loaded.image, None
 
-    upload.upload(on_upload, upload, [picture, preview], api_visibility="private")
-    gallery.select(on_example, None, [picture, preview, upload], api_visibility="private")
-    synth_btn.click(on_synthetic, None, [picture, preview, upload], api_visibility="private")
+    upload.upload(on_upload, upload, [picture, preview, upload_note], api_visibility="private", **QUIET)
+    gallery.select(on_example, None, [picture, preview, upload], api_visibility="private", **QUIET)
+    synth_btn.click(on_synthetic, None, [picture, preview, upload], api_visibility="private", **QUIET)
 
-    def mark_stale(record_id):
+    def mark_stale(record_id, shown_from, pic, *values):
+        # Change events can arrive after a Predict that already used the new values: only a real difference
+        # from what the answers on screen were computed from makes them stale.
+        if shown_from is not None and shown_key(pic, Controls(*values)) == shown_from:
+            return gr.update(), *[gr.update()] * 4, gr.update()
         return None, *_voting(False), (STALE if record_id else "")
 
     def on_preview(pic, *values):
@@ -296,21 +316,24 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
 
     # Any change to the picture or a control: the answers on screen no longer match, so voting stops at once;
     # the preview follows, debounced (only the newest pending preview runs).
-    gr.on([picture.change, *(c.change for c in controls)], mark_stale, comparison_id,
-          [comparison_id, *buttons, stale], queue=False, api_visibility="private")
+    gr.on([picture.change, *(c.change for c in controls)], mark_stale, [comparison_id, shown, picture, *controls],
+          [comparison_id, *buttons, stale], queue=False, api_visibility="private", show_progress="hidden")
     gr.on([picture.change, *(c.change for c in controls)], on_preview, [picture, *controls], preview,
           trigger_mode="always_last", api_visibility="private", show_progress="hidden")
 
     @user_errors
     def on_predict(pic, *values):
-        shown = predict_handler(service, pic, Controls(*values))
-        return (shown.seen, shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
-                *_voting(True), gr.update(choices=list(shown.labels), value=None), "", "")
+        result = predict_handler(service, pic, Controls(*values))
+        return (result.seen, result.left, result.right, result.left_title, result.right_title, result.comparison_id,
+                shown_key(pic, Controls(*values)), *_voting(True), gr.update(choices=list(result.labels), value=None),
+                "", "")
 
-    predict_out = [preview, left, right, left_title, right_title, comparison_id, *buttons, correct, stale, vote_message]
+    predict_out = [preview, left, right, left_title, right_title, comparison_id, shown, *buttons, correct, stale,
+                   vote_message]
     predict_btn.click(on_predict, [picture, *controls], predict_out, api_visibility="private",
-                      api_name="predict_click")
-    text.submit(on_predict, [picture, *controls], predict_out, api_visibility="private", api_name="predict_enter")
+                      api_name="predict_click", **QUIET)
+    text.submit(on_predict, [picture, *controls], predict_out, api_visibility="private", api_name="predict_enter",
+                **QUIET)
 
     @user_errors
     def predict(picture, text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
@@ -338,7 +361,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     vote_out = [vote_message, left_title, right_title, vote_counter, *buttons]
     for verdict, button in vote_buttons.items():
         button.click(on_vote(verdict), [comparison_id, correct, handle_box, anon_id], vote_out,
-                     api_visibility="private", api_name=f"vote_{verdict}")
+                     api_visibility="private", api_name=f"vote_{verdict}", **QUIET)
 
     @user_errors
     def vote(comparison_id, verdict, neither_label, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
@@ -357,7 +380,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         return random_attack_handler(preset_, custom_)
 
     random_btn.click(random_style, [preset, custom], [text, font, size, fill, stroke, x, y, opacity, rotation],
-                     api_name="random_attack")
+                     api_name="random_attack", **QUIET)
     preview.select(place_text_handler, picture, [x, y], api_visibility="private")
     return CompareTab(upload, preview, predict_btn, vote_buttons, correct, vote_message, vote_counter,
                       comparison_id)

@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from poclip.app.service import AppService
-from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.identity import hf_orgs
 
 PEOPLE_COLUMNS = ["annotator", "labels", "undone", "gold seen", "gold correct", "trust"]
@@ -60,14 +60,14 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
         return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
 
     api_token = gr.Textbox(visible=False, label="admin token")
-    private = {"api_visibility": "private"}
+    private = {"api_visibility": "private", **QUIET}
     export_btn.click(export, [admin_token], export_file, api_name="export_click", **private)
     push_btn.click(push, [admin_token, hub_repo], data_message, api_name="push_click", **private)
     backup_btn.click(backup, [admin_token], data_message, api_name="backup_click", **private)
     api_export, api_push, api_backup = (gr.Button(visible=False) for _ in range(3))
-    api_export.click(export, [api_token], export_file, api_name="export")
-    api_push.click(push, [api_token, hub_repo], data_message, api_name="push_to_hub")
-    api_backup.click(backup, [api_token], data_message, api_name="backup")
+    api_export.click(export, [api_token], export_file, api_name="export", **QUIET)
+    api_push.click(push, [api_token, hub_repo], data_message, api_name="push_to_hub", **QUIET)
+    api_backup.click(backup, [api_token], data_message, api_name="backup", **QUIET)
 
     def refresh(token, oauth_token: gr.OAuthToken | None = None):
         text, people_, recent_ = data_view(service, token, oauth_token)

@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from poclip.app.service import AppService, UserError
-from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
 from poclip.app.ui.identity import hf_orgs
 
@@ -104,16 +104,16 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
 
     # The token comes from the page's sign-in state; API clients pass it as the first argument.
     api_token = gr.Textbox(visible=False, label="admin token")
-    private = {"api_visibility": "private"}
+    private = {"api_visibility": "private", **QUIET}
     retrain_btn.click(retrain, [admin_token, loss], progress, api_name="retrain_click", **private)
     promote_btn.click(promote, [admin_token, version_id], [admin_message, versions], api_name="promote_click",
                       **private)
     rollback_btn.click(rollback, [admin_token, version_id], [admin_message, versions], api_name="rollback_click",
                        **private)
     api_retrain, api_promote, api_rollback = (gr.Button(visible=False) for _ in range(3))
-    api_retrain.click(retrain, [api_token, loss], progress, api_name="retrain")
-    api_promote.click(promote, [api_token, version_id], [admin_message, versions], api_name="promote")
-    api_rollback.click(rollback, [api_token, version_id], [admin_message, versions], api_name="rollback")
+    api_retrain.click(retrain, [api_token, loss], progress, api_name="retrain", **QUIET)
+    api_promote.click(promote, [api_token, version_id], [admin_message, versions], api_name="promote", **QUIET)
+    api_rollback.click(rollback, [api_token, version_id], [admin_message, versions], api_name="rollback", **QUIET)
     status_btn.click(lambda: service.status(), None, status_json, api_name="status")
 
     def refresh():
