@@ -218,7 +218,7 @@ def test_the_training_chart_shows_a_legend_and_a_numeric_step_axis(app):
     for legend in ("loss", "reward margin", "KL on clean pictures", "reward accuracy"):
         expect(chart.get_by_text(legend, exact=True)).to_be_visible()
     expect(chart.get_by_text("optimizer step", exact=True)).to_be_visible()
-    ticks = [t for t in chart.locator("text").all_inner_texts() if t.strip().isdigit()]
+    ticks = [t for t in chart.locator("text").all_text_contents() if t.strip().isdigit()]
     assert len(ticks) >= 3 and sorted(int(t) for t in ticks)[-1] >= 10, ticks
     expect(page.locator("#train-progress")).to_contain_text("step", timeout=120_000)
     expect(page.locator("#train-progress")).not_to_contain_text("epoch")
@@ -234,6 +234,7 @@ def test_on_a_phone_the_picture_and_every_label_button_fit_without_scrolling(app
     upload_and_predict(page, app["star"], "circle", share=False)
     page.locator("#left-answer").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "compare-390x844.png"))
+    page.evaluate("window.scrollTo(0, 0)")
     page.get_by_role("tab", name="Annotate").click()
     page.locator("#handle input").fill("phone-user")
     page.locator("#next-btn").click()
