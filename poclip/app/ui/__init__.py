@@ -48,11 +48,11 @@ def build_demo(service: AppService) -> gr.Blocks:
         with gr.Row():
             if on_space:
                 gr.LoginButton()
-            handle = gr.Textbox(label="Your handle (optional; kept with your labels)", max_lines=1, scale=3,
+            handle = gr.Textbox("", label="Your handle (optional; kept with your labels)", max_lines=1, scale=3,
                                 elem_id="handle")
         with gr.Accordion("Admin sign-in", open=False, elem_id="admin-signin"):
             with gr.Row():
-                token_box = gr.Textbox(label="Admin token", type="password", max_lines=1, scale=3,
+                token_box = gr.Textbox("", label="Admin token", type="password", max_lines=1, scale=3,
                                        elem_id="admin-token")
                 sign_in_btn = gr.Button("Sign in", scale=1, elem_id="sign-in-btn")
             sign_in_message = gr.Markdown(elem_id="sign-in-message")

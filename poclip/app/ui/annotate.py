@@ -118,7 +118,7 @@ def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brow
                               show_label=False)
         item_id = gr.Number(visible=False, precision=0, label="sample id")
         item_labels = gr.JSON(visible=False, label="label set")
-        chosen = gr.Textbox(visible=False, label="label")
+        chosen = gr.Textbox("", visible=False, label="label")
         with gr.Row(elem_id="label-grid"):
             label_buttons = [gr.Button(visible=False, elem_id=f"label-btn-{k + 1}", min_width=0, size="sm")
                              for k in range(MAX_LABEL_BUTTONS)]
@@ -129,21 +129,21 @@ def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brow
         answer_api = gr.Button(visible=False)
 
     @user_errors
-    def next_item(handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+    def next_item(handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
         """API: the next item -> (picture, sample id, label set, prompt, counters, label buttons...)."""
         return next_item_handler(service, handle, anonymous_id, profile).outputs()
 
     @user_errors
-    def answer(sample_id, label, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+    def answer(sample_id, label, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
         """API: the right label for the sample on screen -> the next item (as /next_item)."""
         return answer_handler(service, sample_id, label, handle, anonymous_id, profile).outputs()
 
     @user_errors
-    def skip(sample_id, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+    def skip(sample_id, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
         return skip_handler(service, sample_id, handle, anonymous_id, profile).outputs()
 
     @user_errors
-    def undo(handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+    def undo(handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
         return undo_handler(service, handle, anonymous_id, profile).outputs()
 
     item_out = [item_image, item_id, item_labels, item_prompt, item_counter, *label_buttons]

@@ -224,7 +224,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
             examples = example_paths()
             gallery = gr.Gallery(examples, label="Examples (click one)", columns=6, height=110, allow_preview=False,
                                  visible=bool(examples), elem_id="examples")
-            text = gr.Textbox(label="Text to write on the picture", placeholder="e.g. star", max_lines=4,
+            text = gr.Textbox("", label="Text to write on the picture", placeholder="e.g. star", max_lines=4,
                               elem_id="attack-text")
             with gr.Accordion("Text style and position", open=False):
                 font = gr.Dropdown(list(FONTS), value="sans-bold", label="Font")
@@ -237,7 +237,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
                 opacity = gr.Slider(0, 1, value=1, step=0.05, label="Opacity")
                 rotation = gr.Slider(-90, 90, value=0, step=1, label="Rotation (degrees)")
             preset = gr.Dropdown([*PRESETS, CUSTOM], value="Synthetic shapes", label="Label set", elem_id="preset")
-            custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="dog, cat, car",
+            custom = gr.Textbox("", label="Custom labels (comma-separated)", placeholder="dog, cat, car",
                                 elem_id="custom-labels")
             with gr.Row():
                 t = gr.Slider(-2, 2, value=1, step=0.05, label="Alignment strength t (0 = base, 1 = trained)")
@@ -268,9 +268,9 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
             vote_counter = gr.Markdown(elem_id="vote-counter")
     # The public API: /predict takes the raw file and returns the comparison id that /vote names.
     with gr.Row(visible=False):
-        api_id = gr.Textbox(label="comparison id")
-        api_verdict = gr.Textbox(label="verdict")
-        api_label = gr.Textbox(label="neither label")
+        api_id = gr.Textbox("", label="comparison id")
+        api_verdict = gr.Textbox("", label="verdict")
+        api_label = gr.Textbox("", label="neither label")
         api_labels = gr.JSON(label="label set")
         predict_api = gr.Button()
         vote_api = gr.Button()
@@ -364,7 +364,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
                      api_visibility="private", api_name=f"vote_{verdict}", **QUIET)
 
     @user_errors
-    def vote(comparison_id, verdict, neither_label, handle, anonymous_id, profile: gr.OAuthProfile | None = None):
+    def vote(comparison_id, verdict, neither_label, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
         """API: a verdict (left, right, both, neither + the right label) on the comparison /predict returned."""
         result = vote_handler(service, comparison_id, verdict, neither_label, handle, anonymous_id, profile)
         keep = ("judgment_id", "sample_id", "comparison_id", "chosen", "rejected", "verdict", "shown_left",

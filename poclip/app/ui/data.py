@@ -59,7 +59,7 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
     def backup(token, oauth_token: gr.OAuthToken | None = None):
         return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
 
-    api_token = gr.Textbox(visible=False, label="admin token")
+    api_token = gr.Textbox("", visible=False, label="admin token")
     private = {"api_visibility": "private", **QUIET}
     export_btn.click(export, [admin_token], export_file, api_name="export_click", **private)
     push_btn.click(push, [admin_token, hub_repo], data_message, api_name="push_click", **private)

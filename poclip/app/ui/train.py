@@ -30,10 +30,23 @@ def progress_text(service: AppService) -> str:
     return text
 
 
+_chart_cache: dict[str, tuple[tuple, str]] = {}
+
+
+def training_chart(service: AppService) -> str:
+    """The chart of the current run, redrawn only when the run has new steps (every open page polls it)."""
+    p = service.training_progress()
+    key = (id(service), p.run_id, p.phase, len(p.history))
+    cached = _chart_cache.get("last")
+    if cached is None or cached[0] != key:
+        cached = (key, chart_svg(list(p.history), title=f"Training run {p.run_id or ''} (per optimizer step)"))
+        _chart_cache["last"] = cached
+    return cached[1]
+
+
 def progress_view(service: AppService) -> tuple[str, str, pd.DataFrame]:
     """Progress text, the chart (SVG in HTML) and the latest held-out evaluation table."""
-    p = service.training_progress()
-    chart = chart_svg(list(p.history), title="Training run %s (per optimizer step)" % (p.run_id or ""))
+    chart = training_chart(service)
     table = pd.DataFrame(columns=["metric", "live before", "candidate", "base"])
     metrics = service.latest_evaluation()
     if metrics:
@@ -103,7 +116,7 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
         return rollback_handler(service, token, version, oauth_token)
 
     # The token comes from the page's sign-in state; API clients pass it as the first argument.
-    api_token = gr.Textbox(visible=False, label="admin token")
+    api_token = gr.Textbox("", visible=False, label="admin token")
     private = {"api_visibility": "private", **QUIET}
     retrain_btn.click(retrain, [admin_token, loss], progress, api_name="retrain_click", **private)
     promote_btn.click(promote, [admin_token, version_id], [admin_message, versions], api_name="promote_click",
