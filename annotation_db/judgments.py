@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, func, insert, select
+from sqlalchemy import Connection, Float, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from annotation_db.catalog import CatalogMixin, SampleInfo
+from annotation_db.counters import bump
 from annotation_db.errors import DuplicateJudgmentError, NotFoundError, RateLimitedError, ValidationError
 from annotation_db.models import (
     HANDLE_MAX,
@@ -21,6 +23,7 @@ from annotation_db.models import (
     JudgmentKind,
     LabelSet,
     Sample,
+    ServedItem,
 )
 from annotation_db.validation import (
     check_choice,
@@ -65,6 +68,34 @@ _OTHER_GOLD = select(Judgment.id).where(
     Judgment.undone_at.is_(None),
     Judgment.annotator_id != bindparam("annotator_id"),
 )
+_GOLD_CHOSEN = select(Judgment.chosen).where(
+    Judgment.sample_id == bindparam("sample_id"),
+    Judgment.kind == JudgmentKind.GOLD,
+    Judgment.undone_at.is_(None),
+)
+_HUMANS_ON = (
+    select(Judgment.annotator_id, Judgment.chosen)
+    .where(
+        Judgment.sample_id == bindparam("sample_id"),
+        Judgment.kind == JudgmentKind.HUMAN,
+        Judgment.undone_at.is_(None),
+    )
+    .order_by(Judgment.annotator_id)  # ascending: the lock order of annotator rows
+)
+_SERVED = select(ServedItem.sample_id).where(
+    ServedItem.annotator_id == bindparam("annotator_id"), ServedItem.sample_id == bindparam("sample_id")
+)
+# trust = (correct + prior_correct) / (seen + prior_seen), moved by one gold answer; SET reads the old values.
+_TRUST = (
+    update(Annotator)
+    .where(Annotator.id == bindparam("annotator_id"))
+    .values(
+        gold_seen=Annotator.gold_seen + bindparam("d_seen"),
+        gold_correct=Annotator.gold_correct + bindparam("d_correct"),
+        trust=(Annotator.gold_correct + bindparam("d_correct") + bindparam("prior_c", type_=Float))
+        / (Annotator.gold_seen + bindparam("d_seen") + bindparam("prior_n", type_=Float)),
+    )
+)
 _PREVIOUS = select(Judgment.id, Judgment.undone_at).where(
     Judgment.sample_id == bindparam("sample_id"), Judgment.annotator_id == bindparam("annotator_id")
 )
@@ -102,6 +133,7 @@ class JudgmentsMixin(CatalogMixin):
         said_right: str | None = None,
         created_at: datetime | None = None,
         enforce_rate_limit: bool = True,
+        require_served: bool = False,
     ) -> JudgmentInfo:
         """Store one preference: on ``sample_id``, ``annotator`` prefers ``chosen`` over ``rejected``.
 
@@ -119,6 +151,8 @@ class JudgmentsMixin(CatalogMixin):
                 ``neither``.
             created_at: when it was made, for imports; default now.
             enforce_rate_limit: False only for imports and trusted bulk writers.
+            require_served: refuse a human judgment on a sample :meth:`next_sample` never served to this
+                annotator (the annotation queue; pictures people upload themselves are not served).
         Returns:
             The stored judgment.
         Raises:
@@ -162,6 +196,12 @@ class JudgmentsMixin(CatalogMixin):
                     _OTHER_GOLD, {"sample_id": sample_id, "annotator_id": annotator_id}
                 ):
                     raise ValidationError(f"sample {sample_id} already has a gold answer")
+                if (
+                    require_served
+                    and kind_value is JudgmentKind.HUMAN
+                    and conn.scalar(_SERVED, {"annotator_id": annotator_id, "sample_id": sample_id}) is None
+                ):
+                    raise ValidationError(f"sample {sample_id} was not served to you: ask for the next item")
 
                 previous = conn.execute(
                     _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
@@ -172,6 +212,7 @@ class JudgmentsMixin(CatalogMixin):
                     # Redo after undo: the new judgment replaces the undone one under a fresh id, so
                     # "pairs since a version" sees it.
                     conn.execute(_DELETE, {"judgment_id": previous.id})
+                    bump(conn, undone=-1)
 
                 judgment_id = conn.scalar(
                     _INSERT,
@@ -186,6 +227,8 @@ class JudgmentsMixin(CatalogMixin):
                         "created_at": created,
                     },
                 )
+                self._move_trust(conn, sample_id, annotator_id, kind_value, chosen, +1)
+                bump(conn, judgments=1)
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.
             raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}") from exc
@@ -203,11 +246,30 @@ class JudgmentsMixin(CatalogMixin):
             None,
         )
 
+    def _move_trust(
+        self, conn: Connection, sample_id: int, annotator_id: int, kind: JudgmentKind, chosen: str, sign: int
+    ) -> None:
+        """Trust follows the write that changes it, one annotator row at a time (ascending ids).
+
+        A human answer on a gold item (or its undo, ``sign=-1``) moves that annotator's counts; a new gold
+        answer moves the counts of everyone who already answered the item. O(votes on the sample).
+        """
+        prior = {"prior_c": self.config.trust_prior_correct, "prior_n": self.config.trust_prior_seen}
+        if kind is JudgmentKind.HUMAN:
+            gold = conn.scalar(_GOLD_CHOSEN, {"sample_id": sample_id})
+            if gold is not None:
+                conn.execute(_TRUST, {"annotator_id": annotator_id, "d_seen": sign,
+                                      "d_correct": sign * int(chosen == gold), **prior})
+        elif kind is JudgmentKind.GOLD:
+            for other, their_choice in conn.execute(_HUMANS_ON, {"sample_id": sample_id}).all():
+                conn.execute(_TRUST, {"annotator_id": other, "d_seen": sign,
+                                      "d_correct": sign * int(their_choice == chosen), **prior})
+
     def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
         """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
 
         The row stays (marked undone, with the time) and no longer counts anywhere; the annotator may judge
-        the sample again.
+        the sample again. Trust and the counters move in the same transaction.
 
         Returns:
             The judgment that was undone, or None when there is nothing recent enough to undo.
@@ -230,6 +292,10 @@ class JudgmentsMixin(CatalogMixin):
             if row is None:
                 return None
             row.undone_at = now
+            s.flush()
+            conn = s.connection()
+            self._move_trust(conn, row.sample_id, annotator_id, JudgmentKind.HUMAN, row.chosen, -1)
+            bump(conn, judgments=-1, undone=1)
             return _info(row, annotator)
 
     def next_sample(self, annotator: str, *, label_set: str | None = None) -> SampleInfo | None:
@@ -281,8 +347,22 @@ class JudgmentsMixin(CatalogMixin):
             for query in (gold, regular) if want_gold else (regular, gold):
                 sample_id = s.scalar(query.limit(1))
                 if sample_id is not None:
-                    return self._sample_info(s, sample_id)
-            return None
+                    info = self._sample_info(s, sample_id)
+                    break
+            else:
+                return None
+        self._mark_served(annotator_id, sample_id)
+        return info
+
+    def _mark_served(self, annotator_id: int, sample_id: int) -> None:
+        # Its own short write after the read: the choice above never holds the write lock.
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        with self.db.write_connection() as conn:
+            conn.execute(
+                dialect_insert(ServedItem)
+                .values(annotator_id=annotator_id, sample_id=sample_id, served_at=self.now())
+                .on_conflict_do_nothing(index_elements=["annotator_id", "sample_id"])
+            )
 
     def judgments_of(self, annotator: str, *, include_undone: bool = False) -> list[JudgmentInfo]:
         """All judgments of one annotator, oldest first (for their history page and for tests)."""
