@@ -205,16 +205,7 @@ class CatalogMixin(StoreBase):
         data = self._png_bytes(image)
         source_value = check_choice(source, ImageSource, "image source")
         uploader = check_optional_text(uploader, "uploader", HANDLE_MAX)
-        try:
-            with PIL.Image.open(io.BytesIO(data)) as probe:
-                if probe.format != "PNG":
-                    raise ValidationError(f"image must be PNG bytes, got {probe.format}")
-                width, height = probe.size
-                probe.verify()
-        except ValidationError:
-            raise
-        except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
-            raise ValidationError(f"not a readable PNG image: {exc}") from exc
+        width, height = self._probe_png(data)
 
         uploader_id = None
         if uploader is not None:
@@ -242,6 +233,21 @@ class CatalogMixin(StoreBase):
                 bump(s, images=1)
             row = s.get_one(Image, sha)
             return self._image_info(row)
+
+    @staticmethod
+    def _probe_png(data: bytes) -> tuple[int, int]:
+        """(width, height) of PNG bytes; ValidationError when they are not a readable PNG."""
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as probe:
+                if probe.format != "PNG":
+                    raise ValidationError(f"image must be PNG bytes, got {probe.format}")
+                width, height = probe.size
+                probe.verify()
+        except ValidationError:
+            raise
+        except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
+            raise ValidationError(f"not a readable PNG image: {exc}") from exc
+        return width, height
 
     def get_image(self, sha256: str) -> ImageInfo:
         """The stored image with this hash; :class:`NotFoundError` if unknown."""
@@ -275,9 +281,10 @@ class CatalogMixin(StoreBase):
         return image
 
     @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> None:
+    def _write_atomically(path: Path, data: bytes) -> bool:
+        """Write ``data`` to ``path`` through a temporary file and a rename; False when it was already there."""
         if path.exists() and path.stat().st_size == len(data):
-            return  # content-addressed: same name, same bytes
+            return False  # content-addressed: same name, same bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -288,6 +295,7 @@ class CatalogMixin(StoreBase):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return True
 
     # -- label sets -------------------------------------------------------------------------------------
 

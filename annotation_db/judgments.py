@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Float, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from annotation_db.catalog import CatalogMixin, SampleInfo
+from annotation_db.catalog import MAX_ATTACK_BYTES, CatalogMixin, SampleInfo, pseudonym_for
 from annotation_db.counters import bump
 from annotation_db.errors import DuplicateJudgmentError, NotFoundError, RateLimitedError, ValidationError
 from annotation_db.models import (
@@ -19,6 +22,8 @@ from annotation_db.models import (
     Annotator,
     ArenaModel,
     ArenaVerdict,
+    Image,
+    ImageSource,
     Judgment,
     JudgmentKind,
     LabelSet,
@@ -28,10 +33,12 @@ from annotation_db.models import (
 from annotation_db.validation import (
     check_choice,
     check_id,
+    check_json_object,
     check_optional_choice,
     check_optional_text,
     check_text,
     check_time,
+    json_key,
 )
 
 
@@ -245,6 +252,135 @@ class JudgmentsMixin(CatalogMixin):
             created,
             None,
         )
+
+    def record_upload_judgment(
+        self,
+        image: bytes,
+        label_set: str,
+        attack: dict | None,
+        annotator: str,
+        chosen: str,
+        rejected: str,
+        *,
+        shown_left: str | None = None,
+        said_right: str | None = None,
+        hf_username: str | None = None,
+    ) -> tuple[JudgmentInfo, SampleInfo]:
+        """A person's judgment on a picture they brought: the image, its sample, the annotator (on first sight)
+        and the judgment are stored together, or nothing is.
+
+        Every check (types, labels, PNG, rate limit, one judgment per sample) comes before any write. The image
+        file is written before the transaction that inserts the row naming it, and removed again when that
+        transaction fails and no row names it. So a refused vote leaves no image row, sample, annotator or file.
+
+        Returns:
+            The stored judgment and its sample.
+        Raises:
+            ValidationError (and subclasses, e.g. RateLimitedError, DuplicateJudgmentError): nothing was written.
+        """
+        data = self._png_bytes(image)
+        label_set = check_text(label_set, "label set name", LABEL_SET_NAME_MAX)
+        annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        hf_username = check_optional_text(hf_username, "Hugging Face username", 96)
+        chosen = check_text(chosen, "chosen label", LABEL_MAX)
+        rejected = check_text(rejected, "rejected label", LABEL_MAX)
+        left = check_optional_choice(shown_left, ArenaModel, "model shown left")
+        verdict = check_optional_choice(said_right, ArenaVerdict, "arena verdict")
+        if chosen == rejected:
+            raise ValidationError(f"chosen and rejected must differ (both are {chosen!r})")
+        if attack is not None:
+            attack = check_json_object(attack, "attack parameters", MAX_ATTACK_BYTES)
+        width, height = self._probe_png(data)
+        labels_row = self.get_label_set(label_set)
+        for role, label in (("chosen", chosen), ("rejected", rejected)):
+            if label not in labels_row.labels:
+                raise ValidationError(f"{role} label {label!r} is not in label set {label_set!r}")
+        now = self.now()
+        self._check_rate(annotator, now)  # before the file: a refused vote writes nothing at all
+
+        sha = hashlib.sha256(data).hexdigest()
+        relative = Path("images") / sha[:2] / f"{sha}.png"
+        created_file = self._write_atomically(self.data_dir / relative, data)
+        key = json_key(attack)
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        try:
+            with self.db.write_connection() as conn:
+                annotator_id = conn.scalar(_ANNOTATOR_ID, {"handle": annotator})
+                new_annotator = annotator_id is None
+                if new_annotator:
+                    annotator_id = conn.scalar(
+                        insert(Annotator).returning(Annotator.id),
+                        {"handle": annotator, "hf_username": hf_username,
+                         "pseudonym": pseudonym_for(annotator, self.config.pseudonym_secret),
+                         "trust": self._prior_trust(), "gold_seen": 0, "gold_correct": 0, "created_at": now},
+                    )
+                else:  # authoritative rate check, under the write lock
+                    self._check_rate_conn(conn, annotator_id, now)
+                added_image = conn.execute(
+                    dialect_insert(Image)
+                    .values(sha256=sha, path=relative.as_posix(), width=width, height=height, n_bytes=len(data),
+                            source=ImageSource.UPLOAD, uploader_id=annotator_id, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["sha256"])
+                ).rowcount
+                sample_id = conn.scalar(
+                    select(Sample.id).where(Sample.image_sha256 == sha, Sample.label_set_id == labels_row.id,
+                                            Sample.attack_key == key)
+                )
+                new_sample = sample_id is None
+                if new_sample:
+                    sample_id = conn.scalar(
+                        insert(Sample).returning(Sample.id),
+                        {"image_sha256": sha, "label_set_id": labels_row.id, "attack": attack,
+                         "attack_key": key, "created_at": now},
+                    )
+                previous = conn.execute(
+                    _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
+                ).one_or_none()
+                if previous is not None:
+                    if previous.undone_at is None:
+                        raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
+                    conn.execute(_DELETE, {"judgment_id": previous.id})
+                    bump(conn, undone=-1)
+                judgment_id = conn.scalar(
+                    _INSERT,
+                    {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
+                     "kind": JudgmentKind.HUMAN, "shown_left": left, "said_right": verdict, "created_at": now},
+                )
+                self._move_trust(conn, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
+                bump(conn, annotators=int(new_annotator), images=int(added_image == 1), judgments=1,
+                     samples=int(new_sample))
+        except BaseException as exc:
+            if created_file:
+                self._remove_unreferenced(sha, self.data_dir / relative)
+            if isinstance(exc, IntegrityError):
+                raise DuplicateJudgmentError(f"{annotator!r} has already judged this picture") from exc
+            raise
+        info = JudgmentInfo(judgment_id, sample_id, annotator, chosen, rejected, "human",
+                            None if left is None else left.value, None if verdict is None else verdict.value,
+                            now, None)
+        return info, self.get_sample(sample_id)
+
+    def _remove_unreferenced(self, sha: str, path: Path) -> None:
+        # Under the write lock, so no concurrent vote can commit a row naming the file between check and unlink
+        # (on PostgreSQL a concurrent first upload of the very same picture remains possible, and harmless: the
+        # file is written again by that vote before its row).
+        with self.db.write_connection() as conn:
+            if conn.scalar(select(Image.sha256).where(Image.sha256 == sha)) is None:
+                path.unlink(missing_ok=True)
+
+    def _check_rate(self, annotator: str, now: datetime) -> None:
+        with self.db.reading() as s:
+            annotator_id = s.scalar(_ANNOTATOR_ID, {"handle": annotator})
+            if annotator_id is not None:
+                self._check_rate_conn(s, annotator_id, now)
+
+    def _check_rate_conn(self, conn: Any, annotator_id: int, now: datetime) -> None:
+        limit = self.config.rate_limit_count
+        if limit is None:
+            return
+        since = now - timedelta(seconds=self.config.rate_limit_window_s)
+        if conn.scalar(_RECENT_COUNT, {"annotator_id": annotator_id, "since": since}) >= limit:
+            raise RateLimitedError(f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s")
 
     def _move_trust(
         self, conn: Connection, sample_id: int, annotator_id: int, kind: JudgmentKind, chosen: str, sign: int

@@ -193,11 +193,20 @@ class RunsMixin(StoreBase):
             # The partial unique index caught a concurrent claim that committed first.
             raise RunnerBusyError("another training run started at the same moment") from exc
 
-    def heartbeat(self, run_id: int, metrics: dict[str, Any] | None = None, *, lease: str | None = None) -> None:
+    def heartbeat(
+        self,
+        run_id: int,
+        metrics: dict[str, Any] | None = None,
+        *,
+        lease: str | None = None,
+        judgment_watermark: int | None = None,
+    ) -> None:
         """Say the run is alive (call at least every ``stale_heartbeat_s`` / 3), optionally with progress.
 
         Args:
             lease: the run's lease from :meth:`claim_run`; when given, a run claimed again since is refused.
+            judgment_watermark: the newest judgment the run is training on, recorded as soon as it is known,
+                so a run that fails later still counts as having seen those judgments.
         Raises:
             RunLostError: the run is no longer running (marked failed as stale, or finished) or no longer
                 ours; stop training.
@@ -206,6 +215,8 @@ class RunsMixin(StoreBase):
         values: dict[str, Any] = {"heartbeat_at": self.now()}
         if metrics is not None:
             values["metrics"] = check_json_object(metrics, "run metrics")
+        if judgment_watermark is not None:
+            values["judgment_watermark"] = check_id(judgment_watermark, "judgment watermark")
         with self.db.writing() as s:
             self._transition(s, run_id, values, lease)
 

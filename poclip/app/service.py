@@ -6,14 +6,17 @@ Every method either does its whole job or raises a :class:`UserError` subclass (
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import io
 import logging
+import math
 import random
 import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -24,13 +27,17 @@ from annotation_db import (
     ValidationError,
     open_repository,
 )
-from poclip.app.worker import LiveModel, Trainer
+from poclip.app.identity import Identity, IdentityError, server_secret
+from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.models import ClipEncoder, load_model
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack, render
 from poclip.world.images import normalize_image, open_image
 from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS, check_template, parse_labels
+
+if TYPE_CHECKING:
+    from poclip.app.worker import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -102,63 +109,145 @@ def parse_rate_limit(text: str) -> tuple[int | None, float]:
         raise ValueError(f"POCLIP_RATE_LIMIT must look like 60/60 or off, got {text!r}") from exc
 
 
+def repository_config(settings: Settings) -> RepositoryConfig:
+    """The store's policies from the app's settings (rate limit; pseudonyms salted with the server secret)."""
+    count, window = parse_rate_limit(settings.rate_limit)
+    secret = server_secret(settings.data_dir)
+    pseudonym_secret = hmac.new(secret, b"poclip-pseudonym", hashlib.sha256).hexdigest()
+    return RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window, pseudonym_secret=pseudonym_secret)
+
+
+def check_finite(value: Any, name: str) -> float:
+    """A float input from the UI or raw JSON: a real, finite number, or UserError (NaN and inf are refused)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{name} must be a number, got {value!r}.") from exc
+    if not math.isfinite(number):
+        raise UserError(f"{name} must be a finite number, got {value!r}.")
+    return number
+
+
 class AppService:
-    """Everything the UI and the API do, as plain methods."""
+    """Everything the UI and the API do, as plain methods.
+
+    The service owns the live head (:class:`~poclip.app.live.LiveHead`); the trainer
+    (:mod:`poclip.app.worker`) is built only when this process trains or someone asks for it, so serving
+    never imports it.
+    """
 
     def __init__(self, settings: Settings, encoder: ClipEncoder, repo: Repository) -> None:
         self.settings = settings
         self.encoder = encoder
         self.repo = repo
-        self.trainer = Trainer(settings, repo, encoder)
+        self.live_head = LiveHead(repo, encoder)
+        self._secret = server_secret(settings.data_dir)
+        self.identity = Identity(self._secret)
+        self._trainer: Trainer | None = None
+        self._follow_stop = threading.Event()
+        self._follow: threading.Thread | None = None
         self._seed_lock = threading.Lock()
 
     @classmethod
     def create(cls, settings: Settings, encoder: ClipEncoder | None = None) -> AppService:
         """Open (restore, migrate) the database, load the model, seed annotation items, load the live head."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        count, window = parse_rate_limit(settings.rate_limit)
-        repo = open_repository(settings, RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window))
+        repo = open_repository(settings, repository_config(settings))
         service = cls(settings, encoder or load_model(settings.model_spec, settings), repo)
         service.ensure_label_sets()
         service.seed_items()
-        service.trainer.sync_live()
+        service.live_head.sync()
         return service
 
-    def start_background(self) -> None:
-        """Start the trainer loop (training only when ``POCLIP_TRAINER=thread``)."""
-        self.trainer.start(train=self.settings.trainer == "thread")
+    @property
+    def trainer(self) -> Trainer:
+        """The in-process trainer, sharing this service's live head (built on first use)."""
+        if self._trainer is None:
+            from poclip.app.worker import Trainer
+
+            self._trainer = Trainer(self.settings, self.repo, self.encoder, self.live_head)
+        return self._trainer
+
+    def start_background(self, interval_s: float = 2.0) -> None:
+        """``POCLIP_TRAINER=thread``: the trainer loop in a thread. Otherwise only follow the active version
+        (a ``python -m poclip worker`` process trains, promotes and backs up)."""
+        if self.settings.trainer == "thread":
+            self.trainer.start(train=True, interval_s=interval_s)
+            return
+
+        def follow() -> None:
+            while not self._follow_stop.wait(interval_s):
+                try:
+                    self.live_head.sync()
+                except Exception:
+                    log.exception("following the active version failed")
+
+        self._follow = threading.Thread(target=follow, name="poclip-live-follow", daemon=True)
+        self._follow.start()
 
     def close(self) -> None:
-        self.trainer.stop()
+        self._follow_stop.set()
+        if self._trainer is not None:
+            self._trainer.stop()
         self.repo.close()
+
+    # ----- identity -----------------------------------------------------------------------------------------
+
+    def new_annotator_id(self) -> str:
+        """A fresh anonymous annotator token, signed by the server (the browser keeps it; the public never
+        sees it)."""
+        return self.identity.issue()
+
+    def who(self, annotator: str, hf_username: str | None = None) -> str:
+        """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or a checked
+        display name; a bare or forged ``anon-`` id, a typed ``hf:`` or reserved name is refused."""
+        try:
+            return self.identity.resolve(annotator, hf_username)
+        except IdentityError as exc:
+            raise UserError(str(exc)) from exc
 
     # ----- status -------------------------------------------------------------------------------------------
 
     @property
     def live(self) -> LiveModel:
-        return self.trainer.live
+        return self.live_head.current
 
     def model_info(self) -> str:
         return f"{self.encoder.description} (`{self.encoder.spec}`, {self.encoder.device.type}); aligned head: " \
                f"{self.live.label}"
 
     def status(self) -> dict[str, Any]:
-        """Live model, data counts and the trainer's state, as one JSON-friendly dict."""
-        stats = self.repo.stats()
-        progress = self.trainer.progress
+        """Live model, data counts and the trainer's state, as one JSON-friendly dict.
+
+        Cheap whatever the database size: maintained counters (five primary-key rows), the newest run
+        (primary-key order, one row), and a primary-key range count of the judgments since the last run.
+        ``pairs`` is the number of pairs the newest finished run trained on.
+        """
+        counts = self.repo.counts()
+        runs = self.repo.list_runs(limit=1)
+        last = runs[0] if runs else None
+        finished = next((r for r in self.repo.list_runs(limit=3) if r.status == "succeeded" and r.metrics), None)
         every = self.settings.retrain_every_pairs
-        fresh = self.trainer.new_pairs()
+        _, fresh = self.repo.new_since_last_run()
+        if self._trainer is not None and self._trainer.progress.run_id is not None:
+            p = self._trainer.progress
+            trainer = {"run": p.run_id, "phase": p.phase, "step": p.step, "total": p.total, "message": p.message}
+        elif last is not None:
+            beat = last.metrics or {}
+            trainer = {"run": last.id, "phase": beat.get("phase", last.status) if last.status == "running"
+                       else last.status, "step": beat.get("step", 0), "total": beat.get("total", 0),
+                       "message": (last.error or "").splitlines()[0] if last.error else str(beat.get("gate", ""))}
+        else:
+            trainer = {"run": None, "phase": "idle", "step": 0, "total": 0, "message": ""}
         return {
             "backbone": self.encoder.spec,
             "live_version": self.live.version.id if self.live.version else None,
-            "judgments": stats.judgments,
-            "pairs": stats.pairs,
-            "annotators": stats.annotators,
-            "agreement_alpha": stats.alpha,
+            "judgments": counts["judgments"],
+            "pairs": int(finished.metrics.get("pairs", 0)) if finished else 0,
+            "annotators": counts["annotators"],
             "new_pairs": fresh,
             "next_retrain_at": (every - fresh) if every and fresh < every else (0 if every else None),
-            "trainer": {"run": progress.run_id, "phase": progress.phase, "step": progress.step,
-                        "total": progress.total, "message": progress.message},
+            "trainer": trainer,
         }
 
     # ----- label sets and annotation items ------------------------------------------------------------------
@@ -172,8 +261,6 @@ class AppService:
         for name, preset in PRESETS.items():
             if list(preset) == labels and template == DEFAULT_TEMPLATE:
                 return name
-        import hashlib
-
         digest = hashlib.sha256("\x00".join([template, *labels]).encode()).hexdigest()[:12]
         name = f"custom-{digest}"
         self.repo.ensure_label_set(name, labels, template)
@@ -188,20 +275,26 @@ class AppService:
         if "bundled" not in self.encoder.spec or n <= 0:
             return 0
         with self._seed_lock:
-            if self.repo.stats().samples >= n:
+            if self.repo.counts()["samples"] >= n:
                 return 0
             gold = self.repo.ensure_annotator("poclip-gold")
             for i in range(n):
                 scene, attack = annotation_item(i)
                 image = self.repo.store_image(synth.draw_scene(scene, 224), source="synthetic")
                 sample = self.repo.add_sample(image.sha256, SYNTH_LABEL_SET, attack.to_dict())
-                if i % round(1 / GOLD_SHARE) == 0:
+                if self._is_gold_item(i):
                     try:
                         self.repo.record_judgment(sample.id, gold.handle, scene.shape, attack.text, kind="gold",
                                                   enforce_rate_limit=False)
                     except ValidationError:
                         pass  # already recorded on an earlier start
             return n
+
+    def _is_gold_item(self, index: int) -> bool:
+        """Which seeded items are gold: a keyed hash of the index (server secret), so a share of GOLD_SHARE
+        that nobody outside the server can predict from ids."""
+        digest = hmac.new(self._secret, f"gold:{index}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") < GOLD_SHARE * 2**64
 
     def picture_of(self, sample: SampleInfo) -> Image.Image:
         """The sample's picture as annotators and the trainer see it (attack re-rendered from its JSON)."""
@@ -210,6 +303,7 @@ class AppService:
 
     def next_item(self, annotator: str) -> Item | None:
         """The next item ``annotator`` should label, or None when they have labelled everything."""
+        annotator = self.who(annotator)
         self.repo.ensure_annotator(annotator)
         sample = self.repo.next_sample(annotator)
         if sample is None:
@@ -222,11 +316,12 @@ class AppService:
         The rejected label is the word written on the picture when it is a candidate label, else the base
         model's most likely wrong label (what the person implicitly corrected).
         """
+        annotator = self.who(annotator)
         sample = self.repo.get_sample(int(sample_id))
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
         rejected = self._rejected_for(sample, chosen)
-        judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected)
+        judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, require_served=True)
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected}
 
     def _rejected_for(self, sample: SampleInfo, chosen: str) -> str:
@@ -239,11 +334,11 @@ class AppService:
         return next(label for label, _ in ranked if label != chosen)
 
     def undo(self, annotator: str) -> dict[str, Any] | None:
-        undone = self.repo.undo_last_judgment(annotator)
+        undone = self.repo.undo_last_judgment(self.who(annotator))
         return None if undone is None else {"judgment_id": undone.id, "sample_id": undone.sample_id}
 
     def labelled_by(self, annotator: str) -> int:
-        return len(self.repo.judgments_of(annotator))
+        return len(self.repo.judgments_of(self.who(annotator)))
 
     # ----- compare and vote ------------------------------------------------------------------------------------
 
@@ -263,6 +358,7 @@ class AppService:
         """
         label_list = parse_labels(labels)
         template = check_template(template)
+        t = check_finite(t, "The strength t")
         picture = normalize_image(image) if normalize else image
         if attack is not None:
             picture = render(picture, attack)
@@ -296,6 +392,7 @@ class AppService:
         The chosen label is the right answer; the rejected one is the wrong answer shown (or, when both were
         right, the written word or the runner-up).
         """
+        annotator = self.who(annotator)
         if verdict not in VERDICTS:
             raise UserError(f"The vote must be one of {', '.join(VERDICTS)}.")
         if shown_left not in ("base", "aligned"):
@@ -319,12 +416,12 @@ class AppService:
             chosen = left.label
             written = attack.text.strip() if attack else ""
             rejected = written if written in result.labels and written != chosen else self._runner_up(left, chosen)
-        self.repo.ensure_annotator(annotator)
-        stored = self.repo.store_image(clean, source="upload", uploader=annotator)
-        sample = self.repo.add_sample(stored.sha256, self.label_set_for(result.labels, template),
-                                      attack.to_dict() if attack else None)
-        judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, shown_left=shown_left,
-                                             said_right=verdict)
+        # Image, sample, annotator and judgment in one unit: a refused vote (rate limit, duplicate) writes none.
+        png = io.BytesIO()
+        clean.save(png, format="PNG")
+        judgment, sample = self.repo.record_upload_judgment(
+            png.getvalue(), self.label_set_for(result.labels, template), attack.to_dict() if attack else None,
+            annotator, chosen, rejected, shown_left=shown_left, said_right=verdict)
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected,
                 "verdict": verdict, "shown_left": shown_left, "version": result.version, "t": result.t}
 
