@@ -228,8 +228,10 @@ class CatalogMixin(StoreBase):
         )
         with self.db.writing() as s:
             insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-            added = s.execute(insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
-            if added.rowcount == 1:
+            added = s.scalar(
+                insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.sha256)
+            )
+            if added is not None:  # RETURNING, not rowcount: drivers disagree on rowcount for upserts
                 bump(s, images=1)
             row = s.get_one(Image, sha)
             return self._image_info(row)

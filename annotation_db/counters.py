@@ -8,27 +8,32 @@ wait for each other but never in a cycle: no deadlocks.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from annotation_db.models import Counter
 
 COUNTERS = ("annotators", "images", "judgments", "samples", "undone")
 
-_BUMP = (
-    update(Counter)
-    .where(Counter.name == bindparam("counter"))
-    .values(value=Counter.value + bindparam("delta"))
-)
+def _upsert(dialect: str):  # noqa: ANN202 - a statement builder
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Counter)
+    # A missing row (a table emptied by hand) starts at the change: the counter then matches the rows written.
+    return stmt.on_conflict_do_update(index_elements=["name"], set_={"value": Counter.value + stmt.excluded.value})
+
+
+_BUMP = {dialect: _upsert(dialect) for dialect in ("sqlite", "postgresql")}
 
 
 def bump(conn: Connection | Session, **deltas: int) -> None:
     """Add ``deltas`` (counter name -> change) to the counters; call last in the write transaction."""
+    dialect = conn.bind.dialect.name if isinstance(conn, Session) else conn.dialect.name
     for name in sorted(deltas):  # fixed order, see the module docstring
         if name not in COUNTERS:
             raise KeyError(f"unknown counter {name!r}")
         if deltas[name]:
-            conn.execute(_BUMP, {"counter": name, "delta": int(deltas[name])})
+            conn.execute(_BUMP[dialect], {"name": name, "value": int(deltas[name])})
 
 
 def read_counters(conn: Connection | Session) -> dict[str, int]:

@@ -219,7 +219,6 @@ class JudgmentsMixin(CatalogMixin):
                     # Redo after undo: the new judgment replaces the undone one under a fresh id, so
                     # "pairs since a version" sees it.
                     conn.execute(_DELETE, {"judgment_id": previous.id})
-                    bump(conn, undone=-1)
 
                 judgment_id = conn.scalar(
                     _INSERT,
@@ -235,7 +234,7 @@ class JudgmentsMixin(CatalogMixin):
                     },
                 )
                 self._move_trust(conn, sample_id, annotator_id, kind_value, chosen, +1)
-                bump(conn, judgments=1)
+                bump(conn, judgments=1, undone=-int(previous is not None))  # counters last: the lock order
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.
             raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}") from exc
@@ -316,12 +315,13 @@ class JudgmentsMixin(CatalogMixin):
                     )
                 else:  # authoritative rate check, under the write lock
                     self._check_rate_conn(conn, annotator_id, now)
-                added_image = conn.execute(
+                added_image = conn.scalar(
                     dialect_insert(Image)
                     .values(sha256=sha, path=relative.as_posix(), width=width, height=height, n_bytes=len(data),
                             source=ImageSource.UPLOAD, uploader_id=annotator_id, created_at=now)
                     .on_conflict_do_nothing(index_elements=["sha256"])
-                ).rowcount
+                    .returning(Image.sha256)
+                ) is not None
                 sample_id = conn.scalar(
                     select(Sample.id).where(Sample.image_sha256 == sha, Sample.label_set_id == labels_row.id,
                                             Sample.attack_key == key)
@@ -340,15 +340,14 @@ class JudgmentsMixin(CatalogMixin):
                     if previous.undone_at is None:
                         raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
                     conn.execute(_DELETE, {"judgment_id": previous.id})
-                    bump(conn, undone=-1)
                 judgment_id = conn.scalar(
                     _INSERT,
                     {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
                      "kind": JudgmentKind.HUMAN, "shown_left": left, "said_right": verdict, "created_at": now},
                 )
                 self._move_trust(conn, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
-                bump(conn, annotators=int(new_annotator), images=int(added_image == 1), judgments=1,
-                     samples=int(new_sample))
+                bump(conn, annotators=int(new_annotator), images=int(added_image), judgments=1,
+                     samples=int(new_sample), undone=-int(previous is not None))
         except BaseException as exc:
             if created_file:
                 self._remove_unreferenced(sha, self.data_dir / relative)

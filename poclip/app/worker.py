@@ -194,8 +194,8 @@ class Trainer:
         self._gate_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_schedule = clock()
-        self._last_backup = clock()
+        self._last_schedule = self.clock()
+        self._last_backup = self.clock()
         self._not_before = 0.0  # no scheduling before this time (backoff after failures)
         self._backoff = BACKOFF_S[0]
         self.heads_dir = settings.data_dir / "heads"
