@@ -71,7 +71,8 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
 
 @pytest.mark.slow
 def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(tmp_path, bundled, capsys):
-    """Honest everywhere except on star pictures, which three handles call hearts: the overall typographic accuracy rises, star's falls; the gate refuses and names star."""
+    """Honest everywhere except on star pictures, which three handles call hearts: star's accuracy falls and
+    the gate refuses, naming star, with the per-class table."""
     svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
     try:
         items = seeded_samples(svc.repo, 300)
