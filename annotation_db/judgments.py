@@ -103,6 +103,9 @@ _TRUST = (
         / (Annotator.gold_seen + bindparam("d_seen") + bindparam("prior_n", type_=Float)),
     )
 )
+_VOTES = (
+    update(Sample).where(Sample.id == bindparam("sample_id")).values(votes=Sample.votes + bindparam("delta"))
+)
 _PREVIOUS = select(Judgment.id, Judgment.undone_at).where(
     Judgment.sample_id == bindparam("sample_id"), Judgment.annotator_id == bindparam("annotator_id")
 )
@@ -384,12 +387,15 @@ class JudgmentsMixin(CatalogMixin):
     def _move_trust(
         self, conn: Connection, sample_id: int, annotator_id: int, kind: JudgmentKind, chosen: str, sign: int
     ) -> None:
-        """Trust follows the write that changes it, one annotator row at a time (ascending ids).
+        """The sample's vote count and trust follow the write that changes them, one annotator row at a time
+        (ascending ids).
 
         A human answer on a gold item (or its undo, ``sign=-1``) moves that annotator's counts; a new gold
         answer moves the counts of everyone who already answered the item. O(votes on the sample).
         """
         prior = {"prior_c": self.config.trust_prior_correct, "prior_n": self.config.trust_prior_seen}
+        if kind is not JudgmentKind.GOLD:  # the sample row, before any annotator row: the lock order
+            conn.execute(_VOTES, {"sample_id": sample_id, "delta": sign})
         if kind is JudgmentKind.HUMAN:
             gold = conn.scalar(_GOLD_CHOSEN, {"sample_id": sample_id})
             if gold is not None:
@@ -457,18 +463,9 @@ class JudgmentsMixin(CatalogMixin):
             mine = select(Judgment.sample_id).where(
                 Judgment.annotator_id == annotator_id, Judgment.undone_at.is_(None)
             )
-            votes = (
-                select(Judgment.sample_id, func.count().label("n"))
-                .where(Judgment.undone_at.is_(None), Judgment.kind != JudgmentKind.GOLD)
-                .group_by(Judgment.sample_id)
-                .subquery()
-            )
-            n = func.coalesce(votes.c.n, 0)
-            base = (
-                select(Sample.id)
-                .outerjoin(votes, votes.c.sample_id == Sample.id)
-                .where(Sample.id.not_in(mine))
-            )
+            # The vote count is kept on the sample row: O(samples), not O(judgments).
+            n = Sample.votes
+            base = select(Sample.id).where(Sample.id.not_in(mine))
             if label_set is not None:
                 base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(
                     LabelSet.name == label_set

@@ -178,6 +178,8 @@ class Sample(Base):
     # sha256 of the canonical attack JSON: JSON columns cannot be compared for the uniqueness above.
     attack_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Counted votes (human and synthetic, not undone), kept by the judgment writes: next_sample reads this.
+    votes: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
 
     image: Mapped[Image] = relationship(lazy="raise")
     label_set: Mapped[LabelSet] = relationship(lazy="raise")

@@ -7,6 +7,8 @@
 - ``training_runs.judgment_watermark``: the newest judgment a run trained on (the scheduler counts after it).
 - ``uq_training_runs_one_queued``: at most one queued run, enforced by the database.
 - ``served_items``: which samples were shown to which annotator; answers are accepted only for those.
+- ``samples.votes``: the sample's counted votes (not gold, not undone), kept by the judgment writes, so choosing
+  the next item reads the samples instead of grouping every judgment.
 
 Revision ID: 0003
 Revises: 0001
@@ -49,6 +51,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["sample_id"], ["samples.id"], name=op.f("fk_served_items_sample_id_samples")),
         sa.PrimaryKeyConstraint("annotator_id", "sample_id", name=op.f("pk_served_items")),
     )
+    with op.batch_alter_table("samples") as batch:
+        batch.add_column(sa.Column("votes", sa.Integer(), server_default=sa.text("0"), nullable=False))
+    op.execute(
+        "UPDATE samples SET votes = (SELECT count(*) FROM judgments WHERE judgments.sample_id = samples.id "
+        "AND judgments.undone_at IS NULL AND judgments.kind != 'gold')"
+    )
     with op.batch_alter_table("training_runs") as batch:
         batch.add_column(sa.Column("lease", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("judgment_watermark", sa.Integer(), nullable=True))
@@ -72,5 +80,7 @@ def downgrade() -> None:
     with op.batch_alter_table("training_runs") as batch:
         batch.drop_column("judgment_watermark")
         batch.drop_column("lease")
+    with op.batch_alter_table("samples") as batch:
+        batch.drop_column("votes")
     op.drop_table("served_items")
     op.drop_table("counters")
