@@ -40,7 +40,7 @@ def test_a_stolen_or_forged_annotator_id_is_refused(service):
 
 
 def test_answers_are_accepted_only_for_items_served_to_that_annotator(service):
-    a, b = service.new_annotator_id(), service.new_annotator_id()
+    b = service.new_annotator_id()
     served_to_b = service.next_item(b).sample.id
     never_served = next(i for i in range(1, 31) if i != served_to_b)
     with pytest.raises(Exception, match="was not served to you"):

@@ -221,14 +221,15 @@ class AppService:
 
         Cheap whatever the database size: maintained counters (five primary-key rows), the newest run
         (primary-key order, one row), and a primary-key range count of the judgments since the last run.
-        ``pairs`` is the number of pairs the newest finished run trained on.
+        ``pairs`` is the number of pairs the newest finished run trained on; ``new_pairs`` is counted up to
+        the retrain threshold (at least 10).
         """
         counts = self.repo.counts()
         runs = self.repo.list_runs(limit=1)
         last = runs[0] if runs else None
         finished = next((r for r in self.repo.list_runs(limit=3) if r.status == "succeeded" and r.metrics), None)
         every = self.settings.retrain_every_pairs
-        _, fresh = self.repo.new_since_last_run()
+        _, fresh = self.repo.new_since_last_run(limit=max(every, 10))
         if self._trainer is not None and self._trainer.progress.run_id is not None:
             p = self._trainer.progress
             trainer = {"run": p.run_id, "phase": p.phase, "step": p.step, "total": p.total, "message": p.message}

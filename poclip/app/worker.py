@@ -348,8 +348,9 @@ class Trainer:
     # ----- the schedule ---------------------------------------------------------------------------------------
 
     def new_pairs(self) -> int:
-        """Judgments that can make pairs, recorded after the newest one any run or the active version used."""
-        return self.repo.new_since_last_run()[1]
+        """Judgments that can make pairs, recorded after the newest one any run or the active version used
+        (counted up to the scheduling threshold: the count's cost stays bounded)."""
+        return self.repo.new_since_last_run(limit=max(self.settings.retrain_every_pairs, MIN_PAIRS))[1]
 
     def maybe_schedule(self) -> RunInfo | None:
         """Queue a run when enough judgments arrived since the last run, or when the timer is due and at least
