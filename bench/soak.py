@@ -4,9 +4,9 @@
 
 Per database, through the app's back end (the calls the /answer handler makes: record the answer, serve the
 next item, the status line, the person's own count):
-1. N clients x M answers from N anonymous annotators (server-signed tokens), answering truthfully, while a
-   ``python -m poclip worker`` process trains on what arrives; at the half-way point the worker is SIGKILLed
-   and started again.
+1. N clients x M answers from N anonymous annotators (server-signed tokens), answering truthfully with a
+   pause between answers, while a ``python -m poclip worker`` process trains on what arrives; once half the
+   answers are in and the worker is training, it is SIGKILLed and started again.
 2. Counted: ``lost`` (acknowledged judgments missing afterwards), ``duplicates`` (a person's answer on one item
    stored twice), ``false_errors`` (an error answered although the judgment was stored), ``deadlocks``,
    ``other_errors``, answer latency p50/p95, and this process's peak resident memory.
@@ -123,7 +123,8 @@ def answer_once(svc: AppService, token: str, item, truth: dict[str, str]) -> tup
     return (stored, following), (time.perf_counter() - t0) * 1000
 
 
-def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, retrain_every: int) -> dict:
+def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, retrain_every: int,
+         think_s: float) -> dict:
     data_dir, url = db.new("soak")
     svc = AppService.create(settings_for(data_dir, url, seed_items, retrain_every), encoder=encoder)
     truth = truth_table(seed_items)
@@ -136,7 +137,6 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
     done = [0]
     lock = threading.Lock()
     half = clients * per_client // 2
-    restarted = threading.Event()
 
     def client() -> None:
         token = svc.new_annotator_id()
@@ -164,22 +164,30 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
                 item = svc.next_item(token)
             with lock:
                 done[0] += 1
-                if done[0] >= half and not restarted.is_set():
-                    restarted.set()
+            time.sleep(think_s)  # a person reads the next picture
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
-    restarted.wait()
-    worker.send_signal(signal.SIGKILL)  # mid-run, wherever it is: loading, training or idle
+    # Kill the worker once half the answers are in and it is training (or, failing that, at 90 %).
+    killed_during = "idle"
+    while done[0] < clients * per_client * 0.9:
+        running = [r for r in svc.repo.list_runs(limit=2) if r.status == "running"]
+        if done[0] >= half and running:
+            killed_during = f"run {running[0].id}, phase {(running[0].metrics or {}).get('phase', 'starting')}"
+            break
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
     worker.wait()
     worker = start_worker(data_dir, url, retrain_every, log)
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    # Give the restarted worker a moment to reap the killed one's run (its process is gone) and carry on.
-    time.sleep(5)
+    # The restarted worker reaps the killed one's run (its process is gone) and trains on what is new.
+    deadline = time.time() + 180
+    while time.time() < deadline and any(r.status in ("queued", "running") for r in svc.repo.list_runs(limit=3)):
+        time.sleep(1)
     worker.send_signal(signal.SIGTERM)
     try:
         worker.wait(timeout=60)
@@ -203,7 +211,10 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
         "answers_per_s": round(len(latencies) / wall, 1),
         "memory_peak_mb": memory_peak_mb(),
         "worker_killed_and_restarted": True,
+        "worker_killed_during": killed_during,
+        "soak_wall_s": round(wall, 1),
         "runs": {status: runs.count(status) for status in sorted(set(runs))},
+        "run_errors": sorted({(r.error or "").splitlines()[0] for r in svc.repo.list_runs(limit=100) if r.error}),
         "runs_left_running": sum(r == "running" for r in runs),
         "versions": len(svc.repo.list_versions()),
     }
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-items", type=int, default=150)
     parser.add_argument("--retrain-every", type=int, default=40, help="the worker's POCLIP_RETRAIN_EVERY_PAIRS")
     parser.add_argument("--probes", type=int, default=30, help="answers timed for each latency probe")
+    parser.add_argument("--think-ms", type=float, default=1000, help="pause between a client's answers")
     parser.add_argument("--pg-url", default=os.environ.get("POCLIP_TEST_POSTGRES_URL", ""),
                         help="a PostgreSQL URL whose role may create databases (default POCLIP_TEST_POSTGRES_URL)")
     parser.add_argument("--only", choices=["sqlite", "postgresql"], default=None)
@@ -291,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             db = Database(backend, args.pg_url, Path(tmp))
             try:
-                result = soak(db, encoder, args.clients, args.per_client, args.seed_items, args.retrain_every)
+                result = soak(db, encoder, args.clients, args.per_client, args.seed_items, args.retrain_every,
+                              args.think_ms / 1000)
                 result.update(latency_ratio(db, encoder, args.probes))
                 out[backend] = result
             finally:
