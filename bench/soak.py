@@ -171,11 +171,12 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
     for t in threads:
         t.start()
     # Kill the worker once half the answers are in and it is training (or, failing that, at 90 %).
-    killed_during = "idle"
+    killed_during, killed_run = "idle", 0
     while done[0] < clients * per_client * 0.9:
         running = [r for r in svc.repo.list_runs(limit=2) if r.status == "running"]
         if done[0] >= half and running:
-            killed_during = f"run {running[0].id}, phase {(running[0].metrics or {}).get('phase', 'starting')}"
+            killed_run = running[0].id
+            killed_during = f"run {killed_run}, phase {(running[0].metrics or {}).get('phase', 'starting')}"
             break
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)
@@ -185,8 +186,12 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
         t.join()
     wall = time.perf_counter() - t0
     # The restarted worker reaps the killed one's run (its process is gone) and trains on what is new.
-    deadline = time.time() + 180
-    while time.time() < deadline and any(r.status in ("queued", "running") for r in svc.repo.list_runs(limit=3)):
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        runs = svc.repo.list_runs(limit=5)
+        if any(r.id > killed_run and r.status in ("succeeded", "failed") for r in runs) and not any(
+                r.status in ("queued", "running") for r in runs):
+            break
         time.sleep(1)
     worker.send_signal(signal.SIGTERM)
     try:

@@ -383,6 +383,7 @@ class Trainer:
         self.sync_live()
         run = None
         if train:
+            self.repo.reap_stale_runs()  # a crashed worker's run must not hold up the schedule
             self.maybe_schedule()
             run = self.run_pending()
         self.maybe_backup()
