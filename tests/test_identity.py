@@ -97,13 +97,18 @@ def test_a_refused_vote_through_the_service_writes_nothing(tmp_path, bundled):
     try:
         picture = synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224)
         svc.vote("Ada", picture, list(synth.SHAPES), TextAttack("circle", size=0.15), "neither", correct_label="star")
-        before = svc.repo.counts()
+
+        def stored():
+            stats = svc.repo.stats()
+            return stats.images, stats.samples, stats.judgments, stats.annotators
+
+        before = stored()
         images = sorted((tmp_path / "images").rglob("*.png"))
         for seed in range(3):  # rate limited: new pictures each time
             other = synth.draw_scene(synth.sample_scene(random.Random(10 + seed), shape="heart"), 224)
             with pytest.raises(Exception, match="slow down"):
                 svc.vote("Ada", other, list(synth.SHAPES), None, "neither", correct_label="heart")
-        assert svc.repo.counts() == before
+        assert stored() == before
         assert sorted((tmp_path / "images").rglob("*.png")) == images
     finally:
         svc.close()

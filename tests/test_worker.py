@@ -53,8 +53,9 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
         for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
         trainer = svc.trainer
-        first = trainer.tick()  # 12 new judgments >= 10: scheduled, trained, rejected
-        assert first is not None and first.status == "succeeded"
+        trainer.tick()  # 12 new judgments >= 10: scheduled, trained, rejected
+        [first] = svc.repo.list_runs()
+        assert first.status == "succeeded"
         assert svc.repo.get_version(first.version_id).status == "rejected"
         for _ in range(300):  # ten idle minutes, one tick per two seconds
             fake.sleep(2.0)
