@@ -198,6 +198,14 @@ class AppService:
         sees it)."""
         return self.identity.issue()
 
+    def annotator_token(self, stored: str | None) -> str:
+        """The browser's stored anonymous token if this server signed it, else a new one (page load)."""
+        try:
+            self.identity.verify(stored or "")
+            return stored  # type: ignore[return-value]
+        except IdentityError:
+            return self.identity.issue()
+
     def who(self, annotator: str, hf_username: str | None = None) -> str:
         """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or a checked
         display name; a bare or forged ``anon-`` id, a typed ``hf:`` or reserved name is refused."""

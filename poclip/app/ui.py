@@ -594,7 +594,7 @@ def build_demo(service: AppService) -> gr.Blocks:
         refresh_out = [model_line, progress_text, curves, before_after, versions, data_text, people, recent]
         gr.Timer(3.0).tick(refresh, None, refresh_out, api_visibility="private", queue=False)
         demo.load(refresh, None, refresh_out, api_visibility="private")
-        demo.load(lambda a: a or f"anon-{secrets.token_hex(4)}", anon_id, anon_id, api_visibility="private")
+        demo.load(service.annotator_token, anon_id, anon_id, api_visibility="private")  # server-signed id
     return demo
 
 
