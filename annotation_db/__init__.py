@@ -3,7 +3,10 @@
 Start-up (app and standalone trainer)::
 
     from annotation_db import open_repository
-    repo = open_repository(Settings.from_env())   # restore a snapshot if the DB is gone, migrate, connect
+    repo = open_repository(Location(data_dir))   # restore a snapshot if the DB is gone, migrate, connect
+
+Any object with ``data_dir``, ``resolved_database_url`` and ``sqlite_journal_mode`` describes the location
+(:class:`StoreLocation`); the package reads no environment and imports nothing from the app.
 
 Everything else goes through the returned :class:`Repository`; Hugging Face dataset export and import
 are in :mod:`annotation_db.export` (not imported here: ``datasets`` takes a second to load).
@@ -18,10 +21,11 @@ from annotation_db.backup import (
     take_snapshot,
 )
 from annotation_db.catalog import DEFAULT_TEMPLATE, AnnotatorInfo, ImageInfo, LabelSetInfo, SampleInfo
-from annotation_db.engine import Database, DatabaseConfig, create_db_engine
+from annotation_db.engine import Database, DatabaseConfig, Location, StoreLocation, create_db_engine
 from annotation_db.errors import (
     AnnotationDBError,
     BackupError,
+    DatabaseGoneError,
     DuplicateJudgmentError,
     HubError,
     InvalidTransitionError,
@@ -29,13 +33,14 @@ from annotation_db.errors import (
     RateLimitedError,
     RunLostError,
     RunnerBusyError,
+    StorageError,
     ValidationError,
 )
 from annotation_db.judgments import JudgmentInfo
 from annotation_db.migrations import upgrade_schema
 from annotation_db.pairs import PairBatch, TrainingPair
 from annotation_db.repository import Repository, open_repository
-from annotation_db.runs import RunInfo
+from annotation_db.runs import RunInfo, worker_name
 from annotation_db.stats import AnnotatorStats, Stats
 from annotation_db.store import RepositoryConfig
 from annotation_db.versions import VersionInfo
@@ -46,6 +51,8 @@ __all__ = [
     "AnnotatorInfo",
     "AnnotatorStats",
     "BackupError",
+    "DatabaseGoneError",
+    "Location",
     "Database",
     "DatabaseConfig",
     "DuplicateJudgmentError",
@@ -64,6 +71,8 @@ __all__ = [
     "RunnerBusyError",
     "SampleInfo",
     "Stats",
+    "StorageError",
+    "StoreLocation",
     "TrainingPair",
     "ValidationError",
     "VersionInfo",
@@ -76,4 +85,5 @@ __all__ = [
     "snapshot_sqlite",
     "take_snapshot",
     "upgrade_schema",
+    "worker_name",
 ]

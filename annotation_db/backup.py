@@ -15,14 +15,10 @@ import sqlite3
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from annotation_db.engine import DatabaseConfig
+from annotation_db.engine import DatabaseConfig, StoreLocation
 from annotation_db.errors import BackupError
 from annotation_db.store import utc_now
-
-if TYPE_CHECKING:
-    from poclip.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +27,7 @@ SUFFIX = ".db"
 DEFAULT_KEEP = 10
 
 
-def backup_dir(settings: Settings) -> Path:
+def backup_dir(settings: StoreLocation) -> Path:
     """Where snapshots of the settings' database are kept: ``data_dir/backups``."""
     return settings.data_dir / "backups"
 
@@ -90,7 +86,7 @@ def list_snapshots(dest_dir: Path) -> list[Path]:
     return sorted(p for p in dest_dir.glob(f"{PREFIX}*{SUFFIX}") if p.is_file())
 
 
-def take_snapshot(settings: Settings, *, keep: int = DEFAULT_KEEP) -> Path:
+def take_snapshot(settings: StoreLocation, *, keep: int = DEFAULT_KEEP) -> Path:
     """Snapshot the settings' SQLite database into ``data_dir/backups`` (see :func:`snapshot_sqlite`)."""
     path = DatabaseConfig.from_settings(settings).sqlite_path
     if path is None:
@@ -114,20 +110,44 @@ def restore_snapshot(snapshot: Path, db_path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def restore_if_missing(settings: Settings) -> Path | None:
-    """At start: when the SQLite database file is missing but snapshots exist, restore the newest.
+def _judgment_count(path: Path) -> int | None:
+    """Judgments in the SQLite file at ``path``; None when it has no judgments table (a fresh, empty file)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return int(conn.execute("SELECT count(*) FROM judgments").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
 
-    Call before :func:`annotation_db.migrations.upgrade_schema` (``open_repository`` does both).
+
+def restore_if_missing(settings: StoreLocation) -> Path | None:
+    """At start: restore the newest snapshot when the SQLite database is missing, or empty while the snapshot
+    holds judgments (a file created by a connection after the real one was deleted).
+
+    An empty file that is replaced is kept beside it as ``<name>.empty-<time>``. Call before
+    :func:`annotation_db.migrations.upgrade_schema` (``open_repository`` does both).
+
+    The recovery point is the newest snapshot: judgments recorded after it are lost (snapshots are taken
+    every ``backup_every_minutes`` by the trainer loop, and on demand from the admin tab).
 
     Returns:
-        The snapshot that was restored, or None (database present, PostgreSQL, or no snapshot).
+        The snapshot that was restored, or None (database present with data, PostgreSQL, or no snapshot).
     """
     path = DatabaseConfig.from_settings(settings).sqlite_path
-    if path is None or path.exists():
+    if path is None:
         return None
     snapshots = list_snapshots(backup_dir(settings))
     if not snapshots:
         return None
+    if path.exists():
+        if (_judgment_count(path) or 0) > 0 or not _judgment_count(snapshots[-1]):
+            return None
+        aside = path.with_name(f"{path.name}.empty-{utc_now().strftime('%Y%m%dT%H%M%SZ')}")
+        os.replace(path, aside)
+        log.warning("database %s was empty while snapshot %s holds judgments; moved it to %s",
+                    path, snapshots[-1].name, aside.name)
     restore_snapshot(snapshots[-1], path)
-    log.warning("database %s was missing; restored snapshot %s", path, snapshots[-1].name)
+    log.warning("database %s restored from snapshot %s", path, snapshots[-1].name)
     return snapshots[-1]

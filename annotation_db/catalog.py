@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import uuid
@@ -16,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotation_db.counters import bump
 from annotation_db.errors import NotFoundError, ValidationError
 from annotation_db.models import (
     HANDLE_MAX,
@@ -48,8 +50,14 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 MAX_ATTACK_BYTES = 16 * 1024
 
 
-def pseudonym_for(handle: str) -> str:
-    """The stable pseudonym exported instead of a handle: 32 hex digits of sha256."""
+def pseudonym_for(handle: str, secret: str = "") -> str:
+    """The stable pseudonym exported instead of a handle: 32 hex digits of HMAC-SHA256(secret, handle).
+
+    With the deployment's secret (``RepositoryConfig.pseudonym_secret``) nobody can test a guessed handle
+    against a published pseudonym; without one (tests, old rows) a fixed public salt is used.
+    """
+    if secret:
+        return hmac.new(secret.encode(), b"poclip-annotator\0" + handle.encode(), hashlib.sha256).hexdigest()[:32]
     return hashlib.sha256(b"poclip-annotator\0" + handle.encode()).hexdigest()[:32]
 
 
@@ -143,7 +151,7 @@ class CatalogMixin(StoreBase):
                         row = Annotator(
                             handle=handle,
                             hf_username=hf_username,
-                            pseudonym=pseudonym or pseudonym_for(handle),
+                            pseudonym=pseudonym or pseudonym_for(handle, self.config.pseudonym_secret),
                             trust=self._prior_trust(),
                             gold_seen=0,
                             gold_correct=0,
@@ -151,6 +159,7 @@ class CatalogMixin(StoreBase):
                         )
                         s.add(row)
                         s.flush()
+                        bump(s, annotators=1)
                     elif hf_username is not None and row.hf_username != hf_username:
                         row.hf_username = hf_username
                     return AnnotatorInfo.of(row)
@@ -196,16 +205,7 @@ class CatalogMixin(StoreBase):
         data = self._png_bytes(image)
         source_value = check_choice(source, ImageSource, "image source")
         uploader = check_optional_text(uploader, "uploader", HANDLE_MAX)
-        try:
-            with PIL.Image.open(io.BytesIO(data)) as probe:
-                if probe.format != "PNG":
-                    raise ValidationError(f"image must be PNG bytes, got {probe.format}")
-                width, height = probe.size
-                probe.verify()
-        except ValidationError:
-            raise
-        except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
-            raise ValidationError(f"not a readable PNG image: {exc}") from exc
+        width, height = self._probe_png(data)
 
         uploader_id = None
         if uploader is not None:
@@ -228,9 +228,28 @@ class CatalogMixin(StoreBase):
         )
         with self.db.writing() as s:
             insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-            s.execute(insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+            added = s.scalar(
+                insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.sha256)
+            )
+            if added is not None:  # RETURNING, not rowcount: drivers disagree on rowcount for upserts
+                bump(s, images=1)
             row = s.get_one(Image, sha)
             return self._image_info(row)
+
+    @staticmethod
+    def _probe_png(data: bytes) -> tuple[int, int]:
+        """(width, height) of PNG bytes; ValidationError when they are not a readable PNG."""
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as probe:
+                if probe.format != "PNG":
+                    raise ValidationError(f"image must be PNG bytes, got {probe.format}")
+                width, height = probe.size
+                probe.verify()
+        except ValidationError:
+            raise
+        except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
+            raise ValidationError(f"not a readable PNG image: {exc}") from exc
+        return width, height
 
     def get_image(self, sha256: str) -> ImageInfo:
         """The stored image with this hash; :class:`NotFoundError` if unknown."""
@@ -264,9 +283,10 @@ class CatalogMixin(StoreBase):
         return image
 
     @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> None:
+    def _write_atomically(path: Path, data: bytes) -> bool:
+        """Write ``data`` to ``path`` through a temporary file and a rename; False when it was already there."""
         if path.exists() and path.stat().st_size == len(data):
-            return  # content-addressed: same name, same bytes
+            return False  # content-addressed: same name, same bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -277,6 +297,7 @@ class CatalogMixin(StoreBase):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return True
 
     # -- label sets -------------------------------------------------------------------------------------
 
@@ -375,6 +396,7 @@ class CatalogMixin(StoreBase):
                         s.add(row)
                         s.flush()
                         sample_id = row.id
+                        bump(s, samples=1)
                     return self._sample_info(s, sample_id)
             except IntegrityError:
                 if attempt == 1:

@@ -11,6 +11,7 @@ SQLite needs care to be safe from Gradio's worker threads and from several proce
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -19,14 +20,41 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-if TYPE_CHECKING:
-    from poclip.settings import Settings
+from annotation_db.errors import DatabaseGoneError, StorageError
+
+
+class StoreLocation(Protocol):
+    """Where the store lives; any object with these attributes will do (the app passes its settings).
+
+    annotation_db reads no environment and imports nothing from the app: callers describe the location.
+    """
+
+    @property
+    def resolved_database_url(self) -> str: ...
+    @property
+    def sqlite_journal_mode(self) -> str: ...
+    @property
+    def data_dir(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Location:
+    """A plain :class:`StoreLocation`: a data folder and a database URL (default: SQLite in the folder)."""
+
+    data_dir: Path
+    database_url: str = ""
+    sqlite_journal_mode: str = "WAL"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'poclip.db'}"
 
 SQLITE_JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST")
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -54,9 +82,9 @@ class DatabaseConfig:
     pool_size: int = 10
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DatabaseConfig:
-        """The config :class:`poclip.settings.Settings` describes (DATABASE_URL, POCLIP_SQLITE_JOURNAL)."""
-        return cls(url=settings.resolved_database_url, sqlite_journal_mode=settings.sqlite_journal_mode)
+    def from_settings(cls, location: StoreLocation) -> DatabaseConfig:
+        """The config a :class:`StoreLocation` describes (its URL and SQLite journal mode)."""
+        return cls(url=location.resolved_database_url, sqlite_journal_mode=location.sqlite_journal_mode)
 
     @property
     def is_sqlite(self) -> bool:
@@ -160,11 +188,34 @@ class FifoLock:
                 self._held = False
 
 
+# What the database says when the disk is full or the store cannot be written, and what we tell people.
+_FULL = ("database or disk is full", "no space left", "disk full", "diskfull")
+_READ_ONLY = ("readonly database", "read-only", "read only", "readonlysqltransaction", "permission denied")
+
+
+def _storage_error(exc: DBAPIError) -> StorageError | None:
+    text = f"{type(exc.orig).__name__} {exc.orig}".lower()
+    code = getattr(exc.orig, "sqlstate", None)
+    if code == "53100" or any(k in text for k in _FULL):
+        return StorageError("the server's disk is full: nothing was saved; tell the maintainer (free space, "
+                            "then retry)")
+    if code == "25006" or any(k in text for k in _READ_ONLY):
+        return StorageError("the database is read-only on this server: nothing was saved; tell the maintainer")
+    return None
+
+
 class Database:
     """An engine plus the two kinds of unit of work: :meth:`reading` and :meth:`writing`.
 
     Each call opens its own session and closes it at the end of the ``with`` block, so sessions are never
     shared across threads; the engine (and its pool) is.
+
+    For a SQLite file the identity of the file (device and inode) is remembered when the database is opened
+    and checked (one ``stat``) at the start of every unit of work: when the file was deleted or replaced
+    underneath the app, open connections would keep writing into the unlinked file and new ones would
+    create an empty database, both lost on restart. Instead every unit of work raises
+    :class:`DatabaseGoneError` until the app restarts (and restores the newest snapshot).
+    A full disk or a read-only database raises :class:`StorageError` with a message for people.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -177,36 +228,85 @@ class Database:
         # to 100 ms per try, which is what made the tail latency with 8 writers. Other processes still
         # wait through the busy timeout. PostgreSQL writers run concurrently, so no lock there.
         self._write_lock: FifoLock | None = FifoLock() if engine.dialect.name == "sqlite" else None
+        url = engine.url
+        self.path: Path | None = None
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            self.path = Path(url.database)
+        self._file_id: tuple[int, int] | None = None
+        self._gone: str | None = None
+        self.remember_file()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def remember_file(self) -> None:
+        """Take the SQLite file as it is now as the database (at open, and after a restore)."""
+        if self.path is None:
+            return
+        if not self.path.exists():
+            with self.engine.connect():  # creates the file, as the first unit of work would
+                pass
+        st = os.stat(self.path)
+        self._file_id, self._gone = (st.st_dev, st.st_ino), None
+
+    def check_file(self) -> None:
+        """Raise :class:`DatabaseGoneError` when the SQLite file was deleted or replaced since it was opened."""
+        if self._file_id is None:
+            return
+        if self._gone is None:
+            try:
+                st = os.stat(self.path)  # type: ignore[arg-type]
+                if (st.st_dev, st.st_ino) != self._file_id:
+                    self._gone = "replaced by another file"
+            except FileNotFoundError:
+                self._gone = "deleted"
+        if self._gone is not None:
+            raise DatabaseGoneError(
+                f"the database file {self.path} was {self._gone} while the app was running. Nothing more is "
+                "accepted, so nothing more is lost; restart the app to restore the newest snapshot."
+            )
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            mapped = _storage_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only unit of work (rolled back at the end)."""
+        self.check_file()
         # Closing the session rolls back the transaction it began on first use.
-        with self._read() as session:
+        with self._mapped(), self._read() as session:
             yield session
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A unit of work committed at the end of the block, or rolled back whole if it raises."""
+        self.check_file()
         if self._write_lock is None:
-            with self._write() as session, session.begin():
+            with self._mapped(), self._write() as session, session.begin():
                 yield session
             return
-        with self._write_lock, self._write() as session, session.begin():
+        with self._write_lock, self._mapped(), self._write() as session, session.begin():
+            self.check_file()  # again under the lock: the file may have gone while we queued
             yield session
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
         """Like :meth:`writing`, for Core statements on a connection without an ORM session (hot paths)."""
+        self.check_file()
         if self._write_lock is None:
-            with self._write_engine.begin() as conn:
+            with self._mapped(), self._write_engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self._write_engine.begin() as conn:
+        with self._write_lock, self._mapped(), self._write_engine.begin() as conn:
+            self.check_file()
             yield conn
 
     def dispose(self) -> None:

@@ -41,3 +41,11 @@ class BackupError(AnnotationDBError):
 
 class HubError(AnnotationDBError):
     """The dataset could not be pushed to the Hugging Face Hub (e.g. no token configured)."""
+
+
+class StorageError(AnnotationDBError):
+    """The database cannot take writes: the disk is full or the store is read-only. Nothing was written."""
+
+
+class DatabaseGoneError(StorageError):
+    """The SQLite file was deleted or replaced while the app ran; writes are refused until a restart."""

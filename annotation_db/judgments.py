@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, select
+from sqlalchemy import Connection, Float, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from annotation_db.catalog import CatalogMixin, SampleInfo
+from annotation_db.catalog import MAX_ATTACK_BYTES, CatalogMixin, SampleInfo, pseudonym_for
+from annotation_db.counters import bump
 from annotation_db.errors import DuplicateJudgmentError, NotFoundError, RateLimitedError, ValidationError
 from annotation_db.models import (
     HANDLE_MAX,
@@ -17,18 +22,23 @@ from annotation_db.models import (
     Annotator,
     ArenaModel,
     ArenaVerdict,
+    Image,
+    ImageSource,
     Judgment,
     JudgmentKind,
     LabelSet,
     Sample,
+    ServedItem,
 )
 from annotation_db.validation import (
     check_choice,
     check_id,
+    check_json_object,
     check_optional_choice,
     check_optional_text,
     check_text,
     check_time,
+    json_key,
 )
 
 
@@ -64,6 +74,37 @@ _OTHER_GOLD = select(Judgment.id).where(
     Judgment.kind == JudgmentKind.GOLD,
     Judgment.undone_at.is_(None),
     Judgment.annotator_id != bindparam("annotator_id"),
+)
+_GOLD_CHOSEN = select(Judgment.chosen).where(
+    Judgment.sample_id == bindparam("sample_id"),
+    Judgment.kind == JudgmentKind.GOLD,
+    Judgment.undone_at.is_(None),
+)
+_HUMANS_ON = (
+    select(Judgment.annotator_id, Judgment.chosen)
+    .where(
+        Judgment.sample_id == bindparam("sample_id"),
+        Judgment.kind == JudgmentKind.HUMAN,
+        Judgment.undone_at.is_(None),
+    )
+    .order_by(Judgment.annotator_id)  # ascending: the lock order of annotator rows
+)
+_SERVED = select(ServedItem.sample_id).where(
+    ServedItem.annotator_id == bindparam("annotator_id"), ServedItem.sample_id == bindparam("sample_id")
+)
+# trust = (correct + prior_correct) / (seen + prior_seen), moved by one gold answer; SET reads the old values.
+_TRUST = (
+    update(Annotator)
+    .where(Annotator.id == bindparam("annotator_id"))
+    .values(
+        gold_seen=Annotator.gold_seen + bindparam("d_seen"),
+        gold_correct=Annotator.gold_correct + bindparam("d_correct"),
+        trust=(Annotator.gold_correct + bindparam("d_correct") + bindparam("prior_c", type_=Float))
+        / (Annotator.gold_seen + bindparam("d_seen") + bindparam("prior_n", type_=Float)),
+    )
+)
+_VOTES = (
+    update(Sample).where(Sample.id == bindparam("sample_id")).values(votes=Sample.votes + bindparam("delta"))
 )
 _PREVIOUS = select(Judgment.id, Judgment.undone_at).where(
     Judgment.sample_id == bindparam("sample_id"), Judgment.annotator_id == bindparam("annotator_id")
@@ -102,6 +143,7 @@ class JudgmentsMixin(CatalogMixin):
         said_right: str | None = None,
         created_at: datetime | None = None,
         enforce_rate_limit: bool = True,
+        require_served: bool = False,
     ) -> JudgmentInfo:
         """Store one preference: on ``sample_id``, ``annotator`` prefers ``chosen`` over ``rejected``.
 
@@ -119,6 +161,8 @@ class JudgmentsMixin(CatalogMixin):
                 ``neither``.
             created_at: when it was made, for imports; default now.
             enforce_rate_limit: False only for imports and trusted bulk writers.
+            require_served: refuse a human judgment on a sample :meth:`next_sample` never served to this
+                annotator (the annotation queue; pictures people upload themselves are not served).
         Returns:
             The stored judgment.
         Raises:
@@ -162,6 +206,12 @@ class JudgmentsMixin(CatalogMixin):
                     _OTHER_GOLD, {"sample_id": sample_id, "annotator_id": annotator_id}
                 ):
                     raise ValidationError(f"sample {sample_id} already has a gold answer")
+                if (
+                    require_served
+                    and kind_value is JudgmentKind.HUMAN
+                    and conn.scalar(_SERVED, {"annotator_id": annotator_id, "sample_id": sample_id}) is None
+                ):
+                    raise ValidationError(f"sample {sample_id} was not served to you: ask for the next item")
 
                 previous = conn.execute(
                     _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
@@ -186,6 +236,8 @@ class JudgmentsMixin(CatalogMixin):
                         "created_at": created,
                     },
                 )
+                self._move_trust(conn, sample_id, annotator_id, kind_value, chosen, +1)
+                bump(conn, judgments=1, undone=-int(previous is not None))  # counters last: the lock order
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.
             raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}") from exc
@@ -203,31 +255,166 @@ class JudgmentsMixin(CatalogMixin):
             None,
         )
 
-    def check_rate_limit(self, annotator: str) -> None:
-        """Raise :class:`RateLimitedError` if a human judgment by ``annotator`` would be refused now.
+    def record_upload_judgment(
+        self,
+        image: bytes,
+        label_set: str,
+        attack: dict | None,
+        annotator: str,
+        chosen: str,
+        rejected: str,
+        *,
+        shown_left: str | None = None,
+        said_right: str | None = None,
+        hf_username: str | None = None,
+        source: str = "upload",
+    ) -> tuple[JudgmentInfo, SampleInfo]:
+        """A person's judgment on a picture they brought (``source`` ``upload``) or picked from the app's examples
+        or synthetic objects: the image, its sample, the annotator (on first sight) and the judgment are stored
+        together, or nothing is. Only an upload names its uploader.
 
-        Lets a caller that must write other rows first (an uploaded picture, its sample) refuse early, so a
-        refused judgment leaves nothing behind. Unknown annotators have judged nothing. One indexed count.
+        Every check (types, labels, PNG, rate limit, one judgment per sample) comes before any write. The image
+        file is written before the transaction that inserts the row naming it, and removed again when that
+        transaction fails and no row names it. So a refused vote leaves no image row, sample, annotator or file.
+
+        Returns:
+            The stored judgment and its sample.
+        Raises:
+            ValidationError (and subclasses, e.g. RateLimitedError, DuplicateJudgmentError): nothing was written.
         """
+        data = self._png_bytes(image)
+        image_source = check_optional_choice(source, ImageSource, "image source")
+        label_set = check_text(label_set, "label set name", LABEL_SET_NAME_MAX)
         annotator = check_text(annotator, "annotator", HANDLE_MAX)
+        hf_username = check_optional_text(hf_username, "Hugging Face username", 96)
+        chosen = check_text(chosen, "chosen label", LABEL_MAX)
+        rejected = check_text(rejected, "rejected label", LABEL_MAX)
+        left = check_optional_choice(shown_left, ArenaModel, "model shown left")
+        verdict = check_optional_choice(said_right, ArenaVerdict, "arena verdict")
+        if chosen == rejected:
+            raise ValidationError(f"chosen and rejected must differ (both are {chosen!r})")
+        if attack is not None:
+            attack = check_json_object(attack, "attack parameters", MAX_ATTACK_BYTES)
+        width, height = self._probe_png(data)
+        labels_row = self.get_label_set(label_set)
+        for role, label in (("chosen", chosen), ("rejected", rejected)):
+            if label not in labels_row.labels:
+                raise ValidationError(f"{role} label {label!r} is not in label set {label_set!r}")
+        now = self.now()
+        self._check_rate(annotator, now)  # before the file: a refused vote writes nothing at all
+
+        sha = hashlib.sha256(data).hexdigest()
+        relative = Path("images") / sha[:2] / f"{sha}.png"
+        created_file = self._write_atomically(self.data_dir / relative, data)
+        key = json_key(attack)
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        try:
+            with self.db.write_connection() as conn:
+                annotator_id = conn.scalar(_ANNOTATOR_ID, {"handle": annotator})
+                new_annotator = annotator_id is None
+                if new_annotator:
+                    annotator_id = conn.scalar(
+                        insert(Annotator).returning(Annotator.id),
+                        {"handle": annotator, "hf_username": hf_username,
+                         "pseudonym": pseudonym_for(annotator, self.config.pseudonym_secret),
+                         "trust": self._prior_trust(), "gold_seen": 0, "gold_correct": 0, "created_at": now},
+                    )
+                else:  # authoritative rate check, under the write lock
+                    self._check_rate_conn(conn, annotator_id, now)
+                added_image = conn.scalar(
+                    dialect_insert(Image)
+                    .values(sha256=sha, path=relative.as_posix(), width=width, height=height, n_bytes=len(data),
+                            source=image_source,
+                            uploader_id=annotator_id if image_source is ImageSource.UPLOAD else None, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["sha256"])
+                    .returning(Image.sha256)
+                ) is not None
+                sample_id = conn.scalar(
+                    select(Sample.id).where(Sample.image_sha256 == sha, Sample.label_set_id == labels_row.id,
+                                            Sample.attack_key == key)
+                )
+                new_sample = sample_id is None
+                if new_sample:
+                    sample_id = conn.scalar(
+                        insert(Sample).returning(Sample.id),
+                        {"image_sha256": sha, "label_set_id": labels_row.id, "attack": attack,
+                         "attack_key": key, "created_at": now},
+                    )
+                previous = conn.execute(
+                    _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
+                ).one_or_none()
+                if previous is not None:
+                    if previous.undone_at is None:
+                        raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
+                    conn.execute(_DELETE, {"judgment_id": previous.id})
+                judgment_id = conn.scalar(
+                    _INSERT,
+                    {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
+                     "kind": JudgmentKind.HUMAN, "shown_left": left, "said_right": verdict, "created_at": now},
+                )
+                self._move_trust(conn, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
+                bump(conn, annotators=int(new_annotator), images=int(added_image), judgments=1,
+                     samples=int(new_sample), undone=-int(previous is not None))
+        except BaseException as exc:
+            if created_file:
+                self._remove_unreferenced(sha, self.data_dir / relative)
+            if isinstance(exc, IntegrityError):
+                raise DuplicateJudgmentError(f"{annotator!r} has already judged this picture") from exc
+            raise
+        info = JudgmentInfo(judgment_id, sample_id, annotator, chosen, rejected, "human",
+                            None if left is None else left.value, None if verdict is None else verdict.value,
+                            now, None)
+        return info, self.get_sample(sample_id)
+
+    def _remove_unreferenced(self, sha: str, path: Path) -> None:
+        # Under the write lock, so no concurrent vote can commit a row naming the file between check and unlink
+        # (on PostgreSQL a concurrent first upload of the very same picture remains possible, and harmless: the
+        # file is written again by that vote before its row).
+        with self.db.write_connection() as conn:
+            if conn.scalar(select(Image.sha256).where(Image.sha256 == sha)) is None:
+                path.unlink(missing_ok=True)
+
+    def _check_rate(self, annotator: str, now: datetime) -> None:
+        with self.db.reading() as s:
+            annotator_id = s.scalar(_ANNOTATOR_ID, {"handle": annotator})
+            if annotator_id is not None:
+                self._check_rate_conn(s, annotator_id, now)
+
+    def _check_rate_conn(self, conn: Any, annotator_id: int, now: datetime) -> None:
         limit = self.config.rate_limit_count
         if limit is None:
             return
-        since = self.now() - timedelta(seconds=self.config.rate_limit_window_s)
-        with self.db.reading() as s:
-            annotator_id = s.scalar(_ANNOTATOR_ID, {"handle": annotator})
-            if annotator_id is not None and s.scalar(
-                _RECENT_COUNT, {"annotator_id": annotator_id, "since": since}
-            ) >= limit:
-                raise RateLimitedError(
-                    f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s"
-                )
+        since = now - timedelta(seconds=self.config.rate_limit_window_s)
+        if conn.scalar(_RECENT_COUNT, {"annotator_id": annotator_id, "since": since}) >= limit:
+            raise RateLimitedError(f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s")
+
+    def _move_trust(
+        self, conn: Connection, sample_id: int, annotator_id: int, kind: JudgmentKind, chosen: str, sign: int
+    ) -> None:
+        """The sample's vote count and trust follow the write that changes them, one annotator row at a time
+        (ascending ids).
+
+        A human answer on a gold item (or its undo, ``sign=-1``) moves that annotator's counts; a new gold
+        answer moves the counts of everyone who already answered the item. O(votes on the sample).
+        """
+        prior = {"prior_c": self.config.trust_prior_correct, "prior_n": self.config.trust_prior_seen}
+        if kind is not JudgmentKind.GOLD:  # the sample row, before any annotator row: the lock order
+            conn.execute(_VOTES, {"sample_id": sample_id, "delta": sign})
+        if kind is JudgmentKind.HUMAN:
+            gold = conn.scalar(_GOLD_CHOSEN, {"sample_id": sample_id})
+            if gold is not None:
+                conn.execute(_TRUST, {"annotator_id": annotator_id, "d_seen": sign,
+                                      "d_correct": sign * int(chosen == gold), **prior})
+        elif kind is JudgmentKind.GOLD:
+            for other, their_choice in conn.execute(_HUMANS_ON, {"sample_id": sample_id}).all():
+                conn.execute(_TRUST, {"annotator_id": other, "d_seen": sign,
+                                      "d_correct": sign * int(their_choice == chosen), **prior})
 
     def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
         """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
 
         The row stays (marked undone, with the time) and no longer counts anywhere; the annotator may judge
-        the sample again.
+        the sample again. Trust and the counters move in the same transaction.
 
         Returns:
             The judgment that was undone, or None when there is nothing recent enough to undo.
@@ -250,6 +437,10 @@ class JudgmentsMixin(CatalogMixin):
             if row is None:
                 return None
             row.undone_at = now
+            s.flush()
+            conn = s.connection()
+            self._move_trust(conn, row.sample_id, annotator_id, JudgmentKind.HUMAN, row.chosen, -1)
+            bump(conn, judgments=-1, undone=1)
             return _info(row, annotator)
 
     def next_sample(self, annotator: str, *, label_set: str | None = None) -> SampleInfo | None:
@@ -276,18 +467,9 @@ class JudgmentsMixin(CatalogMixin):
             mine = select(Judgment.sample_id).where(
                 Judgment.annotator_id == annotator_id, Judgment.undone_at.is_(None)
             )
-            votes = (
-                select(Judgment.sample_id, func.count().label("n"))
-                .where(Judgment.undone_at.is_(None), Judgment.kind != JudgmentKind.GOLD)
-                .group_by(Judgment.sample_id)
-                .subquery()
-            )
-            n = func.coalesce(votes.c.n, 0)
-            base = (
-                select(Sample.id)
-                .outerjoin(votes, votes.c.sample_id == Sample.id)
-                .where(Sample.id.not_in(mine))
-            )
+            # The vote count is kept on the sample row: O(samples), not O(judgments).
+            n = Sample.votes
+            base = select(Sample.id).where(Sample.id.not_in(mine))
             if label_set is not None:
                 base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(
                     LabelSet.name == label_set
@@ -301,8 +483,22 @@ class JudgmentsMixin(CatalogMixin):
             for query in (gold, regular) if want_gold else (regular, gold):
                 sample_id = s.scalar(query.limit(1))
                 if sample_id is not None:
-                    return self._sample_info(s, sample_id)
-            return None
+                    info = self._sample_info(s, sample_id)
+                    break
+            else:
+                return None
+        self._mark_served(annotator_id, sample_id)
+        return info
+
+    def _mark_served(self, annotator_id: int, sample_id: int) -> None:
+        # Its own short write after the read: the choice above never holds the write lock.
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        with self.db.write_connection() as conn:
+            conn.execute(
+                dialect_insert(ServedItem)
+                .values(annotator_id=annotator_id, sample_id=sample_id, served_at=self.now())
+                .on_conflict_do_nothing(index_elements=["annotator_id", "sample_id"])
+            )
 
     def judgments_of(self, annotator: str, *, include_undone: bool = False) -> list[JudgmentInfo]:
         """All judgments of one annotator, oldest first (for their history page and for tests)."""

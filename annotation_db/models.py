@@ -178,6 +178,8 @@ class Sample(Base):
     # sha256 of the canonical attack JSON: JSON columns cannot be compared for the uniqueness above.
     attack_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Counted votes (human and synthetic, not undone), kept by the judgment writes: next_sample reads this.
+    votes: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
 
     image: Mapped[Image] = relationship(lazy="raise")
     label_set: Mapped[LabelSet] = relationship(lazy="raise")
@@ -251,6 +253,13 @@ class TrainingRun(Base):
             sqlite_where=text("status = 'running'"),
             postgresql_where=text("status = 'running'"),
         ),
+        Index(
+            "uq_training_runs_one_queued",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
         Index("ix_training_runs_status_created", "status", "created_at"),
     )
 
@@ -265,3 +274,26 @@ class TrainingRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Fencing token drawn when the run is claimed: only its holder may heartbeat, register or promote.
+    lease: Mapped[str | None] = mapped_column(String(64))
+    judgment_watermark: Mapped[int | None] = mapped_column(Integer)
+
+
+class Counter(Base):
+    """A maintained total (judgments, undone, annotators, images, samples), changed by the write that changes
+    it, so status reads one row per figure whatever the size of the database."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class ServedItem(Base):
+    """A sample shown to an annotator by :meth:`next_sample`; human answers are accepted only for these."""
+
+    __tablename__ = "served_items"
+
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    served_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -66,58 +66,55 @@ class PairsMixin(JudgmentsMixin):
     """Trust scores and training pairs."""
 
     def refresh_trust(self) -> dict[str, float]:
-        """Recompute every annotator's trust from their human judgments on gold items.
+        """Recompute every annotator's trust from scratch from their human judgments on gold items (repair).
 
         trust = (correct + prior_correct) / (seen + prior_seen), where ``seen`` counts their (not undone)
-        judgments on samples that have a gold answer and ``correct`` those that chose the gold label.
-        Recomputed from scratch, so undoing a judgment or adding a gold answer later is accounted for.
+        judgments on samples that have a gold answer and ``correct`` those that chose the gold label. The
+        write path keeps these figures current (see ``record_judgment``); this is for an administrator after a
+        manual change to the tables. O(judgments); rows are updated one at a time in ascending id order,
+        the lock order every writer follows.
 
         Returns:
             handle -> trust, for every annotator.
         """
         with self.db.writing() as s:
-            self._refresh_trust(s)
+            gold = aliased(Judgment)
+            counts = {
+                aid: (seen, int(correct or 0))
+                for aid, seen, correct in s.execute(
+                    select(
+                        Judgment.annotator_id,
+                        func.count(),
+                        func.sum(case((Judgment.chosen == gold.chosen, 1), else_=0)),
+                    )
+                    .join(gold, gold.sample_id == Judgment.sample_id)
+                    .where(
+                        gold.kind == JudgmentKind.GOLD,
+                        gold.undone_at.is_(None),
+                        Judgment.kind == JudgmentKind.HUMAN,
+                        Judgment.undone_at.is_(None),
+                    )
+                    .group_by(Judgment.annotator_id)
+                )
+            }
+            prior_c, prior_n = self.config.trust_prior_correct, self.config.trust_prior_seen
+            for aid in s.scalars(select(Annotator.id).order_by(Annotator.id)).all():
+                seen, correct = counts.get(aid, (0, 0))
+                s.execute(
+                    update(Annotator)
+                    .where(Annotator.id == aid)
+                    .values(gold_seen=seen, gold_correct=correct, trust=(correct + prior_c) / (seen + prior_n))
+                )
             return {handle: trust for handle, trust in s.execute(select(Annotator.handle, Annotator.trust))}
-
-    def _refresh_trust(self, s: Session) -> None:
-        gold = aliased(Judgment)
-        rows = s.execute(
-            select(
-                Judgment.annotator_id,
-                func.count(),
-                func.sum(case((Judgment.chosen == gold.chosen, 1), else_=0)),
-            )
-            .join(gold, gold.sample_id == Judgment.sample_id)
-            .where(
-                gold.kind == JudgmentKind.GOLD,
-                gold.undone_at.is_(None),
-                Judgment.kind == JudgmentKind.HUMAN,
-                Judgment.undone_at.is_(None),
-            )
-            .group_by(Judgment.annotator_id)
-        ).all()
-        prior_c, prior_n = self.config.trust_prior_correct, self.config.trust_prior_seen
-        s.execute(update(Annotator).values(gold_seen=0, gold_correct=0, trust=prior_c / prior_n))
-        if rows:
-            s.execute(
-                update(Annotator),
-                [
-                    {
-                        "id": aid,
-                        "gold_seen": seen,
-                        "gold_correct": int(correct or 0),
-                        "trust": (int(correct or 0) + prior_c) / (seen + prior_n),
-                    }
-                    for aid, seen, correct in rows
-                ],
-            )
 
     def training_pairs(self, since_version: int | None = None, *, label_set: str | None = None) -> PairBatch:
         """The training pairs: one per sample with a clear preference.
 
         Per sample: if it has a gold answer, that is the pair; otherwise the majority of counted votes on the
         chosen label (``rejected`` is the most common rejected label among those votes). Counted votes are
-        not undone, not gold, and not from annotators whose trust (refreshed first) is below ``min_trust``.
+        not undone, not gold, not from annotators whose trust is below ``min_trust`` or who answered fewer than
+        ``min_gold_seen`` gold items, and no annotator's votes decide more than ``max_annotator_share`` of the
+        batch's samples (their later votes, by judgment id, are left out).
         agreement = votes for the chosen label / counted votes; a sample is skipped when the top chosen
         label is tied or its agreement is below ``min_agreement``.
 
@@ -129,8 +126,7 @@ class PairsMixin(JudgmentsMixin):
         if since_version is not None:
             since_version = check_id(since_version, "model version id")
         label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
-        with self.db.writing() as s:
-            self._refresh_trust(s)
+        with self.db.reading() as s:
             watermark = s.scalar(select(func.max(Judgment.id)))
             floor = 0 if since_version is None else self._watermark_of(s, since_version)
             excluded = list(
@@ -165,13 +161,33 @@ class PairsMixin(JudgmentsMixin):
         self, s: Session, sample_ids: Any, watermark: int, label_set: str | None
     ) -> tuple[list[TrainingPair], int]:
         vote_query = (
-            select(Judgment.sample_id, Judgment.chosen, Judgment.rejected, Judgment.kind, Annotator.trust)
+            select(
+                Judgment.sample_id,
+                Judgment.chosen,
+                Judgment.rejected,
+                Judgment.kind,
+                Judgment.annotator_id,
+                Annotator.trust,
+                Annotator.gold_seen,
+            )
             .join(Annotator, Annotator.id == Judgment.annotator_id)
             .where(Judgment.undone_at.is_(None), Judgment.id <= watermark, Judgment.sample_id.in_(sample_ids))
+            .order_by(Judgment.id)
         )
+        rows = s.execute(vote_query).all()
+        n_samples = len({row.sample_id for row in rows})
+        # The share cap: one annotator's votes count on at most this many of the batch's samples.
+        cap = max(1, int(self.config.max_annotator_share * n_samples)) if self.config.max_annotator_share < 1 else None
+        used: Counter[int] = Counter()
         votes: dict[int, list[_Vote]] = defaultdict(list)
-        for sample_id, chosen, rejected, kind, trust in s.execute(vote_query):
-            votes[sample_id].append(_Vote(sample_id, chosen, rejected, kind, trust >= self.config.min_trust))
+        for sample_id, chosen, rejected, kind, annotator_id, trust, gold_seen in rows:
+            trusted = trust >= self.config.min_trust
+            if kind is JudgmentKind.HUMAN:
+                trusted = trusted and gold_seen >= self.config.min_gold_seen
+                if trusted and cap is not None:
+                    used[annotator_id] += 1
+                    trusted = used[annotator_id] <= cap
+            votes[sample_id].append(_Vote(sample_id, chosen, rejected, kind, trusted))
         if not votes:
             return [], 0
 

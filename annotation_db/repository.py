@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from annotation_db.backup import restore_if_missing
-from annotation_db.engine import Database, DatabaseConfig, create_db_engine
+from annotation_db.engine import Database, DatabaseConfig, StoreLocation, create_db_engine
 from annotation_db.migrations import upgrade_schema
 from annotation_db.runs import RunsMixin
 from annotation_db.stats import StatsMixin
 from annotation_db.store import RepositoryConfig
 from annotation_db.versions import VersionsMixin
-
-if TYPE_CHECKING:
-    from poclip.settings import Settings
 
 
 class Repository(StatsMixin, RunsMixin, VersionsMixin):
@@ -28,24 +23,37 @@ class Repository(StatsMixin, RunsMixin, VersionsMixin):
     """
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: RepositoryConfig | None = None) -> Repository:
+    def from_settings(cls, settings: StoreLocation, config: RepositoryConfig | None = None) -> Repository:
         """A repository on the settings' database (does not touch the schema; see :func:`open_repository`)."""
         engine = create_db_engine(DatabaseConfig.from_settings(settings))
         return cls(Database(engine), settings.data_dir, config)
+
+    def new_since_last_run(self, limit: int | None = None) -> tuple[int, int]:
+        """(watermark, count): judgments that can make pairs recorded after the newest judgment any run or the
+        active version trained on. Rejected and failed runs count as having seen their data, so a scheduler
+        never retrains on the same judgments. O(1) lookups plus a primary-key range scan of the new rows,
+        stopped after ``limit`` of them.
+        """
+        floor = self.last_run_watermark()
+        active = self.active_version()
+        if active is not None and active.judgment_watermark:
+            floor = max(floor, active.judgment_watermark)
+        return floor, self.judgments_since(floor, limit)
 
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()
 
 
-def open_repository(settings: Settings, config: RepositoryConfig | None = None) -> Repository:
+def open_repository(settings: StoreLocation, config: RepositoryConfig | None = None) -> Repository:
     """What the app and the standalone trainer call at start.
 
-    1. restore the newest snapshot if the SQLite file is missing (a restarted Space),
+    1. restore the newest snapshot if the SQLite file is missing or empty (a restarted Space),
     2. upgrade the schema to the latest migration (safe when several processes start at once),
     3. return the repository.
     """
     restore_if_missing(settings)
     repo = Repository.from_settings(settings, config)
     upgrade_schema(repo.db.engine)
+    repo.db.remember_file()
     return repo

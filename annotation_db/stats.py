@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, case, func, select
 
 from annotation_db.agreement import krippendorff_alpha_nominal
+from annotation_db.counters import read_counters
 from annotation_db.models import Annotator, Image, Judgment, JudgmentKind, Sample
 from annotation_db.pairs import PairsMixin
 
@@ -40,10 +41,44 @@ class Stats:
 
 
 class StatsMixin(PairsMixin):
+    def counts(self) -> dict[str, int]:
+        """The maintained totals: ``judgments`` (not undone), ``undone``, ``annotators``, ``images``,
+        ``samples``. O(1) in the database size: five counter rows, see :mod:`annotation_db.counters`."""
+        with self.db.reading() as s:
+            return read_counters(s)
+
+    def judgments_since(self, watermark: int | None, limit: int | None = None) -> int:
+        """Judgments that can make pairs (human and synthetic, not undone) with an id above ``watermark``,
+        counted up to ``limit`` (a scheduler only needs to know whether its threshold is reached).
+
+        A range scan of the primary key from ``watermark``, stopped after ``limit`` rows: O(min(new, limit)),
+        whatever the database size.
+        """
+        fresh = (
+            select(Judgment.id)
+            .where(
+                Judgment.id > (watermark or 0),
+                Judgment.kind != JudgmentKind.GOLD,
+                Judgment.undone_at.is_(None),
+            )
+            .order_by(Judgment.id)
+        )
+        if limit is not None:
+            fresh = fresh.limit(max(0, int(limit)))
+        with self.db.reading() as s:
+            return int(s.scalar(select(func.count()).select_from(fresh.subquery())) or 0)
+
+    def max_judgment_id(self) -> int:
+        """The newest judgment's id (0 when there is none): the end of the primary-key index."""
+        with self.db.reading() as s:
+            return int(s.scalar(select(func.max(Judgment.id))) or 0)
+
     def stats(self) -> Stats:
-        """Counts, per-annotator figures (trust refreshed first) and agreement between people."""
-        with self.db.writing() as s:
-            self._refresh_trust(s)
+        """Counts, per-annotator figures and agreement between people, for the maintainer's dashboard.
+
+        Reads everything: O(judgments). Request paths use :meth:`counts` instead.
+        """
+        with self.db.reading() as s:
             images = s.scalar(select(func.count()).select_from(Image)) or 0
             samples = s.scalar(select(func.count()).select_from(Sample)) or 0
             active, undone = s.execute(

@@ -27,9 +27,13 @@ class RepositoryConfig:
         min_agreement: a sample yields a pair only when at least this share of its votes agree.
         stale_heartbeat_s: a running training run whose last heartbeat is older than this is marked failed.
         max_image_bytes: largest PNG accepted by :meth:`store_image`.
+        pseudonym_secret: the per-deployment secret that salts exported pseudonyms (empty: a public salt).
+        max_annotator_share: the most of a training batch's pairs whose majority one annotator can decide;
+            above it, that annotator's further samples are left out (1.0 disables the cap).
+        min_gold_seen: a human's votes count towards pairs only after they answered this many gold items.
     """
 
-    rate_limit_count: int | None = 60
+    rate_limit_count: int | None = 120
     rate_limit_window_s: float = 60.0
     undo_window_s: float = 120.0
     target_votes: int = 3
@@ -40,6 +44,9 @@ class RepositoryConfig:
     min_agreement: float = 0.5
     stale_heartbeat_s: float = 300.0
     max_image_bytes: int = 32 * 1024 * 1024
+    pseudonym_secret: str = ""
+    max_annotator_share: float = 1.0
+    min_gold_seen: int = 0
 
 
 def utc_now() -> datetime:

@@ -28,6 +28,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Explicit directional formatting characters (UAX #9): embeddings, overrides, isolates and marks.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_text(value: Any, field: str, max_len: int) -> str:
     """A non-blank string of at most ``max_len`` characters, returned verbatim (not trimmed or normalised)."""
     if not isinstance(value, str):
@@ -39,6 +43,9 @@ def check_text(value: Any, field: str, max_len: int) -> str:
     if "\x00" in value:
         # PostgreSQL text cannot hold NUL; refuse it on SQLite too so both databases behave the same.
         raise ValidationError(f"{field} must not contain the NUL character")
+    if not BIDI_CONTROLS.isdisjoint(value):
+        # A right-to-left override makes a name or label display as another one.
+        raise ValidationError(f"{field} must not contain bidirectional control characters (e.g. U+202E)")
     return value
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from annotation_db.errors import InvalidTransitionError, NotFoundError
 from annotation_db.models import PATH_MAX, SPEC_MAX, ModelVersion, VersionStatus
+from annotation_db.runs import check_lease
 from annotation_db.store import StoreBase
 from annotation_db.validation import check_id, check_json_object, check_text, free_text
 
@@ -65,6 +66,8 @@ class VersionsMixin(StoreBase):
         *,
         parent_id: int | None = None,
         judgment_watermark: int | None = None,
+        run_id: int | None = None,
+        lease: str | None = None,
     ) -> VersionInfo:
         """Record a trained head as a ``candidate``.
 
@@ -74,6 +77,9 @@ class VersionsMixin(StoreBase):
             metrics: evaluation numbers (JSON dict), shown in the admin view and used by the promotion gate.
             parent_id: the version it was trained from; None: the version active now (if any).
             judgment_watermark: :attr:`PairBatch.watermark` of the pairs it was trained on.
+            run_id, lease: the training run that produced it and the lease from :meth:`claim_run`; when
+                given, the version is recorded only while that run still runs under that lease
+                (:class:`RunLostError` otherwise), in the same transaction.
         """
         backbone = check_text(backbone, "backbone spec", SPEC_MAX)
         head_path = check_text(head_path, "head path", PATH_MAX)
@@ -83,6 +89,8 @@ class VersionsMixin(StoreBase):
         if judgment_watermark is not None:
             judgment_watermark = check_id(judgment_watermark, "judgment watermark")
         with self.db.writing() as s:
+            if run_id is not None:
+                check_lease(s, check_id(run_id, "run id"), check_text(lease or "", "lease", 64))
             if parent_id is None:
                 parent_id = s.scalar(
                     select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE)
@@ -102,11 +110,15 @@ class VersionsMixin(StoreBase):
             s.flush()
             return VersionInfo.of(row)
 
-    def reject_version(self, version_id: int, reason: str) -> VersionInfo:
+    def reject_version(
+        self, version_id: int, reason: str, *, run_id: int | None = None, lease: str | None = None
+    ) -> VersionInfo:
         """Mark a candidate rejected (e.g. it failed the promotion gate), with the reason to show."""
         version_id = check_id(version_id, "model version id")
         reason = free_text(reason, "reason")
         with self.db.writing() as s:
+            if run_id is not None:
+                check_lease(s, check_id(run_id, "run id"), check_text(lease or "", "lease", 64))
             row = self._version(s, version_id)
             if row.status is not VersionStatus.CANDIDATE:
                 raise InvalidTransitionError(
@@ -116,15 +128,32 @@ class VersionsMixin(StoreBase):
             row.status, row.reason = VersionStatus.REJECTED, reason
             return VersionInfo.of(row)
 
-    def promote_version(self, version_id: int) -> VersionInfo:
+    def promote_version(
+        self, version_id: int, *, run_id: int | None = None, lease: str | None = None
+    ) -> VersionInfo:
         """Make ``version_id`` the active version; the previously active one becomes ``archived``.
 
         Candidates and archived versions can be promoted; rejected ones cannot.
+
+        Args:
+            run_id, lease: a trainer promoting its own candidate passes its run and lease: the promotion then
+                happens only while that run still runs under that lease (:class:`RunLostError` otherwise), and
+                only if the version the candidate was gated against (its parent) is still the active one
+                (:class:`InvalidTransitionError` otherwise), both checked in the promoting transaction.
         """
         version_id = check_id(version_id, "model version id")
         try:
             with self.db.writing() as s:
+                if run_id is not None:
+                    check_lease(s, check_id(run_id, "run id"), check_text(lease or "", "lease", 64))
                 row = self._version(s, version_id)
+                if run_id is not None:
+                    active = s.scalar(select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE))
+                    if active != row.parent_id:
+                        raise InvalidTransitionError(
+                            f"version {version_id} was gated against version {row.parent_id}, but version "
+                            f"{active} is active now; it must be evaluated again"
+                        )
                 if row.status is VersionStatus.ACTIVE:
                     return VersionInfo.of(row)
                 if row.status is VersionStatus.REJECTED:

@@ -168,30 +168,28 @@ def _examples(args: argparse.Namespace) -> dict:
 
 
 def _worker(args: argparse.Namespace) -> dict:
-    import time
+    import signal
 
-    from annotation_db import RepositoryConfig, open_repository
-    from poclip.app.service import parse_rate_limit
+    from annotation_db import open_repository
+    from poclip.app.service import repository_config
     from poclip.app.worker import Trainer
     from poclip.engine.models import load_model
     from poclip.settings import Settings
 
     settings = Settings.from_env()
-    count, window = parse_rate_limit(settings.rate_limit)
-    repo = open_repository(settings, RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    repo = open_repository(settings, repository_config(settings))
     trainer = Trainer(settings, repo, load_model(settings.model_spec, settings))
+    # SIGTERM (a supervisor stopping us) ends the loop between ticks, or aborts the run at its next step.
+    signal.signal(signal.SIGTERM, lambda *_: trainer._stop.set())
     finished = []
+
+    def report(run) -> None:
+        finished.append({"run": run.id, "status": run.status, "version": run.version_id, "error": run.error})
+        print(json.dumps(finished[-1]), file=sys.stderr, flush=True)
+
     try:
-        while True:
-            trainer.sync_live()
-            trainer.maybe_schedule()
-            run = trainer.run_pending()
-            if run is not None:
-                finished.append({"run": run.id, "status": run.status, "version": run.version_id, "error": run.error})
-                print(json.dumps(finished[-1]), file=sys.stderr)
-            if args.once:
-                break
-            time.sleep(args.interval)
+        trainer.loop(train=True, interval_s=args.interval, once=args.once, on_run=report)
     except KeyboardInterrupt:
         pass
     finally:

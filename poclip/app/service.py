@@ -6,14 +6,18 @@ Every method either does its whole job or raises a :class:`UserError` subclass (
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import io
 import logging
+import math
 import random
 import secrets
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -25,16 +29,19 @@ from annotation_db import (
     ValidationError,
     open_repository,
 )
-from annotation_db.models import HANDLE_MAX
 from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonExpired, ComparisonStore
 from poclip.app.comparisons import new_id as new_comparison_id
-from poclip.app.worker import LiveModel, Trainer
+from poclip.app.identity import Identity, IdentityError, server_secret
+from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.models import ClipEncoder, load_model
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack, render
 from poclip.world.images import normalize_image, open_image
 from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS, check_template, parse_labels
+
+if TYPE_CHECKING:
+    from poclip.app.worker import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +109,6 @@ def judgment_for(record: Comparison, verdict: str, correct_label: str | None) ->
     return left.label, rejected
 
 
-def check_handle(handle: str | None) -> str:
-    """The annotator's name as stored, checked before anything is written."""
-    handle = (handle or "").strip()
-    if not handle:
-        raise UserError("Type a handle (or log in) so your labels can be counted.")
-    if len(handle) > HANDLE_MAX:
-        raise UserError(f"Your handle is {len(handle)} characters long; at most {HANDLE_MAX} are allowed.")
-    return handle
-
-
 def parse_rate_limit(text: str) -> tuple[int | None, float]:
     """``"60/60"`` -> (60, 60.0); ``"off"`` -> (None, 60.0)."""
     if text.strip().lower() in ("off", "none", "0", ""):
@@ -123,42 +120,118 @@ def parse_rate_limit(text: str) -> tuple[int | None, float]:
         raise ValueError(f"POCLIP_RATE_LIMIT must look like 60/60 or off, got {text!r}") from exc
 
 
+def repository_config(settings: Settings) -> RepositoryConfig:
+    """The store's policies from the app's settings (rate limit; pseudonyms salted with the server secret)."""
+    count, window = parse_rate_limit(settings.rate_limit)
+    secret = server_secret(settings.data_dir)
+    pseudonym_secret = hmac.new(secret, b"poclip-pseudonym", hashlib.sha256).hexdigest()
+    return RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window, pseudonym_secret=pseudonym_secret)
+
+
+def check_finite(value: Any, name: str) -> float:
+    """A float input from the UI or raw JSON: a real, finite number, or UserError (NaN and inf are refused)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{name} must be a number, got {value!r}.") from exc
+    if not math.isfinite(number):
+        raise UserError(f"{name} must be a finite number, got {value!r}.")
+    return number
+
+
 class AppService:
-    """Everything the UI and the API do, as plain methods."""
+    """Everything the UI and the API do, as plain methods.
+
+    The service owns the live head (:class:`~poclip.app.live.LiveHead`); the trainer
+    (:mod:`poclip.app.worker`) is built only when this process trains or someone asks for it, so serving
+    never imports it.
+    """
 
     def __init__(self, settings: Settings, encoder: ClipEncoder, repo: Repository) -> None:
         self.settings = settings
         self.encoder = encoder
         self.repo = repo
-        self.trainer = Trainer(settings, repo, encoder)
+        self.live_head = LiveHead(repo, encoder)
         self.comparisons = ComparisonStore()
+        self._secret = server_secret(settings.data_dir)
+        self.identity = Identity(self._secret)
+        self._trainer: Trainer | None = None
+        self._follow_stop = threading.Event()
+        self._follow: threading.Thread | None = None
         self._seed_lock = threading.Lock()
+        self._gold_items = 0  # gold reference answers seeded (see seed_items)
 
     @classmethod
     def create(cls, settings: Settings, encoder: ClipEncoder | None = None) -> AppService:
         """Open (restore, migrate) the database, load the model, seed annotation items, load the live head."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        count, window = parse_rate_limit(settings.rate_limit)
-        repo = open_repository(settings, RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window))
+        repo = open_repository(settings, repository_config(settings))
         service = cls(settings, encoder or load_model(settings.model_spec, settings), repo)
         service.ensure_label_sets()
         service.seed_items()
-        service.trainer.sync_live()
+        service.live_head.sync()
         return service
 
-    def start_background(self) -> None:
-        """Start the trainer loop (training only when ``POCLIP_TRAINER=thread``)."""
-        self.trainer.start(train=self.settings.trainer == "thread")
+    @property
+    def trainer(self) -> Trainer:
+        """The in-process trainer, sharing this service's live head (built on first use)."""
+        if self._trainer is None:
+            from poclip.app.worker import Trainer
+
+            self._trainer = Trainer(self.settings, self.repo, self.encoder, self.live_head)
+        return self._trainer
+
+    def start_background(self, interval_s: float = 2.0) -> None:
+        """``POCLIP_TRAINER=thread``: the trainer loop in a thread. Otherwise only follow the active version
+        (a ``python -m poclip worker`` process trains, promotes and backs up)."""
+        if self.settings.trainer == "thread":
+            self.trainer.start(train=True, interval_s=interval_s)
+            return
+
+        def follow() -> None:
+            while not self._follow_stop.wait(interval_s):
+                try:
+                    self.live_head.sync()
+                except Exception:
+                    log.exception("following the active version failed")
+
+        self._follow = threading.Thread(target=follow, name="poclip-live-follow", daemon=True)
+        self._follow.start()
 
     def close(self) -> None:
-        self.trainer.stop()
+        self._follow_stop.set()
+        if self._trainer is not None:
+            self._trainer.stop()
         self.repo.close()
+
+    # ----- identity -----------------------------------------------------------------------------------------
+
+    def new_annotator_id(self) -> str:
+        """A fresh anonymous annotator token, signed by the server (the browser keeps it; the public never
+        sees it)."""
+        return self.identity.issue()
+
+    def annotator_token(self, stored: str | None) -> str:
+        """The browser's stored anonymous token if this server signed it, else a new one (page load)."""
+        try:
+            self.identity.verify(stored or "")
+            return stored  # type: ignore[return-value]
+        except IdentityError:
+            return self.identity.issue()
+
+    def who(self, annotator: str, hf_username: str | None = None) -> str:
+        """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or a checked
+        display name; a bare or forged ``anon-`` id, a typed ``hf:`` or reserved name is refused."""
+        try:
+            return self.identity.resolve(annotator, hf_username)
+        except IdentityError as exc:
+            raise UserError(str(exc)) from exc
 
     # ----- status -------------------------------------------------------------------------------------------
 
     @property
     def live(self) -> LiveModel:
-        return self.trainer.live
+        return self.live_head.current
 
     def model_info(self) -> str:
         return f"{self.encoder.description} (`{self.encoder.spec}`, {self.encoder.device.type}); aligned head: " \
@@ -167,30 +240,48 @@ class AppService:
     def status(self) -> dict[str, Any]:
         """Live model, data counts and the trainer's state, as one JSON-friendly dict.
 
+        Cheap whatever the database size: maintained counters (five primary-key rows), the newest run
+        (primary-key order, one row), and a primary-key range count of the judgments since the last run.
         ``judgments`` and ``annotators`` count people only (the gold pseudo-annotator's reference answers are
-        ``gold_items``); ``pairs`` are items whose votes currently yield a training pair.
+        ``gold_items``); ``pairs`` is the number of pairs the newest finished run trained on; ``new_pairs`` is
+        counted up to the retrain threshold (at least 10).
         """
-        stats = self.repo.stats()
-        progress = self.trainer.progress
+        counts = self.people_counts()
+        runs = self.repo.list_runs(limit=1)
+        last = runs[0] if runs else None
+        finished = next((r for r in self.repo.list_runs(limit=3) if r.status == "succeeded" and r.metrics), None)
         every = self.settings.retrain_every_pairs
-        fresh = self.trainer.new_pairs()
+        _, fresh = self.repo.new_since_last_run(limit=max(every, 10))
+        if self._trainer is not None and self._trainer.progress.run_id is not None:
+            p = self._trainer.progress
+            trainer = {"run": p.run_id, "phase": p.phase, "step": p.step, "total": p.total, "message": p.message}
+        elif last is not None:
+            beat = last.metrics or {}
+            trainer = {"run": last.id, "phase": beat.get("phase", last.status) if last.status == "running"
+                       else last.status, "step": beat.get("step", 0), "total": beat.get("total", 0),
+                       "message": (last.error or "").splitlines()[0] if last.error else str(beat.get("gate", ""))}
+        else:
+            trainer = {"run": None, "phase": "idle", "step": 0, "total": 0, "message": ""}
         return {
             "backbone": self.encoder.spec,
             "live_version": self.live.version.id if self.live.version else None,
-            "judgments": stats.judgments - stats.gold_items,
-            "gold_items": stats.gold_items,
-            "pairs": stats.pairs,
-            "annotators": sum(1 for a in stats.per_annotator if a.handle != GOLD_HANDLE),
-            "agreement_alpha": stats.alpha,
+            "judgments": counts["judgments"],
+            "gold_items": counts["gold_items"],
+            "pairs": int(finished.metrics.get("pairs", 0)) if finished else 0,
+            "annotators": counts["annotators"],
             "new_pairs": fresh,
             "next_retrain_at": (every - fresh) if every and fresh < every else (0 if every else None),
-            "trainer": {"run": progress.run_id, "phase": progress.phase, "step": progress.step,
-                        "total": progress.total, "message": progress.message},
+            "trainer": trainer,
         }
 
     def training_progress(self):
-        """The trainer's progress (phase, steps, metric history) as the background trainer last reported it."""
-        return self.trainer.progress
+        """The in-process trainer's progress (phase, steps, metric history), or None when this process does not
+        train: then the newest run's heartbeat from :meth:`status`, without a metric history."""
+        if self._trainer is not None:
+            return self._trainer.progress
+        beat = self.status()["trainer"]
+        return SimpleNamespace(run_id=beat["run"], phase=beat["phase"], step=beat["step"], total=beat["total"],
+                               message=beat["message"], history=[])
 
     def latest_evaluation(self) -> dict | None:
         """The newest finished run's held-out evaluation (candidate, live before, base), if any."""
@@ -201,21 +292,32 @@ class AppService:
         """The newest model versions (id, status, metrics, reason), newest first."""
         return self.repo.list_versions(limit=limit)
 
+    def people_counts(self) -> dict[str, int]:
+        """The maintained totals with the gold pseudo-annotator taken out; O(1) in the database size.
+
+        Gold reference answers are recorded once per gold item when the items are seeded, so their number is
+        known without a query.
+        """
+        counts = self.repo.counts()
+        gold = self._gold_items
+        return {**counts, "gold_items": gold, "judgments": counts["judgments"] - gold,
+                "annotators": counts["annotators"] - (1 if gold else 0)}
+
     def data_summary(self, *, admin: bool = False) -> dict[str, Any]:
         """Counts for everyone; per-annotator figures and the latest judgments only for ``admin``.
 
         Handles, anonymous ids and trust scores identify people, so the public sees aggregates only.
         """
-        s = self.repo.stats()
+        counts = self.people_counts()
         summary: dict[str, Any] = {
-            "images": s.images, "items": s.samples, "gold_items": s.gold_items,
-            "judgments": s.judgments - s.gold_items, "undone": s.undone,
-            "annotators": sum(1 for a in s.per_annotator if a.handle != GOLD_HANDLE),
-            "pairs": s.pairs, "alpha": s.alpha,
+            "images": counts["images"], "items": counts["samples"], "gold_items": counts["gold_items"],
+            "judgments": counts["judgments"], "undone": counts["undone"], "annotators": counts["annotators"],
         }
-        if admin:
-            summary["per_annotator"] = [a for a in s.per_annotator if a.handle != GOLD_HANDLE]
-            summary["recent"] = self.repo.recent_judgments(20)
+        if admin:  # the maintainer's dashboard reads everything: O(judgments), on demand only
+            s = self.repo.stats()
+            summary.update(pairs=s.pairs, alpha=s.alpha,
+                           per_annotator=[a for a in s.per_annotator if a.handle != GOLD_HANDLE],
+                           recent=self.repo.recent_judgments(20))
         return summary
 
     # ----- label sets and annotation items ------------------------------------------------------------------
@@ -229,8 +331,6 @@ class AppService:
         for name, preset in PRESETS.items():
             if list(preset) == labels and template == DEFAULT_TEMPLATE:
                 return name
-        import hashlib
-
         digest = hashlib.sha256("\x00".join([template, *labels]).encode()).hexdigest()[:12]
         name = f"custom-{digest}"
         self.repo.ensure_label_set(name, labels, template)
@@ -244,21 +344,28 @@ class AppService:
         n = self.settings.seed_items if n is None else n
         if "bundled" not in self.encoder.spec or n <= 0:
             return 0
+        self._gold_items = sum(self._is_gold_item(i) for i in range(n))
         with self._seed_lock:
-            if self.repo.stats().samples >= n:
+            if self.repo.counts()["samples"] >= n:
                 return 0
             gold = self.repo.ensure_annotator(GOLD_HANDLE)
             for i in range(n):
                 scene, attack = annotation_item(i)
                 image = self.repo.store_image(synth.draw_scene(scene, 224), source="synthetic")
                 sample = self.repo.add_sample(image.sha256, SYNTH_LABEL_SET, attack.to_dict())
-                if i % round(1 / GOLD_SHARE) == 0:
+                if self._is_gold_item(i):
                     try:
                         self.repo.record_judgment(sample.id, gold.handle, scene.shape, attack.text, kind="gold",
                                                   enforce_rate_limit=False)
                     except ValidationError:
                         pass  # already recorded on an earlier start
             return n
+
+    def _is_gold_item(self, index: int) -> bool:
+        """Which seeded items are gold: a keyed hash of the index (server secret), so a share of GOLD_SHARE
+        that nobody outside the server can predict from ids."""
+        digest = hmac.new(self._secret, f"gold:{index}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") < GOLD_SHARE * 2**64
 
     def picture_of(self, sample: SampleInfo) -> Image.Image:
         """The sample's picture as annotators and the trainer see it (attack re-rendered from its JSON)."""
@@ -267,7 +374,7 @@ class AppService:
 
     def next_item(self, annotator: str) -> Item | None:
         """The next item ``annotator`` should label, or None when they have labelled everything."""
-        annotator = check_handle(annotator)
+        annotator = self.who(annotator)
         self.repo.ensure_annotator(annotator)
         sample = self.repo.next_sample(annotator)
         if sample is None:
@@ -285,13 +392,13 @@ class AppService:
         The rejected label is the word written on the picture when it is a candidate label, else the base
         model's most likely wrong label (what the person implicitly corrected).
         """
-        annotator = check_handle(annotator)
+        annotator = self.who(annotator)
         sample = self.repo.get_sample(int(sample_id))
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
         rejected = self._rejected_for(sample, chosen)
         try:
-            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected)
+            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, require_served=True)
         except DuplicateJudgmentError as exc:
             raise UserError("You have already labelled this item (press U to undo your last label).") from exc
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected}
@@ -306,13 +413,13 @@ class AppService:
         return next(label for label, _ in ranked if label != chosen)
 
     def undo(self, annotator: str) -> dict[str, Any] | None:
-        undone = self.repo.undo_last_judgment(annotator)
+        undone = self.repo.undo_last_judgment(self.who(annotator))
         return None if undone is None else {"judgment_id": undone.id, "sample_id": undone.sample_id}
 
     def labelled_by(self, annotator: str) -> int:
         """How many labels ``annotator`` has given and not undone (0 for someone new)."""
         try:
-            return len(self.repo.judgments_of(annotator))
+            return len(self.repo.judgments_of(self.who(annotator)))
         except ValidationError:  # not an annotator yet
             return 0
 
@@ -335,6 +442,7 @@ class AppService:
         """
         label_list = parse_labels(list(labels) if isinstance(labels, tuple) else labels)
         template = check_template(template)
+        t = check_finite(t, "The strength t")
         picture = normalize_image(image) if normalize else image
         seen = render(picture, attack) if attack is not None else picture
         live = self.live
@@ -400,21 +508,19 @@ class AppService:
         """
         record = self.comparison(comparison_id)
         chosen, rejected = judgment_for(record, verdict, correct_label)
-        annotator = check_handle(annotator)
+        annotator = self.who(annotator)
         if record.source == "upload" and not record.shared:
             raise UserError("A vote stores your picture and shows it to other annotators: tick 'Others may see and "
                             "label my picture' and press Predict again (or vote on an example or a synthetic "
                             "object).")
-        self.repo.check_rate_limit(annotator)
-        self.repo.ensure_annotator(annotator)
-        stored = self.repo.store_image(record.picture, source=record.source,
-                                       uploader=annotator if record.source == "upload" else None)
-        sample = self.repo.add_sample(stored.sha256, self.label_set_for(list(record.labels), record.template),
-                                      record.attack.to_dict() if record.attack else None)
-        try:
-            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, shown_left=record.shown_left,
-                                                 said_right=verdict)
-        except DuplicateJudgmentError as exc:  # nothing new was written: the picture and sample were there
+        png = io.BytesIO()
+        record.picture.save(png, format="PNG")
+        try:  # picture, sample, annotator and judgment in one unit: a refused vote writes none of them
+            judgment, sample = self.repo.record_upload_judgment(
+                png.getvalue(), self.label_set_for(list(record.labels), record.template),
+                record.attack.to_dict() if record.attack else None, annotator, chosen, rejected,
+                shown_left=record.shown_left, said_right=verdict, source=record.source)
+        except DuplicateJudgmentError as exc:
             raise UserError("You have already judged this picture with this text and these labels; change "
                             "something and press Predict again.") from exc
         return {"judgment_id": judgment.id, "sample_id": sample.id, "comparison_id": record.id, "chosen": chosen,

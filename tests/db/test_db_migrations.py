@@ -22,12 +22,14 @@ HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 def normalise_create(sql: str) -> list[str]:
     """A CREATE statement as its head, its columns in order, and its constraints as a set.
 
-    SQLAlchemy and Alembic may list table constraints in a different order; the order means nothing.
+    SQLAlchemy and Alembic may list table constraints in a different order, and quote the table name; neither
+    means anything.
     """
     sql = re.sub(r"\s+", " ", sql).strip()
     if "(" not in sql:
         return [sql]
     head, body = sql[: sql.index("(")], sql[sql.index("(") + 1 : sql.rindex(")")]
+    head = head.replace('"', "")  # a table rebuilt by Alembic's batch mode has its name quoted
     parts, depth, current = [], 0, ""
     for ch in body:
         depth += (ch == "(") - (ch == ")")

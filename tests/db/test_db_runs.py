@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,8 +40,9 @@ def test_run_lifecycle(repo, clock):
 
 
 def test_claiming_while_another_run_is_alive_fails_cleanly(repo, clock):
-    first, second = repo.enqueue_run({"n": 1}), repo.enqueue_run({"n": 2})
+    first = repo.enqueue_run({"n": 1})
     repo.claim_run("worker-a")
+    second = repo.enqueue_run({"n": 2})
     clock.advance(repo.config.stale_heartbeat_s / 2)
     with pytest.raises(RunnerBusyError, match=f"run {first.id} is running on worker-a"):
         repo.claim_run("worker-b")
@@ -52,8 +54,9 @@ def test_claiming_while_another_run_is_alive_fails_cleanly(repo, clock):
 
 
 def test_stale_heartbeat_marks_the_run_failed_and_frees_the_lock(repo, clock):
-    first, second = repo.enqueue_run({"n": 1}), repo.enqueue_run({"n": 2})
+    first = repo.enqueue_run({"n": 1})
     repo.claim_run("worker-a")
+    second = repo.enqueue_run({"n": 2})
     clock.advance(repo.config.stale_heartbeat_s + 1)
     run = repo.claim_run("worker-b")
     assert run.id == second.id
@@ -108,8 +111,8 @@ def test_only_one_of_many_concurrent_claimers_wins(make_repo):
 
 def test_the_database_itself_refuses_two_running_runs(repo):
     repo.enqueue_run({})
-    second = repo.enqueue_run({})
     repo.claim_run("w")
+    second = repo.enqueue_run({})
     with pytest.raises(IntegrityError), repo.db.writing() as s:
         s.get_one(TrainingRun, second.id).status = RunStatus.RUNNING
 
@@ -117,8 +120,8 @@ def test_the_database_itself_refuses_two_running_runs(repo):
 def test_the_lock_holds_across_processes(make_repo, db_url):
     repo = make_repo(real_clock=True)
     repo.enqueue_run({"n": 1})
-    repo.enqueue_run({"n": 2})
     held = repo.claim_run("parent")
+    repo.enqueue_run({"n": 2})
     script = textwrap.dedent(
         f"""
         from pathlib import Path
@@ -137,3 +140,69 @@ def test_the_lock_holds_across_processes(make_repo, db_url):
     repo.finish_run(held.id)
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert child.stdout.strip() == "CLAIMED", child.stderr
+
+
+def test_at_most_one_run_is_queued_whoever_asks(make_repo):
+    repos = [make_repo() for _ in range(6)]  # separate engines, as separate processes would have
+    barrier = threading.Barrier(6)
+    got = []
+
+    def ask(repo, i):
+        barrier.wait()
+        got.append(repo.enqueue_run({"n": i}).id)
+
+    threads = [threading.Thread(target=ask, args=(r, i)) for i, r in enumerate(repos)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 1
+    assert [r.status for r in repos[0].list_runs()] == ["queued"]
+    with pytest.raises(IntegrityError), repos[0].db.writing() as s:  # the database itself refuses a second one
+        s.add(TrainingRun(status=RunStatus.QUEUED, config={}, created_at=repos[0].now()))
+
+
+def test_a_lease_lost_worker_cannot_register_or_promote(repo, clock):
+    """A worker frozen past the heartbeat timeout resumes: it may no longer register, promote or finish."""
+    repo.enqueue_run({})
+    slow = repo.claim_run("host-a:1:slow")
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    repo.enqueue_run({})
+    fast = repo.claim_run("host-b:2:fast")  # reaps the slow run, takes the lock with a new lease
+    v2 = repo.register_version("bundled", "heads/v2.safetensors", {}, run_id=fast.id, lease=fast.lease)
+    repo.promote_version(v2.id, run_id=fast.id, lease=fast.lease)
+    repo.finish_run(fast.id, version_id=v2.id, lease=fast.lease)
+
+    with pytest.raises(RunLostError, match="may not register or promote"):
+        repo.register_version("bundled", "heads/v3.safetensors", {}, run_id=slow.id, lease=slow.lease)
+    # Even a candidate it registered in time cannot be promoted once the lease is gone.
+    assert [v.id for v in repo.list_versions()] == [v2.id]
+    with pytest.raises(RunLostError):
+        repo.promote_version(v2.id, run_id=slow.id, lease=slow.lease)
+    with pytest.raises(RunLostError):
+        repo.heartbeat(slow.id, lease=slow.lease)
+    assert repo.active_version().id == v2.id
+
+
+def test_a_forged_lease_is_refused_and_a_stale_gate_cannot_promote(repo):
+    repo.enqueue_run({})
+    run = repo.claim_run("w")
+    with pytest.raises(RunLostError, match="another lease|may not"):
+        repo.register_version("bundled", "x.safetensors", {}, run_id=run.id, lease="0" * 32)
+    cand = repo.register_version("bundled", "v1.safetensors", {}, run_id=run.id, lease=run.lease)
+    other = repo.register_version("bundled", "v0.safetensors", {})
+    repo.promote_version(other.id)  # an admin promoted another version while the candidate was gated
+    with pytest.raises(InvalidTransitionError, match="gated against version None"):
+        repo.promote_version(cand.id, run_id=run.id, lease=run.lease)
+
+
+def test_a_run_whose_worker_process_died_is_reaped_at_once(repo, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that no longer exists on this host
+    import socket
+
+    repo.enqueue_run({})
+    dead = repo.claim_run(f"{socket.gethostname()}:{proc.pid}:crashed")
+    repo.enqueue_run({})
+    assert repo.claim_run(f"{socket.gethostname()}:{os.getpid()}") is not None  # no 300 s wait
+    assert "worker process" in repo.get_run(dead.id).error

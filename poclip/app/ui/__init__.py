@@ -7,8 +7,6 @@ through the one error boundary (:mod:`poclip.app.ui.boundary`).
 
 from __future__ import annotations
 
-import secrets
-
 import gradio as gr
 
 from poclip.app.service import AppService
@@ -85,7 +83,7 @@ def build_demo(service: AppService) -> gr.Blocks:
             trigger(data["refresh"], admin_token, data["outputs"], api_visibility="private")
         gr.Timer(15.0).tick(data["refresh"], admin_token, data["outputs"], api_visibility="private",
                             show_progress="hidden")
-        demo.load(lambda a: a or f"anon-{secrets.token_hex(4)}", anon_id, anon_id, api_visibility="private")
+        demo.load(service.annotator_token, anon_id, anon_id, api_visibility="private")  # server-signed id
     return demo
 
 

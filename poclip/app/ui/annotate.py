@@ -71,14 +71,14 @@ def item_view(service: AppService, who: str, item: Item | None, note: str = "") 
 def next_item_handler(service: AppService, handle: str | None, anon_id: str | None,
                       profile: gr.OAuthProfile | None = None) -> ItemView:
     """The next item for this annotator."""
-    who = annotator_handle(handle, anon_id, profile)
+    who = annotator_handle(handle, anon_id, profile, service)
     return item_view(service, who, service.next_item(who))
 
 
 def answer_handler(service: AppService, sample_id: int | None, chosen: str | None, handle: str | None,
                    anon_id: str | None, profile: gr.OAuthProfile | None = None) -> ItemView:
     """Record the chosen label for the item (a button's text or the bare label), then serve the next one."""
-    who = annotator_handle(handle, anon_id, profile)
+    who = annotator_handle(handle, anon_id, profile, service)
     if sample_id is None:
         raise UserError("There is no item on screen to answer: press Start.")
     label = chosen.split("  ", 1)[-1].strip() if chosen else ""
@@ -89,7 +89,7 @@ def answer_handler(service: AppService, sample_id: int | None, chosen: str | Non
 def skip_handler(service: AppService, sample_id: int | None, handle: str | None, anon_id: str | None,
                  profile: gr.OAuthProfile | None = None) -> ItemView:
     """Show another item without recording anything (the skipped one may come back later)."""
-    who = annotator_handle(handle, anon_id, profile)
+    who = annotator_handle(handle, anon_id, profile, service)
     item = service.next_item(who)
     for _ in range(5):
         if item is None or item.sample.id != sample_id:
@@ -101,7 +101,7 @@ def skip_handler(service: AppService, sample_id: int | None, handle: str | None,
 def undo_handler(service: AppService, handle: str | None, anon_id: str | None,
                  profile: gr.OAuthProfile | None = None) -> ItemView:
     """Undo this annotator's last label (within the undo window) and show that item again."""
-    who = annotator_handle(handle, anon_id, profile)
+    who = annotator_handle(handle, anon_id, profile, service)
     undone = service.undo(who)
     if undone is None:
         return item_view(service, who, service.next_item(who), note="\n\n_Nothing recent to undo._")

@@ -164,7 +164,7 @@ def vote_handler(service: AppService, comparison_id: str | None, verdict: str, c
     the person's own count."""
     if not comparison_id:
         raise UserError("Press Predict first: a vote needs answers on screen.")
-    who = annotator_handle(handle, anon_id, profile)
+    who = annotator_handle(handle, anon_id, profile, service)
     stored = service.vote(who, comparison_id, verdict, correct_label or None)
     left_title, right_title = side_titles(service.comparison(comparison_id), revealed=True)
     mine = service.labelled_by(who)

@@ -10,10 +10,12 @@ import gradio as gr
 from poclip.app.service import AppService, UserError
 
 
-def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None) -> str:
-    """Who is labelling: the Hugging Face login, else the typed handle, else the browser's anonymous id."""
-    if profile is not None:
-        return f"hf:{profile.username}"
+def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None,
+                     service: AppService | None = None) -> str:
+    """Who is labelling: the Hugging Face login (signed by the server, which alone sees the OAuth profile), else
+    the typed handle (a display name), else the browser's server-signed anonymous id."""
+    if profile is not None and service is not None:
+        return service.identity.token_for(f"hf:{profile.username}")
     if handle and handle.strip():
         return handle.strip()
     if anon_id:

@@ -1,0 +1,77 @@
+"""The live head: the aligned version serving predictions, owned here and nowhere else.
+
+The app's service and the worker process each hold one :class:`LiveHead`; both follow the database's active
+version. Serving imports this module, never the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from annotation_db import Repository, VersionInfo
+from poclip.engine.models import ClipEncoder
+from poclip.engine.policy import HeadError, Policy, load_head
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """The head serving predictions; replaced as a whole, so a request that took it keeps using it."""
+
+    version: VersionInfo | None
+    policy: Policy | None
+
+    @property
+    def label(self) -> str:
+        if self.version is None:
+            return "base model (no aligned version yet)"
+        return f"version {self.version.id}"
+
+
+class LiveHead:
+    """Follows the database's active version: loads its head when it changes, serves the base model when it
+    cannot be loaded (another backbone, a missing file), and says why."""
+
+    def __init__(self, repo: Repository, encoder: ClipEncoder) -> None:
+        self.repo = repo
+        self.encoder = encoder
+        self._live = LiveModel(None, None)
+        self._unloadable: dict[int, str] = {}  # active versions this process cannot load, with the reason
+        self._lock = threading.Lock()  # one loader at a time; readers never wait (they take self._live)
+
+    @property
+    def current(self) -> LiveModel:
+        return self._live
+
+    def sync(self) -> LiveModel:
+        """Load the database's active version if it is not the one serving; returns the live model.
+
+        One indexed read of the active version (the partial unique index on status) when nothing changed.
+        """
+        active = self.repo.active_version()
+        with self._lock:
+            current = self._live
+            if (active is None and current.version is None) or (
+                active is not None and current.version is not None and active.id == current.version.id
+            ):
+                return current
+            if active is None:
+                self._live = LiveModel(None, None)
+                return self._live
+            if active.id in self._unloadable:
+                return current
+            try:
+                policy = load_head(active.head_path, self.encoder)
+            except HeadError as exc:
+                # e.g. the version was trained on another backbone (auto fell back to bundled on an earlier
+                # start): serve the base model rather than fail, and say why.
+                log.warning("cannot serve version %s: %s", active.id, exc)
+                self._unloadable[active.id] = str(exc)
+                self._live = LiveModel(None, None)
+                return self._live
+            self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
+            log.info("live head is now version %s", active.id)
+            return self._live

@@ -1,0 +1,109 @@
+"""The trainer loop against a real SQLite file and the bundled model: scheduling, leases and the gate."""
+
+import types
+
+import pytest
+from apphelpers import make_service
+
+import poclip.app.worker as worker_module
+from annotation_db.models import Sample
+from poclip.app.service import annotation_item
+from poclip.world.attacks import TextAttack
+
+
+class FakeTime:
+    """Stands in for the worker module's ``time``: the clock moves only when the test says so."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def seeded_samples(repo, n):
+    """(sample id, true shape, written word) of the seeded annotation items, in seeding order."""
+    truth = {}
+    for i in range(n):
+        scene, attack = annotation_item(i)
+        truth[attack.to_json()] = (scene.shape, attack.text)
+    with repo.db.reading() as s:
+        rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
+    return [(sid, *truth[TextAttack.from_dict(attack).to_json()]) for sid, attack in rows]
+
+
+def judge(repo, who, sample_id, chosen, rejected, kind="human"):
+    repo.ensure_annotator(who)
+    repo.record_judgment(sample_id, who, chosen, rejected, kind=kind, enforce_rate_limit=False)
+
+
+def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tmp_path, bundled, monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(worker_module, "time", types.SimpleNamespace(time=fake.time, monotonic=fake.monotonic,
+                                                                      sleep=fake.sleep))
+    monkeypatch.setattr(worker_module, "gate", lambda *a, **k: (False, "refused for the test"))
+    svc = make_service(tmp_path, bundled, seed_items=30, retrain_every_pairs=10, augment_attacks=0)
+    try:
+        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        trainer = svc.trainer
+        trainer.tick()  # 12 new judgments >= 10: scheduled, trained, rejected
+        [first] = svc.repo.list_runs()
+        assert first.status == "succeeded"
+        assert svc.repo.get_version(first.version_id).status == "rejected"
+        for _ in range(300):  # ten idle minutes, one tick per two seconds
+            fake.sleep(2.0)
+            trainer.tick()
+            assert [r.id for r in svc.repo.list_runs()] == [first.id], "a new run started with nothing new"
+        assert len(svc.repo.list_versions()) == 1
+        # New data does schedule again: ten more judgments after the rejected run's.
+        for sid, shape, written in seeded_samples(svc.repo, 30)[12:22]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        assert trainer.maybe_schedule() is not None
+    finally:
+        svc.close()
+
+
+@pytest.mark.slow
+def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(tmp_path, bundled, capsys):
+    """Honest everywhere except on star pictures, which three handles call hearts: star's accuracy falls and
+    the gate refuses, naming star, with the per-class table."""
+    svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
+    try:
+        items = seeded_samples(svc.repo, 300)
+        for sid, shape, written in items[:30]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        svc.trainer.request()
+        honest = svc.trainer.run_pending()
+        assert svc.repo.get_version(honest.version_id).status == "active", honest.metrics["gate"]
+
+        for who in ("mallory-1", "mallory-2", "mallory-3"):
+            for sid, shape, written in items:
+                if sid <= items[29][0]:
+                    continue
+                if shape == "star":
+                    judge(svc.repo, who, sid, "heart", "star")  # every new star is called a heart
+                else:
+                    judge(svc.repo, who, sid, shape, written)
+        svc.trainer.request()
+        poisoned = svc.trainer.run_pending()
+        version = svc.repo.get_version(poisoned.version_id)
+        reason = version.reason or ""
+        with capsys.disabled():
+            print("\n" + (reason or poisoned.metrics["gate"]))
+        assert version.status == "rejected"
+        # What the old gate looked at went up: only the per-class rule stands between this and promotion.
+        assert poisoned.metrics["candidate"]["typographic_accuracy"] > poisoned.metrics["live_before"][
+            "typographic_accuracy"]
+        assert "per-class accuracy drops" in reason and "star (attacked" in reason
+        star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
+        assert star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
+        assert svc.repo.active_version().id == honest.version_id
+    finally:
+        svc.close()
