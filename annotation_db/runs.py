@@ -164,6 +164,10 @@ class RunsMixin(StoreBase):
                         .limit(1)
                     )
                     if run_id is None:
+                        # Another claimer may have taken the only queued run since the check above.
+                        running = s.scalar(select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING))
+                        if running is not None:
+                            raise self._busy(running, now)
                         return None
                 claimed = s.execute(
                     update(TrainingRun)

@@ -42,7 +42,9 @@ GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training str
 MIN_PAIRS = 10
 MIN_CLEAN = 300  # top the clean regularization set up to this many pictures with synthetic scenes
 CLEAN_DROP_LIMIT = 0.01  # the promotion gate: clean accuracy may fall by at most one point
-CLASS_DROP_LIMIT = 0.05  # ... and no class's attacked or clean accuracy by more than five points
+# ... and no class's attacked or clean accuracy by more than 15 points: with the gate's 500 pictures (50 per
+# class) that is 7 pictures, well above the one or two that retraining on honest data moves.
+CLASS_DROP_LIMIT = 0.15
 BACKOFF_S = (60.0, 3600.0)  # after a failed run, wait this long before scheduling again, doubling to the cap
 BEAT_EVERY_S = 10.0  # heartbeat period (the reaper's timeout is 300 s)
 
