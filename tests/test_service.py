@@ -42,8 +42,8 @@ def test_vote_stores_exactly_the_comparison_and_bad_votes_store_nothing(service)
         (dict(comparison_id=shown.id, verdict="neither", correct_label="banana"), "not one of this comparison"),
         (dict(comparison_id=None, verdict="left"), "press Predict"),
         (dict(comparison_id="made-up", verdict="left"), "expired"),
-        (dict(comparison_id=shown.id, verdict="left", annotator=" "), "handle"),
-        (dict(comparison_id=shown.id, verdict="left", annotator="x" * 65), "at most 64"),
+        (dict(comparison_id=shown.id, verdict="left", annotator=" "), "enter a name"),
+        (dict(comparison_id=shown.id, verdict="left", annotator="x" * 65), "too long"),
     ]
     for kwargs, message in refused:
         with pytest.raises(UserError, match=message):

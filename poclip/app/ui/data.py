@@ -17,13 +17,14 @@ def data_view(service: AppService, token: str | None, oauth_token: gr.OAuthToken
     """(summary text, per-annotator table or None, recent judgments or None): the tables for admins only."""
     admin = service.is_admin(token or None, hf_orgs(oauth_token))
     s = service.data_summary(admin=admin)
-    alpha = "n/a (needs items with two or more human labels)" if s["alpha"] is None else f"{s['alpha']:.3f}"
     text = (f"**{s['judgments']}** labels from **{s['annotators']}** "
             f"{'person' if s['annotators'] == 1 else 'people'} ({s['undone']} undone) on **{s['items']}** items "
-            f"({s['gold_items']} gold items with a reference answer) · **{s['pairs']}** training pairs (an item "
-            f"gives a pair once its labels agree) · agreement (Krippendorff's alpha): **{alpha}**")
-    if not admin:
-        return text + "\n\n_Who labelled what is shown to admins only._", None, None
+            f"({s['gold_items']} gold items with a reference answer)")
+    if not admin:  # counters only: O(1) whatever the database size, and nothing that identifies anyone
+        return text + "\n\n_Who labelled what, agreement and training pairs are shown to admins only._", None, None
+    alpha = "n/a (needs items with two or more human labels)" if s["alpha"] is None else f"{s['alpha']:.3f}"
+    text += (f" · **{s['pairs']}** training pairs (an item gives a pair once its labels agree) · agreement "
+             f"(Krippendorff's alpha): **{alpha}**")
     people = pd.DataFrame([{"annotator": a.handle, "labels": a.judgments, "undone": a.undone,
                             "gold seen": a.gold_seen, "gold correct": a.gold_correct, "trust": round(a.trust, 3)}
                            for a in s["per_annotator"]], columns=PEOPLE_COLUMNS)
