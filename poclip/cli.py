@@ -50,13 +50,20 @@ def _load_dataset(data: str, split: str):
         return datasets.load_dataset("imagefolder", data_dir=where, split=split)
     if kind == "hf":
         return datasets.load_dataset(where, split=split)
-    raise SystemExit(f"--data {data!r}: use synth, imagefolder:DIR, disk:DIR or hf:NAME")
+    raise SystemExit(f"--data {data!r}: use synth, distill-wild, imagefolder:DIR, disk:DIR or hf:NAME")
 
 
 def _eval(args: argparse.Namespace) -> dict:
     from poclip.engine.evaluate import embed_dataset_eval, embed_synth_eval, evaluate_policy, evaluate_synth
 
     encoder, policy = _encoder_and_head(args.model, args.head)
+    if args.data == "distill-wild":
+        from poclip.engine.photo_eval import evaluate_photos, format_table
+
+        result = evaluate_photos(encoder, policy, 1.0 if args.t is None else args.t, args.template)
+        result["head"] = args.head
+        print(format_table(result), file=sys.stderr)
+        return result
     if args.data == "synth" and policy is None and args.t is None:
         result = evaluate_synth(encoder, n=args.n, seed=args.seed, attack=args.attack, batch_size=args.batch_size)
         result["model"] = encoder.spec
@@ -218,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model spec (bundled, ViT-B-32:openai, local-dir:PATH, ...); default: the head's "
                         "backbone, else bundled")
     p.add_argument("--data", default="synth",
-                   help="synth, imagefolder:DIR, disk:DIR (datasets.save_to_disk) or hf:NAME")
+                   help="synth, distill-wild (the bundled real photos), imagefolder:DIR, disk:DIR "
+                        "(datasets.save_to_disk) or hf:NAME")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--attack", default="random", choices=["none", "random"])
