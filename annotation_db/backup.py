@@ -2,8 +2,11 @@
 
 A snapshot is taken with SQLite's online backup API, which copies a consistent state of the database
 while annotators keep writing (WAL lets the copy read while others write). Snapshots are named by UTC
-time, ``poclip-20250101T120000.000000Z.db``, checked, and written under a temporary name first.
-PostgreSQL is backed up with its own tools (``pg_dump``), not here.
+time, ``poclip-20250101T120000.000000Z.db``, checked, written under a temporary name, fsynced and renamed
+into place, so a reader of the folder (another machine, a restarted Space) sees whole snapshots or none.
+In the default ``snapshots`` storage mode the folder is on the storage bucket and the live database on the
+machine's own disk; at start the newest snapshot is restored when the local database is missing or holds
+nothing. PostgreSQL is backed up with its own tools (``pg_dump``), not here.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ def snapshot_sqlite(
             try:
                 # pages=-1 (the default): one step, so the copy is a single consistent read transaction.
                 source.backup(target)
+                # The copy inherits WAL mode from the live file; a snapshot on the bucket must be one
+                # self-contained file that readers never extend with -wal/-shm companions.
+                target.execute("PRAGMA journal_mode = DELETE")
                 verdict = target.execute("PRAGMA quick_check").fetchone()[0]
                 if verdict != "ok":
                     raise BackupError(f"snapshot failed its check: {verdict}")
@@ -70,6 +76,7 @@ def snapshot_sqlite(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        _fsync_dir(dest_dir)
     except sqlite3.Error as exc:
         raise BackupError(f"could not snapshot {db_path}: {exc}") from exc
     finally:
@@ -77,6 +84,20 @@ def snapshot_sqlite(
     for old in list_snapshots(dest_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    # Make the rename itself durable (a file system may otherwise lose the new directory entry on a crash).
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some mounts (FUSE buckets) do not sync directories; the rename is still atomic there
+    finally:
+        os.close(fd)
 
 
 def list_snapshots(dest_dir: Path) -> list[Path]:
@@ -88,6 +109,9 @@ def list_snapshots(dest_dir: Path) -> list[Path]:
 
 def take_snapshot(settings: StoreLocation, *, keep: int = DEFAULT_KEEP) -> Path:
     """Snapshot the settings' SQLite database into ``data_dir/backups`` (see :func:`snapshot_sqlite`)."""
+    if settings.storage == "bucket":
+        raise BackupError("the database lives on the storage bucket itself (POCLIP_STORAGE=bucket) and is held "
+                          "exclusively by this app; snapshots are taken in the default mode, POCLIP_STORAGE=snapshots")
     path = DatabaseConfig.from_settings(settings).sqlite_path
     if path is None:
         raise BackupError("snapshots are for a SQLite database file; back up PostgreSQL with pg_dump")
@@ -102,52 +126,57 @@ def restore_snapshot(snapshot: Path, db_path: Path) -> None:
     tmp = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex}.restoring")
     try:
         shutil.copyfile(snapshot, tmp)
-        # A WAL or shared-memory file left beside the database belongs to the file being replaced.
-        for leftover in (db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
-            leftover.unlink(missing_ok=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        # A WAL, shared-memory or rollback journal left beside the database belongs to the file being
+        # replaced; SQLite would otherwise replay it into the restored one.
+        for suffix in ("-wal", "-shm", "-journal"):
+            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
         os.replace(tmp, db_path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _judgment_count(path: Path) -> int | None:
-    """Judgments in the SQLite file at ``path``; None when it has no judgments table (a fresh, empty file)."""
+def holds_data(db_path: Path) -> bool:
+    """Whether the SQLite file at ``db_path`` holds anything people made: a judgment or a model version.
+
+    A missing or zero-byte file, a file without our tables, or one with only seeded items holds nothing.
+    Two indexed ``LIMIT 1`` reads, whatever the database's size.
+    """
+    if not db_path.is_file() or db_path.stat().st_size == 0:
+        return False
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
         try:
-            return int(conn.execute("SELECT count(*) FROM judgments").fetchone()[0])
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return any(conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+                       for table in ("judgments", "model_versions") if table in tables)
         finally:
             conn.close()
-    except sqlite3.Error:
-        return None
+    except sqlite3.DatabaseError:
+        return False
 
 
 def restore_if_missing(settings: StoreLocation) -> Path | None:
-    """At start: restore the newest snapshot when the SQLite database is missing, or empty while the snapshot
-    holds judgments (a file created by a connection after the real one was deleted).
+    """At start: when the SQLite database is missing or holds nothing, but a snapshot holds data, restore it.
 
-    An empty file that is replaced is kept beside it as ``<name>.empty-<time>``. Call before
-    :func:`annotation_db.migrations.upgrade_schema` (``open_repository`` does both).
-
-    The recovery point is the newest snapshot: judgments recorded after it are lost (snapshots are taken
-    every ``backup_every_minutes`` by the trainer loop, and on demand from the admin tab).
+    "Holds nothing" is :func:`holds_data` false: e.g. a fresh container whose local disk is empty, or a
+    database created on an earlier start before the bucket's snapshots became visible. The newest snapshot
+    that holds data is restored. Call before :func:`annotation_db.migrations.upgrade_schema`
+    (``open_repository`` does both).
 
     Returns:
-        The snapshot that was restored, or None (database present with data, PostgreSQL, or no snapshot).
+        The snapshot that was restored, or None (database holds data, PostgreSQL, or no snapshot with data).
     """
     path = DatabaseConfig.from_settings(settings).sqlite_path
-    if path is None:
+    if path is None or holds_data(path):
         return None
-    snapshots = list_snapshots(backup_dir(settings))
-    if not snapshots:
-        return None
-    if path.exists():
-        if (_judgment_count(path) or 0) > 0 or not _judgment_count(snapshots[-1]):
-            return None
-        aside = path.with_name(f"{path.name}.empty-{utc_now().strftime('%Y%m%dT%H%M%SZ')}")
-        os.replace(path, aside)
-        log.warning("database %s was empty while snapshot %s holds judgments; moved it to %s",
-                    path, snapshots[-1].name, aside.name)
-    restore_snapshot(snapshots[-1], path)
-    log.warning("database %s restored from snapshot %s", path, snapshots[-1].name)
-    return snapshots[-1]
+    for snapshot in reversed(list_snapshots(backup_dir(settings))):
+        if holds_data(snapshot):
+            if path.exists():  # keep what was there beside it, in case anyone needs to look
+                aside = path.with_name(f"{path.name}.empty-{utc_now().strftime('%Y%m%dT%H%M%SZ')}")
+                os.replace(path, aside)
+            restore_snapshot(snapshot, path)
+            log.warning("database %s was missing or empty; restored snapshot %s", path, snapshot.name)
+            return snapshot
+    return None

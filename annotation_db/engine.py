@@ -42,6 +42,8 @@ class StoreLocation(Protocol):
     def sqlite_journal_mode(self) -> str: ...
     @property
     def data_dir(self) -> Path: ...
+    @property
+    def storage(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Location:
     data_dir: Path
     database_url: str = ""
     sqlite_journal_mode: str = "WAL"
+    storage: str = "snapshots"
 
     @property
     def resolved_database_url(self) -> str:
@@ -73,6 +76,9 @@ class DatabaseConfig:
             never corrupt the file); ``FULL`` also survives power cuts at the price of an fsync per commit.
         busy_timeout_ms: how long a SQLite writer waits for the write lock before giving up.
         pool_size: connections kept per process (Gradio's worker threads share them).
+        sqlite_exclusive: one process owns the file: ``locking_mode=EXCLUSIVE`` and a single pooled connection
+            that every unit of work waits for in turn. For a database on a storage bucket mounted as a volume,
+            which has no working file locks across machines and supports no second writer.
     """
 
     url: str
@@ -80,11 +86,17 @@ class DatabaseConfig:
     sqlite_synchronous: str = "NORMAL"
     busy_timeout_ms: int = 15_000
     pool_size: int = 10
+    sqlite_exclusive: bool = False
 
     @classmethod
     def from_settings(cls, location: StoreLocation) -> DatabaseConfig:
-        """The config a :class:`StoreLocation` describes (its URL and SQLite journal mode)."""
-        return cls(url=location.resolved_database_url, sqlite_journal_mode=location.sqlite_journal_mode)
+        """The config a :class:`StoreLocation` describes (its URL and SQLite journal mode; storage ``bucket``
+        means a DELETE journal, FULL sync and one exclusive connection, for SQLite on a mounted bucket)."""
+        url = location.resolved_database_url
+        if location.storage == "bucket" and url.startswith("sqlite"):
+            return cls(url=url, sqlite_journal_mode="DELETE", sqlite_synchronous="FULL", pool_size=1,
+                       sqlite_exclusive=True)
+        return cls(url=url, sqlite_journal_mode=location.sqlite_journal_mode)
 
     @property
     def is_sqlite(self) -> bool:
@@ -119,10 +131,15 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         raise ValueError(f"sqlite journal mode must be one of {SQLITE_JOURNAL_MODES}, got {journal!r}")
     if synchronous not in SQLITE_SYNCHRONOUS:
         raise ValueError(f"sqlite synchronous must be one of {SQLITE_SYNCHRONOUS}, got {synchronous!r}")
+    if config.sqlite_exclusive and journal == "WAL":
+        raise ValueError("an exclusive SQLite database on a bucket needs a rollback journal (DELETE), not WAL")
     path = config.sqlite_path
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(config.url, pool_size=config.pool_size, max_overflow=2 * config.pool_size)
+    # Exclusive: one connection, no overflow, so the pool's queue is the lock every unit of work waits on.
+    overflow = 0 if config.sqlite_exclusive else 2 * config.pool_size
+    pool_size = 1 if config.sqlite_exclusive else config.pool_size
+    engine = create_engine(config.url, pool_size=pool_size, max_overflow=overflow, pool_timeout=60)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -132,6 +149,8 @@ def create_db_engine(config: DatabaseConfig) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}")
         _set_journal_mode(cursor, journal, config.busy_timeout_ms / 1000)
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        if config.sqlite_exclusive:
+            cursor.execute("PRAGMA locking_mode = EXCLUSIVE")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

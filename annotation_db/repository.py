@@ -5,6 +5,7 @@ from __future__ import annotations
 from annotation_db.backup import restore_if_missing
 from annotation_db.engine import Database, DatabaseConfig, StoreLocation, create_db_engine
 from annotation_db.migrations import upgrade_schema
+from annotation_db.orphans import sweep_orphan_files
 from annotation_db.runs import RunsMixin
 from annotation_db.stats import StatsMixin
 from annotation_db.store import RepositoryConfig
@@ -50,10 +51,12 @@ def open_repository(settings: StoreLocation, config: RepositoryConfig | None = N
 
     1. restore the newest snapshot if the SQLite file is missing or empty (a restarted Space),
     2. upgrade the schema to the latest migration (safe when several processes start at once),
-    3. return the repository.
+    3. remove files an interrupted write left without their row (older than an hour),
+    4. return the repository.
     """
     restore_if_missing(settings)
     repo = Repository.from_settings(settings, config)
     upgrade_schema(repo.db.engine)
     repo.db.remember_file()
+    sweep_orphan_files(repo)
     return repo

@@ -11,11 +11,18 @@ REPO_DIR = PACKAGE_DIR.parent
 ASSETS_DIR = REPO_DIR / "assets"
 
 
+STORAGE_MODES = ("snapshots", "bucket")
+BUCKET_MOUNT = Path("/data")
+
+
+def _bucket_mounted() -> bool:
+    # A Space with a storage bucket mounted as a volume at /data (the documented mount point).
+    return BUCKET_MOUNT.is_dir() and os.access(BUCKET_MOUNT, os.W_OK)
+
+
 def _default_data_dir() -> Path:
-    # A Space mounts persistent storage at /data; elsewhere keep state beside the checkout.
-    if Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/poclip")
-    return REPO_DIR / "data"
+    # Durable files go to the bucket when one is mounted; elsewhere keep state beside the checkout.
+    return BUCKET_MOUNT / "poclip" if _bucket_mounted() else REPO_DIR / "data"
 
 
 @dataclass(frozen=True)
@@ -23,8 +30,19 @@ class Settings:
     """Where state lives and which model is served.
 
     Attributes:
-        data_dir: images, checkpoints, embedding cache and the SQLite database (``POCLIP_DATA_DIR``).
-        database_url: SQLAlchemy URL (``DATABASE_URL``); default a SQLite file in ``data_dir``.
+        data_dir: the durable folder (``POCLIP_DATA_DIR``; default ``/data/poclip`` when a bucket is mounted at
+            ``/data``, else ``./data``): images, heads, embedding cache, database snapshots, and the SQLite
+            database itself unless ``local_dir`` says otherwise.
+        storage: where the SQLite database lives (``POCLIP_STORAGE``): ``snapshots`` (default) keeps it in
+            ``local_dir`` in WAL mode and copies consistent snapshots into ``data_dir/backups``, restoring the
+            newest at start when the local file is missing or empty; ``bucket`` keeps it in ``data_dir``
+            itself with a DELETE journal, an exclusive lock and one connection (for a bucket that takes no
+            WAL and no second writer). Images and heads are always written to ``data_dir`` before the row
+            that names them.
+        local_dir: the live database's folder in ``snapshots`` mode (``POCLIP_LOCAL_DIR``; default: the
+            checkout's ``data/`` when a bucket is mounted at ``/data``, so the database is on the machine's
+            own disk, else ``data_dir``).
+        database_url: SQLAlchemy URL (``DATABASE_URL``); default a SQLite file as ``storage`` says.
         model_spec: backbone spec (``POCLIP_MODEL``), see :func:`poclip.engine.models.load_model`.
         hub_timeout_s: how long a hub download may take to start before we give up (``POCLIP_HUB_TIMEOUT``).
         admin_token: shared secret for admin actions (``POCLIP_ADMIN_TOKEN``); empty disables token login.
@@ -52,6 +70,8 @@ class Settings:
     """
 
     data_dir: Path = field(default_factory=_default_data_dir)
+    storage: str = "snapshots"
+    local_dir: Path | None = None
     database_url: str = ""
     model_spec: str = "auto"
     hub_timeout_s: float = 8.0
@@ -68,21 +88,38 @@ class Settings:
     gate_eval_n: int = 500
     rate_limit: str = "120/60"
     backup_keep: int = 10
-    backup_every_minutes: float = 30.0
+    backup_every_minutes: float = 5.0
     space_id: str = ""
     seed_items: int = 600
     augment_attacks: int = 4
 
+    def __post_init__(self) -> None:
+        if self.storage not in STORAGE_MODES:
+            raise ValueError(f"POCLIP_STORAGE must be one of {', '.join(STORAGE_MODES)}, got {self.storage!r}")
+
+    @property
+    def database_dir(self) -> Path:
+        """The SQLite database's folder: ``data_dir`` in bucket mode, else ``local_dir`` (default ``data_dir``)."""
+        if self.storage == "bucket":
+            return self.data_dir
+        return self.local_dir if self.local_dir is not None else self.data_dir
+
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'poclip.db'}"
+        return self.database_url or f"sqlite:///{self.database_dir / 'poclip.db'}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         defaults = cls()
+        if env.get("POCLIP_LOCAL_DIR"):
+            local_dir: Path | None = Path(env["POCLIP_LOCAL_DIR"])
+        else:
+            local_dir = REPO_DIR / "data" if _bucket_mounted() else None
         return cls(
             data_dir=Path(env["POCLIP_DATA_DIR"]) if env.get("POCLIP_DATA_DIR") else defaults.data_dir,
+            storage=env.get("POCLIP_STORAGE", defaults.storage).strip().lower(),
+            local_dir=local_dir,
             database_url=env.get("DATABASE_URL", ""),
             model_spec=env.get("POCLIP_MODEL", defaults.model_spec),
             hub_timeout_s=float(env.get("POCLIP_HUB_TIMEOUT", defaults.hub_timeout_s)),

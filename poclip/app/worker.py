@@ -374,7 +374,8 @@ class Trainer:
 
     def maybe_backup(self) -> None:
         every = self.settings.backup_every_minutes
-        if every and self.clock() - self._last_backup >= every * 60 and self.repo.db.dialect == "sqlite":
+        if every and self.clock() - self._last_backup >= every * 60 and self.repo.db.dialect == "sqlite" \
+                and self.settings.storage == "snapshots":
             from annotation_db import take_snapshot
 
             self._last_backup = self.clock()

@@ -268,6 +268,8 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(policy.head_state(), str(tmp), metadata=meta)
+        with open(tmp, "rb") as fh:  # on disk before the rename, and before any row names the file
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
