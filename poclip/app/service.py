@@ -29,6 +29,7 @@ from annotation_db import (
     ValidationError,
     open_repository,
 )
+from poclip.app.batching import ImageBatcher
 from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonExpired, ComparisonStore
 from poclip.app.comparisons import new_id as new_comparison_id
 from poclip.app.identity import Identity, IdentityError, server_secret
@@ -158,6 +159,8 @@ class AppService:
         self._trainer: Trainer | None = None
         self._follow_stop = threading.Event()
         self._follow: threading.Thread | None = None
+        # Concurrent Compare requests share image-tower passes (see poclip.app.batching).
+        self.batcher = ImageBatcher(encoder.encode_pixels)
         self._seed_lock = threading.Lock()
         self._gold_items = 0  # gold reference answers seeded (see seed_items)
 
@@ -202,6 +205,7 @@ class AppService:
         self._follow_stop.set()
         if self._trainer is not None:
             self._trainer.stop()
+        self.batcher.close()
         self.repo.close()
 
     # ----- identity -----------------------------------------------------------------------------------------
@@ -272,6 +276,8 @@ class AppService:
             "new_pairs": fresh,
             "next_retrain_at": (every - fresh) if every and fresh < every else (0 if every else None),
             "trainer": trainer,
+            "image_batches": {"batches": self.batcher.stats.batches, "pictures": self.batcher.stats.items,
+                              "largest": self.batcher.stats.largest},
         }
 
     def training_progress(self):
@@ -446,7 +452,8 @@ class AppService:
         picture = normalize_image(image) if normalize else image
         seen = render(picture, attack) if attack is not None else picture
         live = self.live
-        emb = self.encoder.encode_images([seen])
+        # Preprocessing runs here, in the request's thread; the tower pass is shared with concurrent requests.
+        emb = self.batcher.encode(self.encoder.pixels([seen])[0])[None]
         if live.policy is None:
             base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
             aligned = base

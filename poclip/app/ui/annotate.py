@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from poclip.app.display import display_file
 from poclip.app.service import AppService, Item, UserError
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.identity import annotator_handle
@@ -45,7 +46,8 @@ class ItemView:
         buttons = [gr.update(value=f"{k + 1 if k < 9 else 0}  {label}" if k < 10 else label, visible=True)
                    for k, label in enumerate(self.labels[:MAX_LABEL_BUTTONS])]
         buttons += [gr.update(visible=False)] * (MAX_LABEL_BUTTONS - len(buttons))
-        return (self.picture, self.sample_id, self.labels, self.prompt, self.counter, *buttons)
+        shown = None if self.picture is None else display_file(self.picture)  # one finished file per picture
+        return (shown, self.sample_id, self.labels, self.prompt, self.counter, *buttons)
 
 
 def counter_text(service: AppService, who: str) -> str:
@@ -114,7 +116,7 @@ def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brow
         gr.Markdown("Number keys pick a label, **S** skips, **U** undoes.", elem_id="annotate-help")
         item_counter = gr.Markdown(elem_id="item-counter")
         item_prompt = gr.Markdown(elem_id="item-prompt")
-        item_image = gr.Image(type="pil", label="Item", interactive=False, height=250, elem_id="item-image",
+        item_image = gr.Image(type="filepath", label="Item", interactive=False, height=250, elem_id="item-image",
                               show_label=False)
         item_id = gr.Number(visible=False, precision=0, label="sample id")
         item_labels = gr.JSON(visible=False, label="label set")

@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from poclip.app.comparisons import Comparison
+from poclip.app.display import display_file
 from poclip.app.service import AppService, UserError
 from poclip.app.ui.boundary import QUIET, USER_ERRORS, refused, user_errors
 from poclip.app.ui.identity import annotator_handle
@@ -188,6 +189,13 @@ def place_text_handler(picture: Picture | None, evt: gr.SelectData):
     return round(min(max(evt.index[0] / width, 0), 1), 3), round(min(max(evt.index[1] / height, 0), 1), 3)
 
 
+def shown_file(picture: Image.Image) -> str:
+    """The picture as the page shows it: a content-addressed JPEG written once and atomically, so identical
+    pictures from many clients never race on one file. Full size (the app normalises to at most 1024 px),
+    so a click on it maps to the picture's own coordinates."""
+    return display_file(picture, max_side=1024)
+
+
 # ----- layout and events -----------------------------------------------------------------------------------------
 
 
@@ -244,7 +252,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
                 arena = gr.Checkbox(label="Arena mode (hide which side is which until I vote)")
             predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
         with gr.Column():
-            preview = gr.Image(type="pil", label="What the models see (click to place the text)", interactive=False,
+            preview = gr.Image(type="filepath", label="What the models see (click to place the text)", interactive=False,
                                height=320, elem_id="preview")
             stale = gr.Markdown(elem_id="stale-note")
             with gr.Row():
@@ -285,17 +293,17 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
             message = refused("upload", exc)
             gr.Warning(message)
             return None, None, f"**This file cannot be used.** {message}"
-        return (gr.update(), gr.update(), "") if loaded is None else (loaded, loaded.image, "")
+        return (gr.update(), gr.update(), "") if loaded is None else (loaded, shown_file(loaded.image), "")
 
     @user_errors
     def on_example(evt: gr.SelectData):
         loaded = example_handler(int(evt.index))
-        return loaded, loaded.image, None
+        return loaded, shown_file(loaded.image), None
 
     @user_errors
     def on_synthetic():
         loaded = synthetic_object_handler()
-        return loaded, loaded.image, None
+        return loaded, shown_file(loaded.image), None
 
     upload.upload(on_upload, upload, [picture, preview, upload_note], api_visibility="private", **QUIET)
     gallery.select(on_example, None, [picture, preview, upload], api_visibility="private", **QUIET)
@@ -310,7 +318,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
 
     def on_preview(pic, *values):
         try:
-            return preview_handler(pic, Controls(*values))
+            seen = preview_handler(pic, Controls(*values))
+            return None if seen is None else shown_file(seen)
         except USER_ERRORS:  # e.g. text still being typed past the limit: Predict will say what is wrong
             return gr.update()
 
@@ -324,16 +333,19 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     @user_errors
     def on_predict(pic, *values):
         result = predict_handler(service, pic, Controls(*values))
-        return (result.seen, result.left, result.right, result.left_title, result.right_title, result.comparison_id,
-                shown_key(pic, Controls(*values)), *_voting(True), gr.update(choices=list(result.labels), value=None),
+        return (shown_file(result.seen), result.left, result.right, result.left_title, result.right_title,
+                result.comparison_id, shown_key(pic, Controls(*values)), *_voting(True), gr.update(choices=list(result.labels), value=None),
                 "", "")
 
     predict_out = [preview, left, right, left_title, right_title, comparison_id, shown, *buttons, correct, stale,
                    vote_message]
+    # Up to 32 predictions at once: they wait for the shared image-tower batch (poclip.app.batching), not for
+    # each other.
+    many = {"concurrency_limit": 32, "concurrency_id": "predict"}
     predict_btn.click(on_predict, [picture, *controls], predict_out, api_visibility="private",
-                      api_name="predict_click", **QUIET)
+                      api_name="predict_click", **QUIET, **many)
     text.submit(on_predict, [picture, *controls], predict_out, api_visibility="private", api_name="predict_enter",
-                **QUIET)
+                **QUIET, **many)
 
     @user_errors
     def predict(picture, text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
@@ -343,11 +355,11 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
                             arena, share)
         shown = predict_handler(service, upload_handler(picture), controls)
-        return (shown.seen, shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
+        return (shown_file(shown.seen), shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
                 list(shown.labels))
 
     predict_api.click(predict, [upload, *controls], [preview, left, right, left_title, right_title, api_id,
-                                                     api_labels], api_name="predict")
+                                                     api_labels], api_name="predict", **many)
 
     def on_vote(verdict: str):
         @user_errors

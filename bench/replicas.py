@@ -1,0 +1,260 @@
+"""Scale-out, run for real: two app replicas and one standalone trainer on one PostgreSQL.
+
+    eval "$(bash .ci/start_postgres.sh)"          # or any PostgreSQL you may create databases on
+    python bench/replicas.py --json
+
+What it does, with the bundled model (offline):
+1. creates a fresh database on the server in ``POCLIP_TEST_POSTGRES_URL`` (or ``--database-url``);
+2. starts two ``python app.py`` processes (``POCLIP_TRAINER=off``) and one ``python -m poclip worker``, all on
+   that database and one shared data folder (the images and heads every process must see);
+3. annotators label truthfully through *both* replicas' ``/next_item`` and ``/answer``, and keep labelling
+   for the rest of the run;
+4. ``/retrain`` is called on replica A; as soon as the worker is running that training run it is killed
+   (SIGKILL, mid-run) and a replacement worker is started, which fails the dead run, trains again and
+   promotes the new head;
+5. both replicas are polled (``/status``) until they serve the promoted version;
+6. nothing lost: every ``/answer`` that returned success is a judgment in the database, exactly once.
+
+Figures: labels answered per replica, errors, time from the kill to the promotion, each replica's delay from
+promotion to serving it, and the judgment count check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+TOKEN = "replicas-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_database(server_url: str) -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"poclip_replicas_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+class Processes:
+    """The processes this run started, each stopped by its own pid at the end."""
+
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        self.work, self.env, self.procs = work, env, {}
+
+    def start(self, name: str, cmd: list[str], **extra_env: str) -> subprocess.Popen:
+        log = open(self.work / f"{name}.log", "w")  # noqa: SIM115 - open for the process's lifetime
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def app(self, name: str) -> str:
+        port = free_port()
+        proc = self.start(name, [sys.executable, "app.py"], GRADIO_SERVER_PORT=str(port))
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {(self.work / f'{name}.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "gradio_api/info", timeout=2).read()
+                return url
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"{name} did not start within 300 s")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=os.environ.get("POCLIP_TEST_POSTGRES_URL", ""),
+                        help="a PostgreSQL server URL this script may create a database on")
+    parser.add_argument("--labels", type=int, default=80, help="labels before the retrain is requested")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if not args.database_url.startswith("postgresql"):
+        raise SystemExit('needs PostgreSQL: eval "$(bash .ci/start_postgres.sh)" or --database-url')
+
+    from gradio_client import Client
+
+    from annotation_db import open_repository
+    from poclip.app.service import annotation_item
+    from poclip.settings import Settings
+    from poclip.world.attacks import TextAttack
+
+    url = create_database(args.database_url)
+    work = Path(tempfile.mkdtemp(prefix="poclip-replicas-"))
+    env = {**os.environ, "DATABASE_URL": url, "POCLIP_DATA_DIR": str(work / "shared"), "POCLIP_MODEL": "bundled",
+           "POCLIP_TRAINER": "off", "POCLIP_ADMIN_TOKEN": TOKEN, "POCLIP_RATE_LIMIT": "off",
+           "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_SEED_ITEMS": str(4 * args.labels), "POCLIP_GATE_N": "300",
+           "POCLIP_BACKUP_EVERY_MINUTES": "0", "GRADIO_SERVER_NAME": "127.0.0.1"}
+    procs = Processes(work, env)
+    settings = Settings(data_dir=work / "shared", database_url=url)
+    truth = {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(4 * args.labels))}
+    result: dict = {"database": "PostgreSQL", "replicas": 2}
+    answered: dict[str, list[int]] = {"A": [], "B": []}
+    errors: list[str] = []
+    stop_labelling = threading.Event()
+    repo = None
+    try:
+        t0 = time.perf_counter()
+        urls = {"A": procs.app("replica-A")}  # A seeds the items first; B finds them there
+        urls["B"] = procs.app("replica-B")
+        worker = procs.start("worker-1", [sys.executable, "-m", "poclip", "worker", "--interval", "0.5"])
+        result["startup_seconds"] = round(time.perf_counter() - t0, 1)
+        repo = open_repository(settings)
+
+        def annotate(replica: str, who: str, budget: threading.Semaphore | None) -> None:
+            client = Client(urls[replica], verbose=False)
+            try:
+                out = client.predict(who, "", api_name="/next_item")
+            except Exception as exc:  # counted, never hidden
+                errors.append(f"{replica} next_item: {exc}"[:200])
+                return
+            while not stop_labelling.is_set():
+                if budget is not None and not budget.acquire(blocking=False):
+                    return
+                sample_id = out[1]
+                if sample_id is None:
+                    return
+                sample = repo.get_sample(int(sample_id))
+                answer = truth[TextAttack.from_dict(sample.attack).to_json()]
+                try:
+                    out = client.predict(int(sample_id), answer, who, "", api_name="/answer")
+                    answered[replica].append(int(sample_id))  # list.append is atomic
+                except Exception as exc:
+                    errors.append(f"{replica} answer: {exc}"[:200])
+                    out = client.predict(who, "", api_name="/next_item")
+
+        # Phase 1: the labels the first training run learns from, through both replicas.
+        budget = threading.Semaphore(args.labels)
+        first = [threading.Thread(target=annotate, args=(r, f"ann-{r}{k}", budget)) for r in "AB" for k in range(2)]
+        t0 = time.perf_counter()
+        for th in first:
+            th.start()
+        for th in first:
+            th.join()
+        result["phase1_labels"] = {r: len(v) for r, v in answered.items()}
+        result["phase1_seconds"] = round(time.perf_counter() - t0, 1)
+
+        # Phase 2: people keep labelling on both replicas while the trainer is killed and replaced.
+        ongoing = [threading.Thread(target=annotate, args=(r, f"late-{r}", None)) for r in "AB"]
+        for th in ongoing:
+            th.start()
+        Client(urls["A"], verbose=False).predict(TOKEN, "dpo", api_name="/retrain")
+        deadline = time.time() + 300
+        running = None
+        while time.time() < deadline and running is None:
+            running = next((r for r in repo.list_runs(limit=5) if r.status == "running"), None)
+            time.sleep(0.05)
+        if running is None:
+            raise RuntimeError("the worker never started the training run")
+        time.sleep(0.5)  # well inside the run: embedding and training take seconds
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at = time.time()
+        result["killed_run"] = running.id
+        procs.start("worker-2", [sys.executable, "-m", "poclip", "worker", "--interval", "0.5"])
+        # The dead run must be failed (its lock freed) and the work redone; queue it again if nothing is queued.
+        requeued = False
+        promoted = None
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            active = repo.active_version()
+            if active is not None:
+                promoted = active
+                break
+            runs = repo.list_runs(limit=5)
+            dead = next((r for r in runs if r.id == running.id), None)
+            if not requeued and dead is not None and dead.status == "failed" and not any(
+                    r.status in ("queued", "running") for r in runs):
+                Client(urls["B"], verbose=False).predict(TOKEN, "dpo", api_name="/retrain")
+                requeued = True
+            time.sleep(0.1)
+        if promoted is None:
+            raise RuntimeError("no version was promoted after the worker was replaced")
+        promoted_at = time.time()
+        dead = repo.get_run(running.id)
+        result["killed_run_status"] = dead.status
+        result["killed_run_error"] = (dead.error or "")[:200]
+        result["retrain_requeued_by_script"] = requeued
+        result["kill_to_promotion_seconds"] = round(promoted_at - killed_at, 1)
+        result["promoted_version"] = promoted.id
+
+        serving = {}
+        for replica, replica_url in urls.items():
+            client = Client(replica_url, verbose=False)
+            while time.time() - promoted_at < 120:
+                if client.predict(api_name="/status").get("live_version") == promoted.id:
+                    serving[replica] = round(time.time() - promoted_at, 2)
+                    break
+                time.sleep(0.1)
+        result["seconds_from_promotion_to_serving"] = serving
+
+        stop_labelling.set()
+        for th in ongoing:
+            th.join()
+        people = [f"ann-{r}{k}" for r in "AB" for k in range(2)] + ["late-A", "late-B"]
+        stored = sum(len(repo.judgments_of(who)) for who in people)
+        result["labels_answered"] = {r: len(v) for r, v in answered.items()}
+        result["judgments_in_database"] = stored
+        result["errors"] = len(errors)
+        result["error_examples"] = errors[:3]
+        result["nothing_lost"] = stored == sum(len(v) for v in answered.values())
+        result["both_replicas_serve_promoted_head"] = set(serving) == {"A", "B"}
+    finally:
+        stop_labelling.set()
+        if repo is not None:
+            repo.close()
+        procs.stop_all()
+        drop_database(args.database_url, url)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0 if result.get("nothing_lost") and result.get("both_replicas_serve_promoted_head") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Concurrent predictions share image-tower batches, and each caller gets its own answer."""
+
+import random
+import threading
+
+import pytest
+import torch
+from apphelpers import make_service
+
+from poclip.app.batching import ImageBatcher
+from poclip.world import synth
+
+
+def test_callers_waiting_while_the_tower_runs_form_the_next_batch():
+    first_pass_started, release = threading.Event(), threading.Event()
+    sizes = []
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(pixels))
+        if len(sizes) == 1:
+            first_pass_started.set()
+            release.wait(30)  # the tower is busy: everyone else queues meanwhile
+        return pixels.flatten(1) * 2
+
+    batcher = ImageBatcher(encode, max_batch=32, max_wait_s=0.0)
+    results: dict[int, torch.Tensor] = {}
+
+    def call(k: int) -> None:
+        results[k] = batcher.encode(torch.full((3, 2, 2), float(k)))
+
+    lone = threading.Thread(target=call, args=(0,))
+    lone.start()
+    assert first_pass_started.wait(30)
+    crowd = [threading.Thread(target=call, args=(k,)) for k in range(1, 9)]
+    for th in crowd:
+        th.start()
+    while batcher._queue.qsize() < 8:  # all eight are queued behind the running pass
+        threading.Event().wait(0.001)
+    release.set()
+    for th in [lone, *crowd]:
+        th.join(30)
+    batcher.close()
+    assert sizes == [1, 8]  # one pass for the lone caller, one for the eight that waited
+    assert batcher.stats.batches == 2 and batcher.stats.largest == 8
+    for k in range(9):
+        assert torch.equal(results[k], torch.full((12,), 2.0 * k))  # every caller got its own row
+
+
+def test_a_failed_pass_fails_its_callers_only():
+    calls = []
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        calls.append(len(pixels))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return pixels.flatten(1)
+
+    batcher = ImageBatcher(encode)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batcher.encode(torch.zeros(3, 2, 2))
+    assert torch.equal(batcher.encode(torch.ones(3, 2, 2)), torch.ones(12))
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.encode(torch.ones(3, 2, 2))
+
+
+def test_batched_predictions_equal_one_at_a_time(tmp_path, bundled):
+    service = make_service(tmp_path, bundled, seed_items=0)
+    try:
+        pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(12)]
+        alone = [service.compare(p, list(synth.SHAPES)).base.probs for p in pictures]
+        start = threading.Barrier(len(pictures))
+        together: dict[int, dict] = {}
+
+        def ask(k: int) -> None:
+            start.wait()
+            together[k] = service.compare(pictures[k], list(synth.SHAPES)).base.probs
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(pictures))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        for k, probs in enumerate(alone):
+            assert together[k].keys() == probs.keys()
+            assert max(abs(together[k][label] - p) for label, p in probs.items()) < 1e-4
+        assert service.batcher.stats.items == 2 * len(pictures)
+    finally:
+        service.close()
