@@ -229,7 +229,12 @@ def main() -> int:
         for replica, replica_url in urls.items():
             client = Client(replica_url, verbose=False)
             while time.time() - promoted_at < 120:
-                if client.predict(api_name="/status").get("live_version") == promoted.id:
+                try:
+                    live = client.predict(api_name="/status").get("live_version")
+                except Exception as exc:  # a replica that stops answering is a finding, not a crash
+                    errors.append(f"{replica} status: {exc}"[:200])
+                    live = None
+                if live == promoted.id:
                     serving[replica] = round(time.time() - promoted_at, 2)
                     break
                 time.sleep(0.1)
