@@ -252,7 +252,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
                 arena = gr.Checkbox(label="Arena mode (hide which side is which until I vote)")
             predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
         with gr.Column():
-            preview = gr.Image(type="filepath", label="What the models see (click to place the text)", interactive=False,
+            preview = gr.Image(type="filepath", label="What the models see (click to place the text)",
+                               interactive=False,
                                height=320, elem_id="preview")
             stale = gr.Markdown(elem_id="stale-note")
             with gr.Row():
@@ -334,7 +335,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     def on_predict(pic, *values):
         result = predict_handler(service, pic, Controls(*values))
         return (shown_file(result.seen), result.left, result.right, result.left_title, result.right_title,
-                result.comparison_id, shown_key(pic, Controls(*values)), *_voting(True), gr.update(choices=list(result.labels), value=None),
+                result.comparison_id, shown_key(pic, Controls(*values)), *_voting(True),
+                gr.update(choices=list(result.labels), value=None),
                 "", "")
 
     predict_out = [preview, left, right, left_title, right_title, comparison_id, shown, *buttons, correct, stale,
@@ -355,7 +357,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
                             arena, share)
         shown = predict_handler(service, upload_handler(picture), controls)
-        return (shown_file(shown.seen), shown.left, shown.right, shown.left_title, shown.right_title, shown.comparison_id,
+        return (shown_file(shown.seen), shown.left, shown.right, shown.left_title, shown.right_title,
+                shown.comparison_id,
                 list(shown.labels))
 
     predict_api.click(predict, [upload, *controls], [preview, left, right, left_title, right_title, api_id,
