@@ -267,12 +267,12 @@ class AppService:
         if attack is not None:
             picture = render(picture, attack)
         live = self.live
-        emb = self.encoder.encode_images([picture])
         if live.policy is None:
+            emb = self.encoder.encode_images([picture])
             base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
             aligned = base
-        else:
-            base, aligned = live.policy.log_probs_for(emb, label_list, template, float(t))
+        else:  # any head kind: one trunk pass (a tower head runs its tail at base and aligned weights)
+            base, aligned = live.policy.compare([picture], label_list, template, float(t))
         as_dict = lambda lp: {lab: round(float(p), 6) for lab, p in zip(label_list, lp[0].exp(), strict=True)}  # noqa: E731
         return Comparison(picture, label_list, template, Answer("base", as_dict(base)),
                           Answer("aligned", as_dict(aligned)), live.label, float(t))

@@ -24,9 +24,10 @@ from annotation_db import Repository, RunInfo, RunnerBusyError, VersionInfo
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import HeadError, Policy, load_head
-from poclip.engine.train import CleanImage, Preference, TrainConfig, synth_clean, train_head
+from poclip.engine.starter import load_starter
+from poclip.engine.train import CleanImage, Preference, TrainConfig, styled_preference, synth_clean, train_head
 from poclip.settings import Settings
-from poclip.world.attacks import TextAttack, random_attack
+from poclip.world.attacks import TextAttack
 from poclip.world.images import open_image
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training str
 MIN_PAIRS = 10
 MIN_CLEAN = 300  # top the clean regularization set up to this many pictures with synthetic scenes
 CLEAN_DROP_LIMIT = 0.01  # the promotion gate: clean accuracy may fall by at most one point
+STARTER_LABEL = "starter head (trained on synthetic pairs; no version trained here yet)"
 
 
 class NotEnoughData(RuntimeError):
@@ -51,7 +53,7 @@ class LiveModel:
     @property
     def label(self) -> str:
         if self.version is None:
-            return "base model (no aligned version yet)"
+            return "base model (no aligned version yet)" if self.policy is None else STARTER_LABEL
         return f"version {self.version.id}"
 
 
@@ -89,19 +91,18 @@ def gate(candidate: dict, live: dict, base: dict) -> tuple[bool, str]:
 
 
 def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Preference]:
-    """``k`` more pairs from one typographic judgment: the same picture with other wrong words written on it.
+    """``k`` more pairs from one typographic judgment: the same picture with other text written on it.
 
-    A person who says the object is ``chosen`` despite the word on the picture has said so for any word: the
-    object does not change with the writing. Each extra pair writes another wrong label (paper-style random
-    attack, seeded by the sample) and rejects it. Judgments on pictures without writing are not expanded.
+    A person who says the object is ``chosen`` despite the word on the picture has said so for any writing:
+    the object does not change with it. Each extra pair draws its text from the text-style family
+    (:mod:`poclip.world.styles`: other wrong words, the true word, neutral words, several words, other looks;
+    seeded by the sample), so "the written class is never the answer" cannot fit the data. Judgments on
+    pictures without writing are not expanded.
     """
     if pref.attack is None or k <= 0 or len(pref.labels) < 2:
         return []
-    extra = []
-    for j in range(k):
-        attack = random_attack(pref.labels, pref.chosen, random.Random(f"invariance:{sample_id}:{j}"))
-        extra.append(Preference(pref.image, pref.chosen, attack.text, pref.labels, pref.template, attack))
-    return extra
+    return [styled_preference(pref.image, pref.chosen, pref.labels, random.Random(f"invariance:{sample_id}:{j}"),
+                              template=pref.template) for j in range(k)]
 
 
 def _summary(metrics: dict) -> dict:
@@ -117,7 +118,9 @@ class Trainer:
         self.encoder = encoder
         self.worker_id = f"{socket.gethostname()}:{id(self):x}"
         self.progress = Progress()
-        self._live = LiveModel(None, None)
+        # Until a version is promoted, the shipped starter head serves (None: none for this backbone).
+        self._starter = load_starter(encoder) if settings.starter_head else None
+        self._live = LiveModel(None, self._starter)
         self._unloadable: dict[int, str] = {}  # active versions this process cannot load, with the reason
         self._gate_data: EvalEmbeddings | None = None
         self._base_metrics: dict | None = None
@@ -145,7 +148,7 @@ class Trainer:
         ):
             return current
         if active is None:
-            self._live = LiveModel(None, None)
+            self._live = LiveModel(None, self._starter)
             return self._live
         if active.id in self._unloadable:
             return current
@@ -232,7 +235,9 @@ class Trainer:
     def _execute(self, run: RunInfo) -> RunInfo:
         self.progress = Progress(run.id, "loading pairs")
         prefs, clean, watermark = self._preferences()
+        # The default head and recipe (TrainConfig's), continuing from the live head when it is of that kind.
         config = TrainConfig(loss=str(run.config.get("loss", "dpo")), seed=int(run.config.get("seed", 0)))
+        start = self.live.policy
         last_beat = [0.0]
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -247,7 +252,8 @@ class Trainer:
 
         self.progress.phase = "embedding"
         path = self.heads_dir / f"run{run.id}.safetensors"
-        result = train_head(self.encoder, prefs, clean, path, config, cache_dir=self.cache_dir, progress=on_step)
+        result = train_head(self.encoder, prefs, clean, path, config, cache_dir=self.cache_dir, progress=on_step,
+                            start=start)
         self.progress.phase = "evaluating"
         self.repo.heartbeat(run.id)
         live = self.sync_live()

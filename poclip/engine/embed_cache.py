@@ -109,6 +109,7 @@ class EmbeddingCache:
     def __init__(self, encoder: ClipEncoder, root: str | Path | None = None) -> None:
         self.encoder = encoder
         self.fingerprint = backbone_fingerprint(encoder)
+        self.root = Path(root) if root is not None else None
         self.dir = None
         if root is not None:
             self.dir = Path(root) / self.fingerprint

@@ -277,8 +277,11 @@ class Policy(torch.nn.Module):
 # ----- checkpoints -------------------------------------------------------------------------------------------
 
 
-def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | None = None) -> Path:
+def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | None = None,
+              dtype: torch.dtype | None = None) -> Path:
     """Write the head as safetensors with string metadata, atomically (temp file, then ``os.replace``).
+
+    ``dtype`` (e.g. ``torch.float16``) stores the tensors in that type; loading casts them back.
 
     Metadata always holds the format, backbone spec and fingerprint, head type and creation time; values
     that are not strings are stored as JSON. A crash before the rename leaves any old file untouched.
@@ -298,7 +301,10 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
         meta[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(policy.head_state(), str(tmp), metadata=meta)
+        state = policy.head_state()
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        save_file(state, str(tmp), metadata=meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

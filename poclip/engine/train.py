@@ -589,15 +589,20 @@ def train_head(
     config: TrainConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    start: Policy | None = None,
 ) -> TrainResult:
     """Train a head and write it to ``out``; the app's entry point (``cache_dir`` e.g. ``data_dir/embeddings``
     holds the head's input cache, embeddings or activations at the cut, on disk).
 
+    ``start``: continue from a copy of this head (e.g. the live one) when it is of the config's head kind on
+    this backbone; otherwise the head starts at the base model. The reference stays the base model.
     Returns the :class:`TrainResult` with ``path`` (the checkpoint) and ``metrics``. The checkpoint appears
     only when training finished; a crash or an exception from ``progress`` leaves an older file untouched.
     """
     cfg = config or TrainConfig()
     policy = Policy(encoder, cfg.head)
+    if start is not None and start.head == cfg.head and start.encoder is encoder:
+        policy.load_head_state(start.head_state())
     return train(encoder, preferences, clean, cfg, out=out, cache=policy.make_cache(cache_dir), progress=progress,
                  policy=policy)
 
