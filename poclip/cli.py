@@ -159,6 +159,15 @@ def _disentangle(args: argparse.Namespace) -> dict:
     return result
 
 
+def _starter(args: argparse.Namespace) -> dict:
+    from poclip.engine.models import load_model
+    from poclip.engine.starter import build_starter
+
+    encoder = load_model(args.model)
+    result = build_starter(encoder, args.out, args.pairs, args.clean, args.seed, args.cache_dir)
+    return {"model": encoder.spec, **result}
+
+
 def _examples(args: argparse.Namespace) -> dict:
     import random
 
@@ -302,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=_disentangle)
+
+    p = sub.add_parser("starter", help="train the starter head a fresh app serves (default head and recipe)")
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--out", default="assets/heads/starter.safetensors")
+    p.add_argument("--pairs", type=int, default=2000)
+    p.add_argument("--clean", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=_starter)
 
     p = sub.add_parser("examples", help="write the example pictures shown in the app")
     p.add_argument("--out", default="assets/examples")

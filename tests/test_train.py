@@ -111,13 +111,16 @@ def test_every_loss_trains_the_chosen_label_up(reader, prefs, clean, reader_cach
 def test_retrain_embeds_only_new_pictures_and_reads_the_disk_cache(tiny, prefs, clean, tmp_path):
     cache = EmbeddingCache(tiny, tmp_path / "emb")
     first = train(tiny, prefs[:40], clean[:20], FAST, cache=cache)
-    assert (first.cache_misses, first.cache_hits) == (60, 0)
+    # each texted pair also needs its clean self, for the text-invariance term
+    assert (first.cache_misses, first.cache_hits) == (40 + 40 + 20, 0)
     second = train(tiny, prefs, clean, FAST, cache=cache)
-    assert (second.cache_misses, second.cache_hits) == (8 + 12, 60)
+    assert (second.cache_misses, second.cache_hits) == (8 + 8 + 12, 100)
     reopened = EmbeddingCache(tiny, tmp_path / "emb")
-    assert len(reopened) == 80
+    assert len(reopened) == 128
     third = train(tiny, prefs, clean, FAST, cache=reopened)
-    assert (third.cache_misses, third.cache_hits) == (0, 80)
+    assert (third.cache_misses, third.cache_hits) == (0, 128)
+    paper = train(tiny, prefs, clean, dataclasses.replace(FAST, invariance=0.0), cache=reopened)
+    assert (paper.cache_misses, paper.cache_hits) == (0, 80)  # the paper's objective needs no clean selves
     assert torch.equal(third.policy.linear.weight, second.policy.linear.weight)
     # the attack is part of the key: the same picture clean and attacked are two entries
     p = prefs[0]
@@ -126,8 +129,9 @@ def test_retrain_embeds_only_new_pictures_and_reads_the_disk_cache(tiny, prefs, 
 
 def test_keys_of_cached_pictures_train_like_the_pictures(tiny, prefs, clean, cache):
     keyed = [dataclasses.replace(p, image=entry_key(p.image, p.attack), attack=None) for p in prefs]
-    a = train(tiny, prefs, clean, FAST, cache=cache).policy.linear.weight
-    b = train(tiny, keyed, clean, FAST, cache=cache).policy.linear.weight
+    paper = dataclasses.replace(FAST, invariance=0.0)  # a key alone has no clean self to be invariant to
+    a = train(tiny, prefs, clean, paper, cache=cache).policy.linear.weight
+    b = train(tiny, keyed, clean, paper, cache=cache).policy.linear.weight
     assert torch.equal(a, b)
     with pytest.raises(KeyError, match="not in the cache"):
         train(tiny, [dataclasses.replace(keyed[0], image="0" * 32)], clean, FAST, cache=cache)

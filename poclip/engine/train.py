@@ -287,11 +287,11 @@ class Prepared:
 
 
 def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequence[CleanImage],
-            cache: EmbeddingCache) -> Prepared:
+            cache: EmbeddingCache, clean_selves: bool = True) -> Prepared:
     """Head inputs of every picture (through ``cache``), reference log-probs, and resolved rejected labels.
 
-    A pair's clean self (its picture without the text) is looked up too, for the text-invariance term.
-    Cost: one tower (trunk) pass per picture not already in the cache.
+    With ``clean_selves`` a pair's clean self (its picture without the text) is looked up too, for the
+    text-invariance term. Cost: one tower (trunk) pass per picture not already in the cache.
     """
     started = time.perf_counter()
     hits0, misses0 = cache.hits, cache.misses
@@ -300,7 +300,7 @@ def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequ
     clean_keys = _keys([c.image for c in clean_items], [None] * len(clean_items))
     x = _lookup(cache, images, [p.attack for p in preferences], pref_keys)
     # The invariance term needs each texted picture's clean self: known unless the pair gave only a cache key.
-    inv = [p.attack is not None and not isinstance(p.image, str) for p in preferences]
+    inv = [clean_selves and p.attack is not None and not isinstance(p.image, str) for p in preferences]
     inv_rows = [i for i, ok in enumerate(inv) if ok]
     x_clean = torch.zeros_like(x)
     if inv_rows:
@@ -542,7 +542,7 @@ def train(
     if (cache.namespace or "embedding") != policy.cut:
         raise ValueError(f"the cache holds {cache.namespace or 'embedding'} inputs, head {policy.head!r} needs "
                          f"{policy.cut}: use policy.make_cache()")
-    data = prepare(policy, preferences, clean_items, cache)
+    data = prepare(policy, preferences, clean_items, cache, clean_selves=cfg.invariance > 0 and cfg.loss != "ce")
     threads = torch.get_num_threads()
     if policy.linear is not None:
         # A d x d head's matmuls are too small to gain from threads, and when the cores are shared with
