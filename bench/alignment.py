@@ -1,12 +1,17 @@
-"""Benchmark: base vs CE vs DPO / IPO / KTO on the bundled model, the strength sweep, and speed.
+"""Benchmark: the generalization table (attack families x heads and recipes), the strength sweep, and speed.
 
-    python bench/alignment.py                      # the published numbers (bundled model, 1,000 pairs)
-    python bench/alignment.py --json out.json --plot-dir bench/out
+    python bench/alignment.py --json bench/results/alignment.json     # the published numbers
+    python bench/alignment.py --speed-only                            # only the retrain / predict timings
 
-One run, same data and seeds for every row: 1,000 typographic pairs and 1,000 clean pictures from the
-training streams (``pairs:0:i``, ``clean:0:i``), 1,000 held-out evaluation pictures (``eval:2024:i``,
-never seen in training), linear head. Speed figures are medians of repeated measurements taken side by
-side in this same process, on ``--threads`` CPU threads.
+One run, same data and seeds for every column: 1,000 training pairs and 1,000 clean pictures from the
+training streams (``pairs:0:i``, ``clean:0:i``), 1,000 held-out evaluation pictures (``eval:2024:i``, never
+seen in training) written on with each attack family of :data:`poclip.engine.evaluate.ATTACK_FAMILIES`
+(text seeds ``eval-text:...``, disjoint from training; the held-out font and the neutral evaluation words are
+never used by training). Columns: the base model, the linear head (CE / DPO / KTO on the paper's pairs, DPO with
+the invariant recipe) and the tower head :data:`~poclip.engine.train.DEFAULT_HEAD` (DPO / KTO on the paper's
+pairs, DPO on the style family without and with the text-invariance term, KTO with both). Train seconds are the
+loop on warm caches (inputs cached, as in the app), on ``--threads`` CPU threads; speed figures are medians of
+repeated runs in this process. The machine is shared, so seconds are noisy; accuracies are deterministic.
 """
 
 from __future__ import annotations
@@ -24,17 +29,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poclip.engine.embed_cache import EmbeddingCache  # noqa: E402
-from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
+from poclip.engine.evaluate import ATTACK_FAMILIES, embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.engine.policy import Policy  # noqa: E402
-from poclip.engine.train import TrainConfig, synth_clean, synth_preferences, train  # noqa: E402
+from poclip.engine.train import DEFAULT_HEAD, RECIPES, TrainConfig, synth_clean, synth_preferences, train  # noqa: E402
 from poclip.world import synth  # noqa: E402
 
-# Every row is TrainConfig's default recipe for its loss (AdamW 0.05, 60 epochs, ortho 1e-3, lambda 0.3 or
-# IPO 1; beta DPO 0.5, IPO 0.05, KTO 0.3), which a small grid on this benchmark chose (see poclip/engine/losses.py).
-ROWS: dict[str, TrainConfig] = {name: TrainConfig(loss=name.lower()) for name in ("CE", "DPO", "IPO", "KTO")}
-SWEEP_TS = [-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
+# column -> (config, recipe). "paper" = the paper's pairs (one wrong word) and objective; "family" = pairs from
+# the text-style family, no invariance term; "invariant" = both ingredients (the default recipe).
+COLUMNS: dict[str, tuple[TrainConfig, str]] = {
+    "linear CE": (TrainConfig(head="linear", loss="ce", invariance=0.0), "paper"),
+    "linear DPO": (TrainConfig(head="linear", loss="dpo", invariance=0.0), "paper"),
+    "linear KTO": (TrainConfig(head="linear", loss="kto", invariance=0.0), "paper"),
+    "linear DPO invariant": (TrainConfig(head="linear", loss="dpo"), "invariant"),
+    "tower DPO": (TrainConfig(head=DEFAULT_HEAD, loss="dpo", invariance=0.0), "paper"),
+    "tower KTO": (TrainConfig(head=DEFAULT_HEAD, loss="kto", invariance=0.0), "paper"),
+    "tower DPO family": (TrainConfig(head=DEFAULT_HEAD, loss="dpo", invariance=0.0), "family"),
+    "tower DPO invariant": (TrainConfig(head=DEFAULT_HEAD, loss="dpo"), "invariant"),
+    "tower KTO invariant": (TrainConfig(head=DEFAULT_HEAD, loss="kto"), "invariant"),
+}
+DEFAULT_COLUMN = "tower DPO invariant"  # TrainConfig()'s head and recipe; the checks below are the issue's bars
+SWEEP_TS = [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -46,97 +61,131 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def alignment_table(encoder, args) -> dict:
-    prefs = synth_preferences(args.pairs, args.train_seed)
+def _score(policy, data: dict, encoder) -> dict:
+    row = {}
+    for family, d in data.items():
+        r = evaluate_policy(policy, d, encoder=encoder)
+        row[family] = r["typographic_accuracy"]
+        if family == "paper":
+            row.update(clean_accuracy=r["clean_accuracy"], kl_drift=r["kl_drift"],
+                       attack_success_rate=r["attack_success_rate"])
+    return row
+
+
+def generalization_table(encoder, args) -> dict:
+    pairs = {"paper": synth_preferences(args.pairs, args.train_seed, styles="paper"),
+             "family": synth_preferences(args.pairs, args.train_seed, styles="family")}
+    pairs["invariant"] = pairs["family"]
     clean = synth_clean(args.clean, args.train_seed)
-    cache = EmbeddingCache(encoder)
     started = time.perf_counter()
-    data = embed_synth_eval(encoder, args.n, args.eval_seed, cache)
-    print(f"embedded {2 * args.n} evaluation pictures in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    rows = {"base": {**{k: evaluate_policy(None, data, encoder=encoder)[k] for k in KEYS}, "train_seconds": 0.0}}
-    sweeps, policies = {}, {}
-    first = True
-    for name, cfg in ROWS.items():
-        if first:  # embed the training pictures once, outside the timed runs
-            train(encoder, prefs[:2], clean[:2], replace(cfg, epochs=1), cache=cache)
-            cache.embed([p.image for p in prefs], [p.attack for p in prefs])
-            cache.embed([c.image for c in clean])
-            first = False
-        result = train(encoder, prefs, clean, replace(cfg, seed=args.train_seed), cache=cache)
-        ev = evaluate_policy(result.policy, data)
-        seconds = round(result.embed_seconds + result.train_seconds, 2)
-        rows[name] = {**{k: ev[k] for k in KEYS}, "train_seconds": seconds, "steps": result.steps,
-                      "beta": cfg.resolved_beta}
-        policies[name] = result.policy
-        sweeps[name] = sweep_strength(result.policy, data, SWEEP_TS)
-    base = rows["base"]
-    checks = {}
-    for name in ("DPO", "IPO", "KTO"):
-        r = rows[name]
-        on_01 = [s for s in sweeps[name] if 0.0 <= s["t"] <= 1.0]
-        checks[name] = {
-            "typographic >= 0.90": r["typographic_accuracy"] >= 0.90,
-            "typographic >= base + 0.25": r["typographic_accuracy"] >= base["typographic_accuracy"] + 0.25,
-            "attack success <= 0.03": r["attack_success_rate"] <= 0.03,
-            "clean >= base - 0.01": r["clean_accuracy"] >= base["clean_accuracy"] - 0.01,
-            "KL <= CE KL / 4": r["kl_drift"] <= rows["CE"]["kl_drift"] / 4,
-            "attacked rises with t on [0,1]": all(b["typographic_accuracy"] >= a["typographic_accuracy"]
-                                                  for a, b in zip(on_01, on_01[1:], strict=False)),
-            "clean stays within 1 point on [0,1]": all(s["clean_accuracy"] >= base["clean_accuracy"] - 0.01
-                                                       for s in on_01),
-        }
-    return {"rows": rows, "sweeps": sweeps, "checks": checks, "cache": cache, "prefs": prefs, "clean": clean,
-            "policies": policies}
-
-
-def speed(encoder, table: dict | None, args) -> dict:
-    if table is None:  # --speed-only: same data, embedded here (outside the timed runs)
-        prefs, clean = synth_preferences(args.pairs, args.train_seed), synth_clean(args.clean, args.train_seed)
-        cache = EmbeddingCache(encoder)
+    embed_cache = EmbeddingCache(encoder)
+    data = {f: embed_synth_eval(encoder, args.n, args.eval_seed, embed_cache, family=f) for f in args.families}
+    print(f"embedded {len(data)} x {args.n} evaluation pictures in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    table = {"base": {**_score(None, data, encoder), "train_seconds": 0.0}}
+    caches, policies, results = {}, {}, {}
+    for name in args.columns:
+        cfg, recipe = COLUMNS[name]
+        cfg = replace(cfg, seed=args.train_seed)
+        prefs = pairs[RECIPES[recipe]["styles"]] if recipe in RECIPES else pairs[recipe]
+        cut = Policy(encoder, cfg.head)
+        cache = caches.setdefault(cut.cut, cut.make_cache())
+        warm = time.perf_counter()  # fill the cache outside the timed run, as a retrain in the app finds it
         cache.embed([p.image for p in prefs], [p.attack for p in prefs])
+        cache.embed([p.image for p in prefs])
+        cache.embed([c.image for c in clean])
+        warm = time.perf_counter() - warm
+        result = train(encoder, prefs, clean, cfg, cache=cache)
+        row = _score(result.policy, data, encoder)
+        table[name] = {**row, "train_seconds": round(result.train_seconds, 2),
+                       "prepare_seconds": round(result.embed_seconds, 2), "cache_fill_seconds": round(warm, 2),
+                       "steps": result.steps}
+        policies[name], results[name] = result.policy, result
+        print(f"{name}: paper {row['paper']:.3f} clean {row['clean_accuracy']:.3f} in {result.train_seconds:.1f} s",
+              file=sys.stderr)
+    sweeps = {name: sweep_strength(policies[name], data["paper"], SWEEP_TS)
+              for name in ("linear DPO", DEFAULT_COLUMN) if name in policies}
+    return {"table": table, "sweeps": sweeps, "data": data, "pairs": pairs, "clean": clean, "caches": caches}
+
+
+def checks(table: dict) -> dict:
+    """The issue's bars on the default column, as booleans with the measured numbers."""
+    d, base = table.get(DEFAULT_COLUMN), table["base"]
+    if d is None:
+        return {}
+    ce = table.get("linear CE", {}).get("kl_drift")
+    fam = [f for f in ATTACK_FAMILIES if f in d and f not in ("paper",)]
+    out = {
+        "paper-style typographic >= 0.92": d["paper"] >= 0.92,
+        "clean drop <= 0.5 point": d["clean_accuracy"] >= base["clean_accuracy"] - 0.005,
+        "true word >= clean - 2 points": d.get("true_word", 1) >= d["clean_accuracy"] - 0.02,
+        "true word never below base": d.get("true_word", 1) >= base.get("true_word", 0),
+        "neutral word >= clean - 3 points": d.get("neutral_word", 1) >= d["clean_accuracy"] - 0.03,
+        "several words >= 0.85": d.get("several_words", 1) >= 0.85,
+        "held-out font within 3 points of training fonts": abs(d.get("held_out_font", d["paper"]) - d["paper"]) <= 0.03,
+        "retrain <= 60 s": d["train_seconds"] <= 60,
+        "families measured": fam,
+    }
+    if ce is not None:
+        out["KL drift <= CE's / 4"] = d["kl_drift"] <= ce / 4
+    return out
+
+
+def speed(encoder, args, bench: dict | None) -> dict:
+    """Median retrain seconds of the default head and recipe on warm caches, and predict timings."""
+    cfg = replace(TrainConfig(), seed=args.train_seed)
+    policy = Policy(encoder, cfg.head)
+    if bench is None:
+        prefs, clean = synth_preferences(args.pairs, args.train_seed), synth_clean(args.clean, args.train_seed)
+        cache = policy.make_cache()
+        cache.embed([p.image for p in prefs], [p.attack for p in prefs])
+        cache.embed([p.image for p in prefs])
         cache.embed([c.image for c in clean])
     else:
-        prefs, clean, cache = table["prefs"], table["clean"], table["cache"]
-    cfg = replace(ROWS["DPO"], seed=args.train_seed)
+        prefs, clean, cache = bench["pairs"]["invariant"], bench["clean"], bench["caches"][policy.cut]
     retrain = median_seconds(lambda: train(encoder, prefs, clean, cfg, cache=cache), args.repeats)
+    linear = replace(cfg, head="linear")
+    lcache = Policy(encoder, "linear").make_cache()
+    lcache.embed([p.image for p in prefs], [p.attack for p in prefs])
+    lcache.embed([p.image for p in prefs])
+    lcache.embed([c.image for c in clean])
+    retrain_linear = median_seconds(lambda: train(encoder, prefs, clean, linear, cache=lcache), args.repeats)
     pictures = [p.image for p in prefs[:256]]
     encode = median_seconds(lambda: encoder.encode_images(pictures), args.repeats)
-
-    vit = load_model("ViT-B-32", device=torch.device("cpu"))
-    policy = Policy(vit)
-    with torch.no_grad():
-        policy.linear.weight.add_(0.01 * torch.randn(policy.linear.weight.shape, generator=torch.Generator()
-                                                      .manual_seed(0)))
     labels = list(synth.SHAPES)
-    vit.classifier(labels)  # prompts are embedded once per label set, as in the app
+    trained = train(encoder, prefs[:64], clean[:64], replace(cfg, epochs=1), cache=cache).policy
     image = [prefs[0].image]
-    policy.predict(image, labels, t=0.5)  # warm up (and cache the strength's SVD, as the app's slider does)
+    trained.compare(image, labels, t=0.5)  # warm up (the slider's strength copy is cached, as in the app)
     bare, both = [], []
     for _ in range(args.vit_repeats):  # interleaved so both see the same machine state
-        bare.append(median_seconds(lambda: vit.encode_images(image), 1))
-        both.append(median_seconds(lambda: policy.predict(image, labels, t=0.5), 1))
+        bare.append(median_seconds(lambda: encoder.encode_images(image), 1))
+        both.append(median_seconds(lambda: trained.compare(image, labels, t=0.5), 1))
     return {
-        "retrain_seconds_median": round(retrain, 3),
+        "retrain_head": cfg.head, "retrain_seconds_median": round(retrain, 3),
+        "retrain_linear_seconds_median": round(retrain_linear, 3),
         "retrain_pairs": len(prefs), "retrain_clean": len(clean),
         "bundled_images_per_second": round(len(pictures) / encode, 1),
-        "vit_b32_bare_encode_ms": round(1000 * statistics.median(bare), 2),
-        "vit_b32_base_and_aligned_ms": round(1000 * statistics.median(both), 2),
-        "vit_b32_ratio": round(statistics.median(both) / statistics.median(bare), 3),
+        "bundled_bare_encode_ms": round(1000 * statistics.median(bare), 2),
+        "bundled_base_and_aligned_ms": round(1000 * statistics.median(both), 2),
     }
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | clean acc | typographic acc | attack success | KL drift | train s |",
-             "|---|---|---|---|---|---|"]
-    for name, r in result["rows"].items():
-        lines.append(f"| {name} | {r['clean_accuracy']:.3f} | {r['typographic_accuracy']:.3f} | "
-                     f"{r['attack_success_rate']:.3f} | {r['kl_drift']:.4f} | {r['train_seconds']:.2f} |")
-    lines += ["", "| t | " + " | ".join(f"{n} clean / attacked" for n in result["sweeps"]) + " |",
-              "|---|" + "---|" * len(result["sweeps"])]
-    for k, t in enumerate(SWEEP_TS):
-        cells = [f"{s[k]['clean_accuracy']:.3f} / {s[k]['typographic_accuracy']:.3f}"
-                 for s in result["sweeps"].values()]
-        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+    table = result["generalization"]
+    columns = list(table)
+    families = [f for f in ATTACK_FAMILIES if f in table["base"]]
+    lines = ["| attack family | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for f in [*families, "clean_accuracy", "kl_drift", "train_seconds"]:
+        fmt = "{:.4f}" if f == "kl_drift" else ("{:.1f}" if f == "train_seconds" else "{:.3f}")
+        lines.append(f"| {f} | " + " | ".join(fmt.format(table[c].get(f, float("nan"))) for c in columns) + " |")
+    if result.get("sweeps"):
+        names = list(result["sweeps"])
+        lines += ["", "| t | " + " | ".join(f"{n} clean / paper-style" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for k, t in enumerate(SWEEP_TS):
+            rows = [result["sweeps"][n][k] for n in names]
+            cells = [f"{r['clean_accuracy']:.3f} / {r['typographic_accuracy']:.3f}" for r in rows]
+            lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -145,31 +194,43 @@ def main() -> int:
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--clean", type=int, default=1000)
-    parser.add_argument("--n", type=int, default=1000, help="held-out evaluation pictures")
+    parser.add_argument("--n", type=int, default=1000, help="held-out evaluation pictures per attack family")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=2024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vit-repeats", type=int, default=15)
+    parser.add_argument("--columns", default=",".join(COLUMNS), help="comma-separated subset of the columns")
+    parser.add_argument("--families", default=",".join(ATTACK_FAMILIES), help="comma-separated attack families")
     parser.add_argument("--no-speed", action="store_true")
-    parser.add_argument("--speed-only", action="store_true", help="only the timings (section 8)")
+    parser.add_argument("--speed-only", action="store_true", help="only the timings")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--plot-dir", default=None, help="write the t-sweep plot here")
+    parser.add_argument("--plot-dir", default=None, help="write the t-sweep plots here")
     args = parser.parse_args()
+    args.columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [c for c in args.columns if c not in COLUMNS] + [f for f in args.families if f not in ATTACK_FAMILIES]
+    if unknown or "paper" not in args.families:
+        parser.error(f"unknown columns/families {unknown} (the paper family is always needed)")
     torch.set_num_threads(args.threads)
     encoder = load_model(args.model, device=torch.device("cpu"))
     if args.speed_only:
-        timings = speed(encoder, None, args)
-        print(json.dumps({"model": encoder.spec, "threads": args.threads, "speed": timings}, indent=1))
+        print(json.dumps({"model": encoder.spec, "threads": args.threads, "speed": speed(encoder, args, None)},
+                         indent=1))
         return 0
-    table = alignment_table(encoder, args)
-    configs = {k: {"loss": v.loss, "beta": v.resolved_beta, "lambda": v.resolved_lambda, "ortho": v.ortho, "lr": v.lr,
-                   "epochs": v.epochs, "optimizer": v.optimizer} for k, v in ROWS.items()}
-    result = {"model": encoder.spec, "pairs": args.pairs, "clean": args.clean, "n_eval": args.n,
-              "eval_seed": args.eval_seed, "threads": args.threads, "rows": table["rows"], "sweeps": table["sweeps"],
-              "checks": table["checks"], "configs": configs}
+    bench = generalization_table(encoder, args)
+    result = {
+        "model": encoder.spec, "pairs": args.pairs, "clean": args.clean, "n_eval": args.n,
+        "eval_seed": args.eval_seed, "train_seed": args.train_seed, "threads": args.threads,
+        "default": {"column": DEFAULT_COLUMN, "head": TrainConfig().head, "recipe": "invariant",
+                    "loss": TrainConfig().loss, "invariance": TrainConfig().invariance},
+        "generalization": bench["table"], "sweeps": bench["sweeps"], "checks": checks(bench["table"]),
+        "configs": {name: {"head": c.head, "loss": c.loss, "recipe": r, "beta": c.resolved_beta,
+                           "lambda": c.resolved_lambda, "invariance": c.invariance, "lr": c.resolved_lr,
+                           "epochs": c.resolved_epochs} for name, (c, r) in COLUMNS.items() if name in args.columns},
+    }
     if not args.no_speed:
-        result["speed"] = speed(encoder, table, args)
+        result["speed"] = speed(encoder, args, bench)
     print(markdown(result))
     print(json.dumps({k: result[k] for k in ("checks", *(("speed",) if "speed" in result else ()))}, indent=1))
     if args.json:
@@ -178,7 +239,7 @@ def main() -> int:
         from poclip.engine.plots import plot_sweep
 
         for name, rows in result["sweeps"].items():
-            plot_sweep(rows, Path(args.plot_dir) / f"sweep_{name.lower()}.png", "t",
+            plot_sweep(rows, Path(args.plot_dir) / f"sweep_{name.lower().replace(' ', '_')}.png", "t",
                        {"clean_accuracy": "clean", "typographic_accuracy": "attacked"}, f"{name}: strength sweep")
     return 0
 

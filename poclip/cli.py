@@ -28,7 +28,7 @@ def _encoder_and_head(model: str | None, head: str | None):
     if head is None:
         return load_model(model or "bundled"), None
     meta = read_head_metadata(head)
-    encoder = load_model(model or meta["backbone"].removeprefix("auto -> "))
+    encoder = load_model(model or meta["backbone"])
     return encoder, load_head(head, encoder)
 
 
@@ -70,16 +70,18 @@ def _eval(args: argparse.Namespace) -> dict:
         return result
     if args.attack != "random":
         raise SystemExit("--head, --t and dataset evaluation report clean and attacked accuracy: use --attack random")
-    keep = policy is not None and policy.trains_on_pixels
     if args.data == "synth":
-        data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), keep_images=keep)
+        data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), family=args.family)
     else:
+        if args.family != "paper":
+            raise SystemExit("--family applies to --data synth; datasets are attacked in the paper's style")
         dataset = _load_dataset(args.data, args.split)
         data = embed_dataset_eval(encoder, dataset, args.label_column, args.image_column, args.n, args.seed,
-                                  args.template, _cache(args, encoder), keep_images=keep)
+                                  args.template, _cache(args, encoder), keep_images=policy is not None)
     t = 1.0 if args.t is None else args.t
     result = evaluate_policy(policy, data, t, encoder=encoder)
-    result.update(data=args.data, seed=args.seed, attack="random", model=encoder.spec, head=args.head)
+    result.update(data=args.data, seed=args.seed, attack="random", family=args.family, model=encoder.spec,
+                  head=args.head)
     if policy is not None:
         base = evaluate_policy(None, data, encoder=encoder)
         result["base"] = {k: base[k] for k in ("clean_accuracy", "typographic_accuracy", "attack_success_rate")}
@@ -89,30 +91,35 @@ def _eval(args: argparse.Namespace) -> dict:
 def _train(args: argparse.Namespace) -> dict:
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
     from poclip.engine.models import load_model
-    from poclip.engine.train import TrainConfig, synth_clean, synth_preferences, train
+    from poclip.engine.policy import Policy
+    from poclip.engine.train import RECIPES, TrainConfig, synth_clean, synth_preferences, train
 
     if args.data != "synth":
         raise SystemExit(f"--data {args.data!r}: the command line trains on 'synth' pairs; the app trains on "
                          "the pairs people label")
     encoder = load_model(args.model)
     # Options left unset keep TrainConfig's defaults, so the recipe is defined in one place.
-    chosen = {k: getattr(args, k) for k in ("beta", "ortho", "optimizer", "lr", "epochs", "batch_size", "patience")
-              if getattr(args, k) is not None}
-    cfg = TrainConfig(head=args.head, loss=args.loss, reg_lambda=args.reg_lambda, average=args.average,
+    chosen = {k: getattr(args, k) for k in ("head", "beta", "ortho", "optimizer", "lr", "epochs", "batch_size",
+                                            "patience") if getattr(args, k) is not None}
+    recipe = RECIPES[args.recipe]
+    invariance = float(recipe["invariance"]) if args.invariance is None else args.invariance
+    cfg = TrainConfig(loss=args.loss, reg_lambda=args.reg_lambda, invariance=invariance, average=args.average,
                       seed=args.seed, show_progress=not args.no_progress, **chosen)
-    prefs = synth_preferences(args.pairs, args.seed)
+    prefs = synth_preferences(args.pairs, args.seed, styles=str(recipe["styles"]))
     clean = synth_clean(args.pairs if args.clean is None else args.clean, args.seed)
-    cache = _cache(args, encoder)
-    result = train(encoder, prefs, clean, cfg, out=args.out, cache=cache)
+    policy = Policy(encoder, cfg.head)
+    cache = policy.make_cache(args.cache_dir)
+    result = train(encoder, prefs, clean, cfg, out=args.out, cache=cache, policy=policy)
     report = {
-        "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "beta": cfg.resolved_beta,
-        "lambda": cfg.resolved_lambda, "ortho": cfg.ortho, "pairs": len(prefs), "clean": len(clean),
+        "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "recipe": args.recipe, "beta": cfg.resolved_beta,
+        "lambda": cfg.resolved_lambda, "invariance": cfg.invariance, "ortho": cfg.ortho, "lr": cfg.resolved_lr,
+        "epochs": cfg.resolved_epochs, "pairs": len(prefs), "clean": len(clean),
         "out": str(result.path) if result.path else None, "steps": result.steps,
         "embed_seconds": result.embed_seconds, "train_seconds": result.train_seconds,
         "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
     }
     if args.eval_n:
-        data = embed_synth_eval(encoder, args.eval_n, args.eval_seed, cache, keep_images=result.policy.trains_on_pixels)
+        data = embed_synth_eval(encoder, args.eval_n, args.eval_seed, _cache(args, encoder))
         aligned = evaluate_policy(result.policy, data)
         base = evaluate_policy(None, data, encoder=encoder)
         keys = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
@@ -125,7 +132,7 @@ def _sweep_t(args: argparse.Namespace) -> dict:
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength
 
     encoder, policy = _encoder_and_head(args.model, args.head)
-    data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), keep_images=policy.trains_on_pixels)
+    data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), family=args.family)
     count = int(round((args.t_max - args.t_min) / args.t_step)) + 1
     ts = [round(args.t_min + k * args.t_step, 6) for k in range(count)]
     rows = sweep_strength(policy, data, ts)
@@ -157,6 +164,15 @@ def _disentangle(args: argparse.Namespace) -> dict:
                                         {"attribute_accuracy": "tone accuracy", "shape_accuracy": "shape accuracy"},
                                         "Concept disentanglement (tone), t sweep", chance=0.5))
     return result
+
+
+def _starter(args: argparse.Namespace) -> dict:
+    from poclip.engine.models import load_model
+    from poclip.engine.starter import build_starter
+
+    encoder = load_model(args.model)
+    result = build_starter(encoder, args.out, args.pairs, args.clean, args.seed, args.cache_dir)
+    return {"model": encoder.spec, **result}
 
 
 def _examples(args: argparse.Namespace) -> dict:
@@ -205,7 +221,10 @@ def _worker(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from poclip.engine.evaluate import ATTACK_FAMILIES
     from poclip.engine.losses import LOSS_NAMES
+    from poclip.engine.train import DEFAULT_HEAD, DEFAULT_RECIPE, RECIPES
+    from poclip.world.synth import DEFAULT_TEMPLATE
 
     parser = argparse.ArgumentParser(prog="python -m poclip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -236,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="dataset split (datasets only)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--image-column", default="image")
-    p.add_argument("--template", default="a photo of a {}.")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE)
+    p.add_argument("--family", default="paper", choices=list(ATTACK_FAMILIES),
+                   help="which text the synthetic pictures carry (default: the paper's attack)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=_eval)
@@ -251,16 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="reg_lambda", type=float, default=None,
                    help="weight of the clean KL (default 0.3, IPO 1)")
     p.add_argument("--ortho", type=float, default=None, help="weight of ||W^T W - I||^2")
-    p.add_argument("--head", default="linear", help="linear, projection or last_blocks:K")
+    p.add_argument("--head", default=None, help=f"linear, projection or last_blocks:K (default {DEFAULT_HEAD})")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                   help="invariant: pairs from the text-style family plus the text-invariance term; paper: the "
+                        "paper's pairs (one wrong word) and objective")
+    p.add_argument("--invariance", type=float, default=None,
+                   help="weight of the text-invariance term (default: the recipe's, 1 or 0)")
     p.add_argument("--optimizer", default=None, choices=["adamax", "adamw"])
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="default per head: linear 0.05, tower heads 1e-3")
+    p.add_argument("--epochs", type=int, default=None, help="default per head: linear 60, tower heads 10-12")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--average", default=None, choices=["beta"], help="Beta moving average of the weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the head here (.safetensors)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: in memory)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache folder for embeddings and tower activations (default: in memory)")
     p.add_argument("--eval-n", type=int, default=500, help="held-out pictures to evaluate on (0 = skip)")
     p.add_argument("--eval-seed", type=int, default=2024)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -275,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-min", type=float, default=-2.0)
     p.add_argument("--t-max", type=float, default=1.5)
     p.add_argument("--t-step", type=float, default=0.25)
+    p.add_argument("--family", default="paper", choices=list(ATTACK_FAMILIES), help="the text on the pictures")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
@@ -289,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     p.set_defaults(func=_disentangle)
+
+    p = sub.add_parser("starter", help="train the starter head a fresh app serves (default head and recipe)")
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--out", default="assets/heads/starter.safetensors")
+    p.add_argument("--pairs", type=int, default=2000)
+    p.add_argument("--clean", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=_starter)
 
     p = sub.add_parser("examples", help="write the example pictures shown in the app")
     p.add_argument("--out", default="assets/examples")

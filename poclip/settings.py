@@ -66,6 +66,8 @@ class Settings:
             (``POCLIP_SEED_ITEMS``).
         augment_attacks: extra pairs the trainer derives from each typographic judgment by writing other
             wrong labels on the same picture (``POCLIP_AUGMENT``; 0 trains on the judgments alone).
+        starter_head: serve the shipped starter head (``assets/heads``) until a version is promoted, so a fresh
+            app already shows the aligned model (``POCLIP_STARTER_HEAD``; 0 serves the base model instead).
         space_id: set by Hugging Face Spaces (``SPACE_ID``); enables the Hugging Face login button.
     """
 
@@ -92,6 +94,7 @@ class Settings:
     space_id: str = ""
     seed_items: int = 600
     augment_attacks: int = 4
+    starter_head: bool = True
 
     def __post_init__(self) -> None:
         if self.storage not in STORAGE_MODES:
@@ -140,4 +143,5 @@ class Settings:
             space_id=env.get("SPACE_ID", ""),
             seed_items=int(env.get("POCLIP_SEED_ITEMS", defaults.seed_items)),
             augment_attacks=int(env.get("POCLIP_AUGMENT", defaults.augment_attacks)),
+            starter_head=env.get("POCLIP_STARTER_HEAD", "1").strip().lower() not in ("0", "false", "off", "no"),
         )

@@ -12,7 +12,8 @@ def make_service(data_dir, encoder, **overrides) -> AppService:
     """An app back end on a real SQLite file in ``data_dir``, with settings fit for tests."""
     settings = Settings(**{
         "data_dir": data_dir, "model_spec": "bundled", "admin_token": ADMIN_TOKEN, "rate_limit": "off",
-        "gate_eval_n": 300, "retrain_every_pairs": 0, "backup_every_minutes": 0, "seed_items": 30, **overrides,
+        "gate_eval_n": 300, "retrain_every_pairs": 0, "backup_every_minutes": 0, "seed_items": 30,
+        "starter_head": False, **overrides,
     })
     return AppService.create(settings, encoder=encoder)
 

@@ -16,6 +16,7 @@ from poclip.engine.losses import (
     preference_loss,
     reward_metrics,
     robust_dpo_loss,
+    text_invariance_loss,
 )
 
 
@@ -115,3 +116,39 @@ def test_gradient_wrt_the_image_embedding_points_along_chosen_minus_rejected(nam
     direction = text[chosen] - text[rejected]
     cosine = torch.nn.functional.cosine_similarity(-grad[0], direction, dim=0).item()
     assert cosine == pytest.approx(1.0, abs=1e-9)
+
+
+def test_text_invariance_is_zero_when_the_text_changes_nothing():
+    logp = torch.log_softmax(torch.randn(5, 7, dtype=torch.float64), dim=-1)
+    assert torch.allclose(text_invariance_loss(logp, logp.clone()), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    other = torch.log_softmax(torch.randn(5, 7, dtype=torch.float64), dim=-1)
+    assert (text_invariance_loss(logp, other) > 0).all()
+
+
+def test_text_invariance_gradient_pulls_the_texted_picture_to_the_clean_one_and_leaves_the_clean_one():
+    clean = torch.log_softmax(torch.tensor([[3.0, 0.0, -1.0]]), dim=-1)
+    clean_logits = torch.tensor([[3.0, 0.0, -1.0]], requires_grad=True)
+    texted = torch.tensor([[0.0, 4.0, 0.0]], requires_grad=True)  # the text made label 1 win
+    loss = text_invariance_loss(torch.log_softmax(clean_logits, -1), torch.log_softmax(texted, -1)).sum()
+    loss.backward()
+    assert clean_logits.grad is None or torch.count_nonzero(clean_logits.grad) == 0  # the target is detached
+    # d/dz KL(p || softmax(z)) = softmax(z) - p: it raises the clean answer's logit and lowers the written one's
+    assert torch.allclose(texted.grad, torch.softmax(texted.detach(), -1) - clean.exp(), atol=1e-6)
+    z = texted.detach().clone().requires_grad_(True)
+    before = float(text_invariance_loss(clean, torch.log_softmax(z, -1)))
+    for _ in range(50):
+        text_invariance_loss(clean, torch.log_softmax(z, -1)).sum().backward()
+        with torch.no_grad():
+            z -= 2.0 * z.grad
+        z.grad = None
+    after = float(text_invariance_loss(clean, torch.log_softmax(z, -1)))
+    assert after < 0.05 * before and z.argmax() == 0  # descent moves the texted answer to the clean one
+
+
+def test_text_invariance_ignores_padded_labels():
+    clean = torch.log_softmax(torch.tensor([[1.0, 0.0, float("-inf")]]), dim=-1)
+    texted = torch.log_softmax(torch.tensor([[0.0, 1.0, float("-inf")]]), dim=-1)
+    mask = torch.tensor([[True, True, False]])
+    p = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    expected = float((p * (p.log() - p.flip(0).log())).sum())
+    assert float(text_invariance_loss(clean, texted, mask)[0]) == pytest.approx(expected, abs=1e-6)

@@ -112,7 +112,7 @@ def test_tower_heads_train_only_their_part_and_start_at_the_base(tiny, head):
     imgs = pictures(2, seed=3)
     base, aligned = policy.predict(imgs, LABELS)
     assert torch.allclose(base, aligned, atol=1e-5)
-    with pytest.raises(HeadError, match="predict"):
+    with pytest.raises(HeadError, match="compare"):
         policy.log_probs_for(tiny.encode_images(imgs), LABELS)
     with torch.no_grad():
         for p in policy.trainable_parameters():

@@ -304,7 +304,7 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
             svc.answer_item("walt", item.sample.id, true_shape(svc, item.sample))
         queued = svc.retrain(token=TOKEN)
         env = {**os.environ, "POCLIP_DATA_DIR": str(tmp_path), "POCLIP_MODEL": "bundled", "POCLIP_GATE_N": "300",
-               "POCLIP_RETRAIN_EVERY_PAIRS": "0"}
+               "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_STARTER_HEAD": "0"}
         proc = subprocess.run([sys.executable, "-m", "poclip", "worker", "--once"], cwd=REPO_DIR, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
@@ -318,18 +318,21 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
         svc.close()
 
 
-def test_text_invariance_pairs_write_other_wrong_words_on_the_same_picture():
+def test_text_invariance_pairs_write_other_text_from_the_style_family_on_the_same_picture():
     from poclip.app.worker import text_invariance_pairs
     from poclip.engine.train import Preference
 
     picture = synth.draw_scene(synth.sample_scene(random.Random(1), shape="heart"), 224)
     attack = TextAttack("star", size=0.15)
     judged = Preference(picture, "heart", "star", synth.SHAPES, "a photo of a {}.", attack)
-    extra = text_invariance_pairs(judged, sample_id=7, k=4)
-    assert len(extra) == 4 and extra == text_invariance_pairs(judged, sample_id=7, k=4)
+    extra = text_invariance_pairs(judged, sample_id=7, k=40)
+    assert len(extra) == 40 and extra == text_invariance_pairs(judged, sample_id=7, k=40)
     for pair in extra:
         assert pair.chosen == "heart" and pair.image is picture
-        assert pair.rejected == pair.attack.text and pair.rejected != "heart" and pair.rejected in synth.SHAPES
+        # a wrong word written in some style is rejected; the true word or a neutral word rejects the runner-up
+        assert pair.rejected is None or (pair.rejected != "heart" and pair.rejected in synth.SHAPES
+                                          and pair.rejected in pair.attack.text.lower().replace(" ", ""))
+    assert any(p.attack.text == "heart" for p in extra) and len({p.attack.text for p in extra}) > 10
     assert text_invariance_pairs(Preference(picture, "heart", "star", synth.SHAPES), 7, 4) == []
     assert text_invariance_pairs(judged, 7, 0) == []
 

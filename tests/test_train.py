@@ -20,13 +20,14 @@ from poclip.engine.train import (
 )
 from poclip.world import synth
 
-METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl/clean"}
-FAST = TrainConfig(epochs=3, batch_size=16, lr=0.02, patience=0)
+METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl/clean",
+           "loss/preference", "loss/kl", "loss/invariance", "loss/ortho"}
+FAST = TrainConfig(head="linear", epochs=3, batch_size=16, lr=0.02, patience=0)
 
 
 @pytest.fixture(scope="module")
 def prefs():
-    return synth_preferences(48, seed=0, size=96)
+    return synth_preferences(48, seed=0, size=96, styles="paper")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def clean():
 def cache(tiny, prefs, clean):
     c = EmbeddingCache(tiny)
     c.embed([p.image for p in prefs], [p.attack for p in prefs])
+    c.embed([p.image for p in prefs])
     c.embed([x.image for x in clean])
     return c
 
@@ -45,9 +47,9 @@ def cache(tiny, prefs, clean):
 def test_synthetic_pairs_prefer_the_true_shape_over_the_written_word(prefs):
     assert all(p.chosen != p.rejected and p.attack.text == p.rejected for p in prefs)
     assert {p.chosen for p in prefs} <= set(synth.SHAPES) and prefs[0].labels == synth.SHAPES
-    again = synth_preferences(2, seed=0, size=96)
+    again = synth_preferences(2, seed=0, size=96, styles="paper")
     assert again[1].attack == prefs[1].attack and again[1].image.tobytes() == prefs[1].image.tobytes()
-    assert synth_preferences(1, seed=1, size=96)[0].attack != prefs[0].attack
+    assert synth_preferences(1, seed=1, size=96, styles="paper")[0].attack != prefs[0].attack
 
 
 def test_dpo_loss_starts_at_log_2_and_every_step_logs_the_metrics(tiny, prefs, clean, cache):
@@ -109,13 +111,16 @@ def test_every_loss_trains_the_chosen_label_up(reader, prefs, clean, reader_cach
 def test_retrain_embeds_only_new_pictures_and_reads_the_disk_cache(tiny, prefs, clean, tmp_path):
     cache = EmbeddingCache(tiny, tmp_path / "emb")
     first = train(tiny, prefs[:40], clean[:20], FAST, cache=cache)
-    assert (first.cache_misses, first.cache_hits) == (60, 0)
+    # each texted pair also needs its clean self, for the text-invariance term
+    assert (first.cache_misses, first.cache_hits) == (40 + 40 + 20, 0)
     second = train(tiny, prefs, clean, FAST, cache=cache)
-    assert (second.cache_misses, second.cache_hits) == (8 + 12, 60)
+    assert (second.cache_misses, second.cache_hits) == (8 + 8 + 12, 100)
     reopened = EmbeddingCache(tiny, tmp_path / "emb")
-    assert len(reopened) == 80
+    assert len(reopened) == 128
     third = train(tiny, prefs, clean, FAST, cache=reopened)
-    assert (third.cache_misses, third.cache_hits) == (0, 80)
+    assert (third.cache_misses, third.cache_hits) == (0, 128)
+    paper = train(tiny, prefs, clean, dataclasses.replace(FAST, invariance=0.0), cache=reopened)
+    assert (paper.cache_misses, paper.cache_hits) == (0, 80)  # the paper's objective needs no clean selves
     assert torch.equal(third.policy.linear.weight, second.policy.linear.weight)
     # the attack is part of the key: the same picture clean and attacked are two entries
     p = prefs[0]
@@ -124,8 +129,9 @@ def test_retrain_embeds_only_new_pictures_and_reads_the_disk_cache(tiny, prefs, 
 
 def test_keys_of_cached_pictures_train_like_the_pictures(tiny, prefs, clean, cache):
     keyed = [dataclasses.replace(p, image=entry_key(p.image, p.attack), attack=None) for p in prefs]
-    a = train(tiny, prefs, clean, FAST, cache=cache).policy.linear.weight
-    b = train(tiny, keyed, clean, FAST, cache=cache).policy.linear.weight
+    paper = dataclasses.replace(FAST, invariance=0.0)  # a key alone has no clean self to be invariant to
+    a = train(tiny, prefs, clean, paper, cache=cache).policy.linear.weight
+    b = train(tiny, keyed, clean, paper, cache=cache).policy.linear.weight
     assert torch.equal(a, b)
     with pytest.raises(KeyError, match="not in the cache"):
         train(tiny, [dataclasses.replace(keyed[0], image="0" * 32)], clean, FAST, cache=cache)
@@ -186,7 +192,9 @@ def test_beta_moving_average_changes_the_result(tiny, prefs, clean, cache):
 @pytest.mark.parametrize("head", ["projection", "last_blocks:1"])
 def test_tower_heads_train_on_pixels_with_the_same_losses(tiny, prefs, clean, cache, head, tmp_path):
     cfg = dataclasses.replace(FAST, head=head, epochs=1, batch_size=16, lr=1e-3)
-    result = train(tiny, prefs[:32], clean[:16], cfg, cache=cache, out=tmp_path / "tower.safetensors")
+    with pytest.raises(ValueError, match="make_cache"):
+        train(tiny, prefs[:32], clean[:16], cfg, cache=cache)
+    result = train(tiny, prefs[:32], clean[:16], cfg, out=tmp_path / "tower.safetensors")
     assert result.steps == 2 and result.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     loaded = load_head(result.path, tiny)
     imgs = [p.image for p in prefs[:2]]
@@ -201,7 +209,7 @@ def test_bad_input_gets_a_clear_error(tiny, prefs, clean, cache):
         ([dataclasses.replace(p, rejected=p.chosen)], "same label"),
         ([dataclasses.replace(p, labels=("circle",))], "at least two distinct labels"),
         ([dataclasses.replace(p, template="a photo")], "has no {}"),
-        ([dataclasses.replace(p, image=42)], "PIL image or an embedding key"),
+        ([dataclasses.replace(p, image=42)], "PIL image, a stored picture or a cache key"),
     ]
     for data, message in cases:
         with pytest.raises(TrainingDataError, match=message):
@@ -210,3 +218,37 @@ def test_bad_input_gets_a_clear_error(tiny, prefs, clean, cache):
                          ({"optimizer": "sgd"}, "optimizer"), ({"val_fraction": 1.0}, "val_fraction")]:
         with pytest.raises(ValueError, match=message):
             train(tiny, prefs, clean, dataclasses.replace(FAST, **bad), cache=cache)
+
+
+def test_true_and_neutral_word_pairs_reject_the_reference_runner_up(tiny, cache):
+    family = synth_preferences(40, seed=5, size=96)
+    none = [k for k, p in enumerate(family) if p.rejected is None]
+    assert none
+    cfg = dataclasses.replace(FAST, epochs=1)
+    result = train(tiny, family, [], cfg)
+    again = train(tiny, family, [], cfg)
+    assert result.data_fingerprint == again.data_fingerprint
+    from poclip.engine.train import prepare
+
+    data = prepare(result.policy.with_strength(0.0), family, [], result.policy.make_cache())
+    for k in none:
+        ref = data.pairs["ref"][k].clone()
+        ref[data.pairs["chosen"][k]] = float("-inf")
+        assert int(data.pairs["rejected"][k]) == int(ref.argmax())
+
+
+def test_every_objective_term_is_logged_and_the_paper_recipe_has_no_invariance(tiny, prefs, clean, cache):
+    inv = train(tiny, prefs, clean, dataclasses.replace(FAST, invariance=1.0), cache=cache)
+    paper = train(tiny, prefs, clean, dataclasses.replace(FAST, invariance=0.0), cache=cache)
+    assert METRICS <= set(inv.history[-1]) and METRICS <= set(paper.history[-1])
+    assert inv.history[0]["loss/invariance"] > 0  # the texted pictures differ from their clean selves
+    step = inv.history[-1]
+    total = step["loss/preference"] + 0.3 * step["loss/kl"] + 1.0 * step["loss/invariance"] + 1e-3 * step["loss/ortho"]
+    assert step["loss"] == pytest.approx(total, rel=1e-4)
+    assert not torch.equal(inv.policy.linear.weight, paper.policy.linear.weight)
+
+
+def test_learning_rate_and_epochs_default_per_head_kind():
+    assert TrainConfig(head="linear").resolved_lr == 0.05 and TrainConfig(head="projection").resolved_lr == 1e-3
+    assert TrainConfig(head="last_blocks:2").resolved_epochs < TrainConfig(head="linear").resolved_epochs
+    assert TrainConfig(head="linear", lr=0.1).resolved_lr == 0.1

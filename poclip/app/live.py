@@ -16,6 +16,8 @@ from poclip.engine.policy import HeadError, Policy, load_head
 
 log = logging.getLogger(__name__)
 
+STARTER_LABEL = "starter head (trained on synthetic pairs; no version trained here yet)"
+
 
 @dataclass(frozen=True)
 class LiveModel:
@@ -27,7 +29,7 @@ class LiveModel:
     @property
     def label(self) -> str:
         if self.version is None:
-            return "base model (no aligned version yet)"
+            return "base model (no aligned version yet)" if self.policy is None else STARTER_LABEL
         return f"version {self.version.id}"
 
 
@@ -35,10 +37,12 @@ class LiveHead:
     """Follows the database's active version: loads its head when it changes, serves the base model when it
     cannot be loaded (another backbone, a missing file), and says why."""
 
-    def __init__(self, repo: Repository, encoder: ClipEncoder) -> None:
+    def __init__(self, repo: Repository, encoder: ClipEncoder, fallback: Policy | None = None) -> None:
+        """``fallback``: what serves while no version is active (the shipped starter head), else the base."""
         self.repo = repo
         self.encoder = encoder
-        self._live = LiveModel(None, None)
+        self.fallback = fallback
+        self._live = LiveModel(None, fallback)
         self._unloadable: dict[int, str] = {}  # active versions this process cannot load, with the reason
         self._lock = threading.Lock()  # one loader at a time; readers never wait (they take self._live)
 
@@ -59,7 +63,7 @@ class LiveHead:
             ):
                 return current
             if active is None:
-                self._live = LiveModel(None, None)
+                self._live = LiveModel(None, self.fallback)
                 return self._live
             if active.id in self._unloadable:
                 return current

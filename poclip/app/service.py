@@ -35,6 +35,7 @@ from poclip.app.comparisons import new_id as new_comparison_id
 from poclip.app.identity import Identity, IdentityError, server_secret
 from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.models import ClipEncoder, load_model
+from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack, render
@@ -152,7 +153,8 @@ class AppService:
         self.settings = settings
         self.encoder = encoder
         self.repo = repo
-        self.live_head = LiveHead(repo, encoder)
+        # Until a version is promoted, the shipped starter head serves (None: none for this backbone).
+        self.live_head = LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
         self.comparisons = ComparisonStore()
         self._secret = server_secret(settings.data_dir)
         self.identity = Identity(self._secret)
@@ -452,13 +454,16 @@ class AppService:
         picture = normalize_image(image) if normalize else image
         seen = render(picture, attack) if attack is not None else picture
         live = self.live
-        # Preprocessing runs here, in the request's thread; the tower pass is shared with concurrent requests.
-        emb = self.batcher.encode(self.encoder.pixels([seen])[0])[None]
+        if live.policy is None or live.policy.head == "linear":
+            # Preprocessing runs here, in the request's thread; the tower pass is shared with concurrent requests.
+            emb = self.batcher.encode(self.encoder.pixels([seen])[0])[None]
         if live.policy is None:
             base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
             aligned = base
-        else:
+        elif live.policy.head == "linear":
             base, aligned = live.policy.log_probs_for(emb, label_list, template, float(t))
+        else:  # a tower head runs its tail at base and aligned weights on one trunk pass of its own
+            base, aligned = live.policy.compare([seen], label_list, template, float(t))
         as_dict = lambda lp: {lab: round(float(p), 6) for lab, p in zip(label_list, lp[0].exp(), strict=True)}  # noqa: E731
         return Comparison(new_comparison_id(), picture, seen, attack, tuple(label_list), template,
                           Answer("base", as_dict(base)), Answer("aligned", as_dict(aligned)), "base", live.label,

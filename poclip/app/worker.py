@@ -31,9 +31,10 @@ from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
-from poclip.engine.train import CleanImage, Preference, TrainConfig, synth_clean, train_head
+from poclip.engine.starter import load_starter
+from poclip.engine.train import CleanImage, Preference, TrainConfig, styled_preference, synth_clean, train_head
 from poclip.settings import Settings
-from poclip.world.attacks import TextAttack, random_attack
+from poclip.world.attacks import TextAttack
 from poclip.world.images import open_image
 
 log = logging.getLogger(__name__)
@@ -126,19 +127,18 @@ def gate(candidate: dict, live: dict, base: dict, class_margin: float = CLASS_DR
 
 
 def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Preference]:
-    """``k`` more pairs from one typographic judgment: the same picture with other wrong words written on it.
+    """``k`` more pairs from one typographic judgment: the same picture with other text written on it.
 
-    A person who says the object is ``chosen`` despite the word on the picture has said so for any word: the
-    object does not change with the writing. Each extra pair writes another wrong label (paper-style random
-    attack, seeded by the sample) and rejects it. Judgments on pictures without writing are not expanded.
+    A person who says the object is ``chosen`` despite the word on the picture has said so for any writing:
+    the object does not change with it. Each extra pair draws its text from the text-style family
+    (:mod:`poclip.world.styles`: other wrong words, the true word, neutral words, several words, other looks;
+    seeded by the sample), so "the written class is never the answer" cannot fit the data. Judgments on
+    pictures without writing are not expanded.
     """
     if pref.attack is None or k <= 0 or len(pref.labels) < 2:
         return []
-    extra = []
-    for j in range(k):
-        attack = random_attack(pref.labels, pref.chosen, random.Random(f"invariance:{sample_id}:{j}"))
-        extra.append(Preference(pref.image, pref.chosen, attack.text, pref.labels, pref.template, attack))
-    return extra
+    return [styled_preference(pref.image, pref.chosen, pref.labels, random.Random(f"invariance:{sample_id}:{j}"),
+                              template=pref.template) for j in range(k)]
 
 
 def _summary(metrics: dict) -> dict:
@@ -186,7 +186,7 @@ class Trainer:
         self.settings = settings
         self.repo = repo
         self.encoder = encoder
-        self.live_head = live or LiveHead(repo, encoder)
+        self.live_head = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
         self.worker_id = worker_name(f"{id(self):x}")
         self.progress = Progress()
         self.clock = clock or (lambda: time.time())  # looked up per call, so tests can move the module's time

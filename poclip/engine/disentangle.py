@@ -47,7 +47,7 @@ class DisentangleConfig:
     # Chosen on the bundled model from lr 0.1-0.3 x lambda 0.3-3: the strongest reversal at t = 1 whose shape
     # accuracy stays within 3 points of the base for every t in [0, 1].
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        loss="dpo", ortho=0.0, reg_lambda=1.0, optimizer="adamw", lr=0.3, epochs=100, patience=0))
+        head="linear", loss="dpo", ortho=0.0, reg_lambda=1.0, optimizer="adamw", lr=0.3, epochs=100, patience=0))
 
 
 def concept_pairs(n: int, seed: int = 0, size: int = 224) -> list[Preference]:

@@ -1,10 +1,13 @@
-"""On-disk cache of image embeddings, so a retrain only runs the image tower on pictures it has not seen.
+"""On-disk caches of what the frozen image tower computes, so a retrain only runs it on pictures it has not seen.
 
-An entry is keyed by (picture content hash, attack parameters JSON or ``none``, backbone fingerprint).
-The backbone fingerprint hashes the spec, the architecture's input size and every weight, so a changed
-model never reads stale embeddings. Layout::
+:class:`EmbeddingCache` holds the tower's unit-norm embeddings (what the linear head trains on);
+:class:`ActivationCache` holds the activations at a tower head's cut (:mod:`poclip.engine.tower`), so a
+tower head trains only its tail. An entry is keyed by (picture content hash, attack parameters JSON or
+``none``), within a folder per backbone fingerprint and cut. The backbone fingerprint hashes the spec, the
+architecture's input size and every weight, so a changed model never reads stale entries. Layout::
 
-    ROOT/<backbone fingerprint>/<shard>.safetensors    tensor "emb" [n, d], metadata "keys" (JSON list)
+    ROOT/<backbone fingerprint>/<shard>.safetensors          embeddings: tensor "emb" [n, d], metadata "keys"
+    ROOT/<backbone fingerprint>/<cut>/<shard>.safetensors    activations at the cut, same format
 
 Each call that embeds new pictures writes one shard (temp file, then ``os.replace``), so concurrent
 writers never clash and a crash never leaves a half-written file. ``root=None`` keeps entries in memory.
@@ -20,6 +23,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +31,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from poclip.engine import tower
 from poclip.engine.models import ClipEncoder
 from poclip.world.attacks import TextAttack, render
+from poclip.world.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def backbone_fingerprint(encoder: ClipEncoder) -> str:
         hit = _fingerprints.get(id(model))
         if hit is not None and hit[0]() is model:
             return hit[1]
-    digest = hashlib.sha256(f"{encoder.spec.removeprefix('auto -> ')}|{encoder.image_size}".encode())
+    digest = hashlib.sha256(f"{encoder.model_spec.name}|{encoder.image_size}".encode())
     for name, value in model.state_dict().items():
         digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -61,23 +67,54 @@ def image_hash(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def entry_key(image: Image.Image | str, attack: TextAttack | None = None) -> str:
-    """Cache key of a picture (or its content hash) with an optional attack written on it."""
-    content = image if isinstance(image, str) else image_hash(image)
+@dataclass(frozen=True)
+class StoredPicture:
+    """A picture on disk known by its stored content hash: caches key it by ``sha256`` and open ``path`` only
+    on a miss, so a retrain over stored pictures reads none that are cached."""
+
+    sha256: str
+    path: Path
+
+    def open(self) -> Image.Image:
+        return open_image(Path(self.path))
+
+
+Picture = Image.Image | StoredPicture
+
+
+def entry_key(image: Picture | str, attack: TextAttack | None = None) -> str:
+    """Cache key of a picture (or its content hash, or a stored picture's hash) with an optional attack."""
+    if isinstance(image, StoredPicture):
+        content = image.sha256
+    else:
+        content = image if isinstance(image, str) else image_hash(image)
     params = attack.to_json() if attack is not None else "none"
     return hashlib.sha256(f"{content}|{params}".encode()).hexdigest()[:32]
+
+
+def as_image(picture: Picture) -> Image.Image:
+    """The PIL picture of ``picture`` (opening a :class:`StoredPicture`)."""
+    return picture.open() if isinstance(picture, StoredPicture) else picture
 
 
 class EmbeddingCache:
     """Embeddings of one backbone, kept in memory and (with ``root``) on disk.
 
     ``hits`` and ``misses`` count look-ups since creation, so callers can show what a retrain re-embedded.
+    Subclasses cache other tensors by overriding :attr:`namespace` and :meth:`compute`.
     """
+
+    namespace = ""  # the subfolder of the backbone's folder (embeddings live in the folder itself)
 
     def __init__(self, encoder: ClipEncoder, root: str | Path | None = None) -> None:
         self.encoder = encoder
         self.fingerprint = backbone_fingerprint(encoder)
-        self.dir = Path(root) / self.fingerprint if root is not None else None
+        self.root = Path(root) if root is not None else None
+        self.dir = None
+        if root is not None:
+            self.dir = Path(root) / self.fingerprint
+            if self.namespace:
+                self.dir = self.dir / self.namespace.replace(":", "-")
         self._entries: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
         self.hits = 0
@@ -102,8 +139,9 @@ class EmbeddingCache:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def get(self, key: str) -> torch.Tensor | None:
-        return self._entries.get(key)
+    def compute(self, pictures: list[Image.Image]) -> torch.Tensor:
+        """What this cache stores, for rendered pictures: unit-norm embeddings ``[N, d]``."""
+        return self.encoder.encode_images(pictures)
 
     def put(self, embeddings: dict[str, torch.Tensor]) -> None:
         """Store embeddings by key (one new shard on disk)."""
@@ -119,21 +157,22 @@ class EmbeddingCache:
         tmp, final = self.dir / f".{name}.tmp", self.dir / f"{name}.safetensors"
         try:
             save_file({"emb": torch.stack(list(new.values())).contiguous()}, str(tmp),
-                      metadata={"keys": json.dumps(list(new)), "backbone": self.encoder.spec})
+                      metadata={"keys": json.dumps(list(new)), "backbone": self.encoder.model_spec.name})
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 
     def embed(
         self,
-        images: Sequence[Image.Image | str],
+        images: Sequence[Picture | str],
         attacks: Sequence[TextAttack | None] | None = None,
         batch_size: int = 64,
     ) -> torch.Tensor:
-        """Unit-norm embeddings ``[N, d]`` of pictures, each optionally with an attack written on it.
+        """The cached tensors (embeddings ``[N, d]``) of pictures, each optionally with an attack written on it.
 
-        An item may also be a cache key (a string from :func:`entry_key` or :meth:`key`, attack ``None``);
-        it must be cached already. Only pictures not in the cache run through the image tower.
+        An item may also be a cache key (a string from :func:`entry_key`, attack ``None``), which must be
+        cached already, or a :class:`StoredPicture`, opened only on a miss. Only pictures not in the cache
+        run through the image tower.
         """
         attacks = list(attacks) if attacks is not None else [None] * len(images)
         if len(attacks) != len(images):
@@ -159,11 +198,26 @@ class EmbeddingCache:
             new: dict[str, torch.Tensor] = {}
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
-                pictures = [render(img, atk) if atk is not None else img for _, (img, atk) in chunk]
-                new.update(zip([k for k, _ in chunk], self.encoder.encode_images(pictures), strict=True))
+                pictures = [render(as_image(img), atk) if atk is not None else as_image(img)
+                            for _, (img, atk) in chunk]
+                new.update(zip([k for k, _ in chunk], self.compute(pictures), strict=True))
             self.put(new)
         return torch.stack([self._entries[k] for k in keys])
 
-    def key(self, image: Image.Image | str, attack: TextAttack | None = None) -> str:
-        """The cache key of a picture (or content hash) and attack; see :func:`entry_key`."""
-        return entry_key(image, attack)
+
+class ActivationCache(EmbeddingCache):
+    """The frozen trunk's activations at a tower head's cut (:func:`poclip.engine.tower.split`), per picture.
+
+    ``blocks`` is the head's tail length (0 = projection only). ``tail(cached) == tower(picture)``, so a tower
+    head trains on these exactly as on pixels, running only its tail per step.
+    """
+
+    def __init__(self, encoder: ClipEncoder, root: str | Path | None = None, blocks: int = 0) -> None:
+        self.blocks = blocks
+        self.namespace = tower.split(encoder.model.visual, blocks).cut
+        super().__init__(encoder, root)
+
+    @torch.inference_mode()
+    def compute(self, pictures: list[Image.Image]) -> torch.Tensor:
+        pixels = self.encoder.pixels(pictures)
+        return tower.trunk(self.encoder.model.visual, pixels, self.blocks).float().cpu()

@@ -8,7 +8,9 @@ and score any number of heads and strengths on it with :func:`evaluate_policy`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -19,7 +21,8 @@ from poclip.engine.losses import kl_to_reference
 from poclip.engine.models import DEFAULT_TEMPLATES, ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.world import synth
-from poclip.world.attacks import render
+from poclip.world.attacks import HELD_OUT_FONTS, TRAINING_FONTS, TextAttack, random_attack
+from poclip.world.styles import EVAL_NEUTRAL_WORDS, StyledText, styled_attack
 
 
 def evaluate_synth(
@@ -69,13 +72,55 @@ def evaluate_synth(
 
 # ----- aligned policies: embed an evaluation set once, then score any head and strength on it ----------------
 
+# The generalization table's rows (bench/alignment.py): which text is written on the held-out pictures.
+ATTACK_FAMILIES: tuple[str, ...] = (
+    "paper", "held_out_font", "upper_case", "several_words", "true_word", "neutral_word", "low_opacity",
+    "small_text", "label_patch",
+)
+_FAMILY_STYLES = {"upper_case": "upper", "true_word": "true", "neutral_word": "neutral", "low_opacity": "faint",
+                  "small_text": "small", "label_patch": "patch", "held_out_font": "wrong"}
+
+
+def family_attack(family: str, labels: Sequence[str], true_label: str, rng: random.Random) -> StyledText:
+    """The text of attack family ``family`` (:data:`ATTACK_FAMILIES`) for a picture of ``true_label``.
+
+    ``paper`` is the paper's attack; ``held_out_font`` the same in a font no training attack uses;
+    ``several_words`` alternates the same wrong word two or three times and two or three different wrong words;
+    ``neutral_word`` writes words training never wrote (:data:`~poclip.world.styles.EVAL_NEUTRAL_WORDS`).
+    """
+    if family == "paper":
+        attack = random_attack(labels, true_label, rng)
+        return StyledText("wrong", attack, (attack.text,))
+    if family == "several_words":
+        return styled_attack(rng.choice(("repeat", "mixed")), labels, true_label, rng)
+    if family not in _FAMILY_STYLES:
+        raise ValueError(f"unknown attack family {family!r}; choose one of {', '.join(ATTACK_FAMILIES)}")
+    fonts = HELD_OUT_FONTS if family == "held_out_font" else TRAINING_FONTS
+    return styled_attack(_FAMILY_STYLES[family], labels, true_label, rng, fonts, EVAL_NEUTRAL_WORDS)
+
+
+class _SynthPictures(Sequence):
+    """The clean pictures of a synthetic evaluation set, drawn on demand (a set of 1,000 is not kept in memory)."""
+
+    def __init__(self, seed: int, n: int, size: int = 224) -> None:
+        self.seed, self.n, self.size = seed, n, size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        return synth.eval_item(self.seed, i, "none", self.size).clean
+
 
 @dataclass
 class EvalEmbeddings:
     """An evaluation set, embedded once: clean and attacked pictures of the same items.
 
-    ``truth`` and ``written`` are label indices (``written`` = the attack's word, -1 if it is not a label).
-    Pictures are kept only when a tower head must see pixels (``keep_images``).
+    ``truth`` and ``written`` are label indices (``written`` = the first wrong label the text writes, -1 if
+    none). ``pictures`` and ``attacks`` let a tower head compute its own inputs (activations at its cut), once
+    per cut (:meth:`inputs`).
     """
 
     labels: list[str]
@@ -84,12 +129,26 @@ class EvalEmbeddings:
     attacked: torch.Tensor
     truth: torch.Tensor
     written: torch.Tensor
-    clean_images: list[Image.Image] | None = None
-    attacked_images: list[Image.Image] | None = None
+    pictures: Sequence[Image.Image] | None = None
+    attacks: list[TextAttack] | None = None
+    cache_root: Path | None = None
+    _inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
         return len(self.truth)
+
+    def inputs(self, policy: Policy) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, attacked) inputs of ``policy``'s head: the embeddings, or activations at its cut."""
+        if policy.cut == "embedding":
+            return self.clean, self.attacked
+        if policy.cut not in self._inputs:
+            if self.pictures is None or self.attacks is None:
+                raise ValueError("a tower head needs the pictures: embed the set with keep_images=True")
+            cache = policy.make_cache(self.cache_root)
+            pictures = list(self.pictures)
+            self._inputs[policy.cut] = (cache.embed(pictures), cache.embed(pictures, self.attacks))
+        return self._inputs[policy.cut]
 
 
 def embed_synth_eval(
@@ -97,23 +156,34 @@ def embed_synth_eval(
     n: int = 1000,
     seed: int = 2024,
     cache: EmbeddingCache | None = None,
-    keep_images: bool = False,
+    keep_images: bool = True,
     template: str = synth.DEFAULT_TEMPLATE,
+    family: str = "paper",
 ) -> EvalEmbeddings:
-    """Embed ``n`` synthetic evaluation items (seed ``seed``) clean and with their paper-style attack."""
+    """Embed ``n`` synthetic evaluation items (seed ``seed``) clean and with text of attack ``family``.
+
+    The same ``seed`` gives the same clean pictures for every family; the ``paper`` family is the attack of
+    :func:`poclip.world.synth.eval_item`, others draw their text from ``eval-text:{family}:{seed}:{i}``.
+    Pictures are drawn again on demand for tower heads (``keep_images``), never all held in memory.
+    """
     if n <= 0:
         raise ValueError("n must be positive")
     cache = cache if cache is not None else EmbeddingCache(encoder)
     labels = list(synth.SHAPES)
     items = synth.eval_set(n, seed, "random")
-    clean = cache.embed([it.clean for it in items])
-    attacked = cache.embed([it.clean for it in items], [it.attack for it in items])
+    texts = [StyledText("wrong", it.attack, (it.attack.text,)) if family == "paper" else
+             family_attack(family, labels, it.label, random.Random(f"eval-text:{family}:{seed}:{it.index}"))
+             for it in items]
+    pictures = [it.clean for it in items]
+    clean = cache.embed(pictures)
+    attacked = cache.embed(pictures, [t.attack for t in texts])
     return EvalEmbeddings(
         labels, template, clean, attacked,
         torch.tensor([labels.index(it.label) for it in items]),
-        torch.tensor([labels.index(it.attack.text) for it in items]),
-        [it.clean for it in items] if keep_images else None,
-        [it.attacked for it in items] if keep_images else None,
+        torch.tensor([labels.index(t.wrong[0]) if t.wrong else -1 for t in texts]),
+        _SynthPictures(seed, n) if keep_images else None,
+        [t.attack for t in texts] if keep_images else None,
+        cache.root,
     )
 
 
@@ -134,7 +204,6 @@ def embed_dataset_eval(
     picture gets a paper-style attack writing another label (:func:`poclip.world.attacks.random_attack`, seeded
     by ``f"dataset-attack:{seed}:{i}"``). ``n`` (default all) rows are taken in a seeded random order.
     """
-    from poclip.world.attacks import random_attack
     from poclip.world.images import normalize_image
 
     for column in (label_column, image_column):
@@ -164,21 +233,13 @@ def embed_dataset_eval(
     attacked = cache.embed(images, attacks)
     return EvalEmbeddings(
         names, template, clean, attacked, torch.tensor(truth), torch.tensor(written),
-        images if keep_images else None,
-        [render(img, atk) for img, atk in zip(images, attacks, strict=True)] if keep_images else None,
+        images if keep_images else None, attacks if keep_images else None,
+        cache.root,
     )
 
 
-def _policy_log_probs(policy: Policy, emb: torch.Tensor, images, text: torch.Tensor) -> torch.Tensor:
-    if not policy.trains_on_pixels:
-        return torch.log_softmax(policy.logits(emb, text), dim=-1)
-    if images is None:
-        raise ValueError("a tower head needs the pictures: embed the set with keep_images=True")
-    out = []
-    for start in range(0, len(images), 128):
-        pixels = policy.encoder.pixels(images[start : start + 128])
-        out.append(torch.log_softmax(policy.logits(pixels, text), dim=-1))
-    return torch.cat(out)
+def _policy_log_probs(policy: Policy, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.log_softmax(policy.logits(x[i : i + 512], text), dim=-1) for i in range(0, len(x), 512)])
 
 
 @torch.no_grad()
@@ -199,8 +260,9 @@ def evaluate_policy(policy: Policy | None, data: EvalEmbeddings, t: float = 1.0,
         clean_lp, attacked_lp = ref_clean, encoder.log_probs(data.attacked, text)
     else:
         head = policy if t == 1.0 else policy.with_strength(t)
-        clean_lp = _policy_log_probs(head, data.clean, data.clean_images, text)
-        attacked_lp = _policy_log_probs(head, data.attacked, data.attacked_images, text)
+        clean_x, attacked_x = data.inputs(policy)
+        clean_lp = _policy_log_probs(head, clean_x, text)
+        attacked_lp = _policy_log_probs(head, attacked_x, text)
     clean_pred, attacked_pred = clean_lp.argmax(1), attacked_lp.argmax(1)
     y = data.truth
     typographic = float((attacked_pred == y).float().mean())
@@ -225,8 +287,7 @@ def evaluate_policy(policy: Policy | None, data: EvalEmbeddings, t: float = 1.0,
 def evaluate_synth_policy(policy: Policy, n: int = 1000, seed: int = 2024, t: float = 1.0,
                           cache: EmbeddingCache | None = None) -> dict:
     """The app's promotion gate: :func:`evaluate_policy` on ``n`` held-out synthetic pictures (seed ``seed``)."""
-    data = embed_synth_eval(policy.encoder, n, seed, cache, keep_images=policy.trains_on_pixels)
-    return evaluate_policy(policy, data, t)
+    return evaluate_policy(policy, embed_synth_eval(policy.encoder, n, seed, cache), t)
 
 
 def sweep_strength(policy: Policy, data: EvalEmbeddings, ts: list[float]) -> list[dict]:

@@ -134,6 +134,22 @@ def kl_to_reference(ref_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tens
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
+def text_invariance_loss(clean_logp: torch.Tensor, texted_logp: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Text invariance (ours, beyond the paper): KL(pi(.|x) || pi(.|T(x))) per picture ``[N]``.
+
+    ``x`` is a clean picture and ``T(x)`` the same picture with any text written on it (a wrong word, the true
+    word, a neutral word, several words)::
+
+        L_inv = sum_y sg[pi(y|x)] * (log sg[pi(y|x)] - log pi(y|T(x)))
+
+    where sg is stop-gradient: the clean picture's own prediction is the target, so the term pulls the texted
+    picture's distribution to it and never moves the clean prediction toward the texted one. It is zero when
+    the text changes nothing. ``mask`` marks real labels as in :func:`kl_to_reference`.
+    """
+    return kl_to_reference(clean_logp.detach(), texted_logp, mask)
+
+
 def preference_loss(
     name: str,
     r_w: torch.Tensor,

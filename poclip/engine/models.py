@@ -25,12 +25,13 @@ import torch
 from PIL import Image
 
 from poclip.settings import ASSETS_DIR, PACKAGE_DIR, Settings
+from poclip.world.synth import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = ASSETS_DIR / "models" / "bundled"
 AUTO_HUB_SPEC = "ViT-B-32:openai"
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+DEFAULT_TEMPLATES: tuple[str, ...] = (DEFAULT_TEMPLATE,)
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 # Our own architectures (the bundled model's) become known to open_clip by name.
@@ -45,22 +46,44 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which backbone is loaded: ``name`` is the spec that loaded it (``bundled``, ``ViT-B-32:openai``, ...),
+    ``weights`` says where its weights came from, ``resolved_from`` the spec asked for when it differs
+    (``auto``). Parsed once by :func:`load_model`; nothing re-parses the display string."""
+
+    name: str
+    weights: str
+    resolved_from: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.resolved_from} -> {self.name}" if self.resolved_from else self.name
+
+
 @dataclass
 class ClipEncoder:
     """A CLIP backbone with batched, unit-norm image and text encoders.
 
     ``encode_texts`` and ``classifier`` cache their results, so a label set's prompts are embedded once.
-    Safe to call from several threads (Gradio's workers).
+    Safe to call from several threads (Gradio's workers). ``model_spec`` says which backbone this is;
+    ``spec`` is its display string (e.g. ``auto -> bundled``).
     """
 
-    spec: str
-    description: str
+    model_spec: ModelSpec
     model: torch.nn.Module
     preprocess: object
     tokenizer: object
     device: torch.device
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def spec(self) -> str:
+        return str(self.model_spec)
+
+    @property
+    def description(self) -> str:
+        return self.model_spec.weights
 
     @property
     def logit_scale(self) -> float:
@@ -138,12 +161,6 @@ class ClipEncoder:
     def log_probs(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """log pi(y|x) = log_softmax_y(s * <img(x), txt(y)>), shape ``[N, L]``."""
         return torch.log_softmax(self.logit_scale * image_emb @ text_emb.T, dim=-1)
-
-    def predict(
-        self, images: list[Image.Image], labels: list[str], templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    ) -> torch.Tensor:
-        """Class probabilities, shape ``[len(images), len(labels)]``."""
-        return self.log_probs(self.encode_images(images), self.classifier(labels, templates)).exp()
 
 
 def _hub_endpoint() -> tuple[str, int]:
@@ -241,7 +258,7 @@ def load_model(spec: str = "auto", settings: Settings | None = None, device: tor
         except ModelUnavailable as exc:
             log.warning("auto: using the bundled model because %s", exc)
             encoder = load_model("bundled", settings, device)
-        encoder.spec = f"auto -> {encoder.spec}"
+        encoder.model_spec = ModelSpec(encoder.model_spec.name, encoder.model_spec.weights, resolved_from="auto")
         return encoder
     if spec == "bundled":
         if not (BUNDLED_DIR / "open_clip_config.json").is_file():
@@ -279,4 +296,4 @@ def load_model(spec: str = "auto", settings: Settings | None = None, device: tor
             model, preprocess, tokenizer = _load_hub(name, tag, device, settings)
             description = f"{name}:{tag} (open_clip pretrained)"
     log.info("loaded %s in %.1f s on %s", spec, time.perf_counter() - started, device)
-    return ClipEncoder(spec, description, model, preprocess, tokenizer, device)
+    return ClipEncoder(ModelSpec(spec, description), model, preprocess, tokenizer, device)

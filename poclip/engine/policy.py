@@ -4,18 +4,21 @@
 
 The reference policy pi_ref is the base model (f = unit-norm image embedding, g = identity). Heads:
 
-``linear`` (default, CPU-fast)
+``linear`` (CPU-fast)
     A square W (d x d, identity at init) shared by both modalities: f(x) = W img(x), g(t) = W t, so
     logits are ``s * img^T W^T W txt``. Only W trains, on cached embeddings. Strength knob: with the SVD
-    ``W = U S V^T``, ``W_t = U S^t V^T`` and ``W_t^T W_t = V S^(2t) V^T``: t = 0 is the base model (up to
-    float rounding), t = 1 the trained head, t > 1 extrapolates, t < 0 reverses the learned emphasis.
+    ``W = U S V^T``, ``W_t = U S^t V^T`` and ``W_t^T W_t = V S^(2t) V^T``: t = 0 is the base model (W_0 is
+    taken as the identity, so exactly), t = 1 the trained head, t > 1 extrapolates, t < 0 reverses the
+    learned emphasis.
 ``projection``
-    The image tower's final projection (ViT ``proj``, ResNet ``attnpool``) trains on pixels.
+    The image tower's projection (ViT ``proj``, ResNet attention pool) trains; text features are unchanged.
 ``last_blocks:K``
-    The image tower's last K blocks plus its projection train on pixels.
+    The image tower's last K residual blocks plus its projection train.
 
-Tower heads have no SVD; their strength knob interpolates weights, ``theta_t = theta_ref + t (theta -
-theta_ref)`` (so again t = 0 is the base model exactly and t < 0 moves away from the trained one).
+Tower heads train only the tail above their cut (:mod:`poclip.engine.tower`), on the frozen trunk's
+activations, which are computed once per picture and cached; batch-norm statistics stay frozen. Their
+strength knob interpolates weights, ``theta_t = theta_ref + t (theta - theta_ref)``, so again t = 0 is the
+base model exactly and t < 0 moves away from the trained one.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from poclip.engine import tower
 from poclip.engine.models import ClipEncoder
+from poclip.world.synth import DEFAULT_TEMPLATE
 
 HEAD_FORMAT = "poclip-head/1"
-HEAD_KINDS = ("linear", "projection", "last_blocks:K")
 _MIN_SINGULAR = 1e-6  # S^t with t < 0 needs S > 0; a collapsed direction is treated as tiny, not zero
 
 
@@ -56,33 +60,17 @@ def parse_head(head: str) -> tuple[str, int]:
 
 
 def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
-    """``W_t = U S^t V^T`` for the SVD ``W = U S V^T`` (computed in float64, returned in W's dtype)."""
+    """``W_t = U S^t V^T`` for the SVD ``W = U S V^T`` (computed in float64, returned in W's dtype).
+
+    ``t = 0`` returns the identity: ``W_0 = U V^T`` is orthogonal, so its logits are the base model's, and the
+    identity gives them without rounding.
+    """
     if t == 1.0:
         return weight.detach().clone()
+    if t == 0.0:
+        return torch.eye(weight.shape[0], dtype=weight.dtype)
     u, s, vh = torch.linalg.svd(weight.detach().double())
     return ((u * s.clamp(min=_MIN_SINGULAR).pow(t)) @ vh).to(weight.dtype)
-
-
-def _tower_parts(visual: torch.nn.Module, kind: str, k: int) -> list[torch.nn.Module | torch.nn.Parameter]:
-    """The modules/parameters of an open_clip image tower that a tower head trains."""
-    if isinstance(getattr(visual, "proj", None), torch.nn.Parameter):  # ViT
-        projection: list = [visual.proj]
-        if hasattr(visual, "ln_post"):
-            projection.append(visual.ln_post)
-        blocks = list(getattr(getattr(visual, "transformer", None), "resblocks", []))
-    elif hasattr(visual, "attnpool"):  # ModifiedResNet: attention pooling ends in the projection
-        projection = [visual.attnpool]
-        blocks = [b for name in ("layer1", "layer2", "layer3", "layer4") if hasattr(visual, name)
-                  for b in getattr(visual, name)]
-    elif hasattr(visual, "head"):  # timm towers
-        projection, blocks = [visual.head], []
-    else:
-        raise HeadError(f"do not know where the projection of a {type(visual).__name__} image tower is")
-    if kind == "projection":
-        return projection
-    if k > len(blocks):
-        raise HeadError(f"last_blocks:{k} asks for more blocks than the image tower has ({len(blocks)})")
-    return [*blocks[-k:], *projection]
 
 
 class LinearHead(torch.nn.Module):
@@ -99,8 +87,10 @@ class LinearHead(torch.nn.Module):
 class Policy(torch.nn.Module):
     """A backbone (:class:`~poclip.engine.models.ClipEncoder`, frozen) plus an alignment head.
 
-    Use :meth:`log_probs_for` / :meth:`predict` for the app's base-and-aligned predictions, and
-    :meth:`with_strength` for the SVD strength knob. The reference policy is ``encoder`` itself.
+    A head maps *head inputs* ``x`` to image features: unit-norm embeddings for the linear head, the trunk's
+    activations at the cut for tower heads (:meth:`inputs`, or cached by :meth:`make_cache`). Use
+    :meth:`compare` for the app's base-and-aligned predictions and :meth:`with_strength` for the strength knob.
+    The reference policy is ``with_strength(0)``, the base model.
     """
 
     def __init__(self, encoder: ClipEncoder, head: str = "linear") -> None:
@@ -110,33 +100,60 @@ class Policy(torch.nn.Module):
         self.head = head.strip()
         self.linear: LinearHead | None = None
         self.visual: torch.nn.Module | None = None
+        self.split: tower.TowerSplit | None = None
         if self.head_kind == "linear":
             self.linear = LinearHead(encoder.embed_dim)
-        else:
-            # A private copy of the tower, so the base model (the reference) stays untouched.
-            self.visual = copy.deepcopy(encoder.model.visual).to(encoder.device)
-            self.visual.requires_grad_(False)
-            for part in _tower_parts(self.visual, self.head_kind, self.head_blocks):
-                part.requires_grad_(True)
-            self.visual.eval()
+            return
+        try:
+            tower.split(encoder.model.visual, self.head_blocks)
+        except tower.TowerError as exc:
+            raise HeadError(str(exc)) from exc
+        # A private copy of the tower, so the base model (the reference) stays untouched.
+        self.visual = copy.deepcopy(encoder.model.visual).to(encoder.device)
+        self.visual.requires_grad_(False)
+        self.split = tower.split(self.visual, self.head_blocks)
+        for part in self.split.trainable:
+            part.requires_grad_(True)
+        self.visual.eval()  # batch-norm statistics stay the base model's, in training too
 
     # ----- the policy -----------------------------------------------------------------------------------
 
     @property
     def trains_on_pixels(self) -> bool:
-        """Tower heads need pictures; the linear head works on cached embeddings."""
+        """Tower heads change the image tower; the linear head works on embeddings."""
         return self.visual is not None
+
+    @property
+    def cut(self) -> str:
+        """What the head's inputs are: ``embedding``, or the tower cut's name (a cache namespace)."""
+        return "embedding" if self.split is None else self.split.cut
 
     @property
     def logit_scale(self) -> float:
         return self.encoder.logit_scale
 
+    def make_cache(self, root: str | Path | None = None):
+        """The cache of this head's inputs: an embedding cache, or an activation cache at the cut."""
+        from poclip.engine.embed_cache import ActivationCache, EmbeddingCache
+
+        if self.split is None:
+            return EmbeddingCache(self.encoder, root)
+        return ActivationCache(self.encoder, root, self.head_blocks)
+
+    @torch.no_grad()
+    def inputs(self, images: list[Image.Image]) -> torch.Tensor:
+        """Head inputs for pictures (no cache): embeddings, or the trunk's activations at the cut."""
+        if self.split is None:
+            return self.encoder.encode_images(images)
+        pixels = self.encoder.pixels(images)
+        return tower.trunk(self.encoder.model.visual, pixels, self.head_blocks).float().cpu()
+
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Aligned image features: ``W img`` for a linear head (``x`` = unit-norm embeddings ``[N, d]``),
-        the tower's unit-norm embedding for tower heads (``x`` = preprocessed pixels)."""
+        """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`)."""
         if self.linear is not None:
             return self.linear(x)
-        return F.normalize(self.visual(x.to(self.encoder.device)).float(), dim=-1).cpu()
+        out = tower.tail(self.visual, x.to(self.encoder.device), self.head_blocks)
+        return F.normalize(out.float(), dim=-1).cpu()
 
     def text_features(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Aligned text features: ``W txt`` for a linear head, ``txt`` unchanged for tower heads."""
@@ -146,17 +163,18 @@ class Policy(torch.nn.Module):
         """``s * <f(x), g(txt)>``, shape ``[N, L]``."""
         return self.logit_scale * self.image_features(x) @ self.text_features(text_emb).T
 
+    def trainable_module(self) -> torch.nn.Module:
+        return self.linear if self.linear is not None else self.visual
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        module = self.linear if self.linear is not None else self.visual
-        return [p for p in module.parameters() if p.requires_grad]
+        return [p for p in self.trainable_module().parameters() if p.requires_grad]
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The tensors that define the head (what a checkpoint stores)."""
         if self.linear is not None:
             return {"W": self.linear.weight.detach().cpu().contiguous()}
-        names = {id(p) for p in self.trainable_parameters()}
         return {f"visual.{n}": p.detach().cpu().contiguous() for n, p in self.visual.named_parameters()
-                if id(p) in names}
+                if p.requires_grad}
 
     def load_head_state(self, tensors: dict[str, torch.Tensor]) -> None:
         expected = self.head_state()
@@ -177,50 +195,32 @@ class Policy(torch.nn.Module):
     # ----- the strength knob ------------------------------------------------------------------------------
 
     def with_strength(self, t: float) -> Policy:
-        """A copy of this policy at strength ``t`` (linear: ``W_t = U S^t V^T``; tower: weight interpolation)."""
+        """A copy of this policy at strength ``t`` (linear: ``W_t = U S^t V^T``; tower: ``theta_ref + t (theta -
+        theta_ref)``). ``t = 0`` is the base model exactly, for every head kind."""
         t = float(t)
         clone = Policy.__new__(Policy)
         torch.nn.Module.__init__(clone)
         clone.encoder, clone.head_kind, clone.head_blocks, clone.head = (
             self.encoder, self.head_kind, self.head_blocks, self.head)
-        clone.linear, clone.visual = None, None
+        clone.linear, clone.visual, clone.split = None, None, None
         if self.linear is not None:
             clone.linear = LinearHead(self.linear.weight.shape[0])
             with torch.no_grad():
                 clone.linear.weight.copy_(strength_matrix(self.linear.weight, t))
         else:
             clone.visual = copy.deepcopy(self.visual)
+            clone.split = tower.split(clone.visual, self.head_blocks)
             base = dict(self.encoder.model.visual.named_parameters())
             with torch.no_grad():
                 for name, p in clone.visual.named_parameters():
                     if p.requires_grad:
                         ref = base[name].detach().to(p.device)
-                        p.copy_(ref + t * (p - ref))
+                        p.copy_(ref if t == 0.0 else ref + t * (p - ref))
         return clone
 
-    # ----- what the app calls -----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def log_probs_for(
-        self, image_emb: torch.Tensor, labels: Sequence[str], template: str = "a photo of a {}.", t: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base and aligned ``log pi(y|x)`` over ``labels`` from one image embedding (linear heads).
-
-        ``image_emb`` is the backbone's unit-norm embedding ``[d]`` or ``[N, d]``; returns two ``[N, L]``
-        tensors (base, aligned at strength ``t``). The image tower is not run again.
-        """
-        if self.linear is None:
-            raise HeadError(f"a {self.head} head changes the image tower; use predict(images, ...) instead")
-        emb = image_emb[None] if image_emb.ndim == 1 else image_emb
-        text = self.encoder.classifier(list(labels), (template,))
-        base = self.encoder.log_probs(emb, text)
-        head = self if t == 1.0 else self._strength_cached(t)
-        aligned = torch.log_softmax(head.logits(emb, text), dim=-1)
-        return base, aligned
-
     def _strength_cached(self, t: float) -> Policy:
-        # A slider moves through a few values repeatedly; an SVD per request would dominate the head's cost.
-        key = (float(t), self.linear.weight._version)
+        # A slider moves through a few values repeatedly; an SVD or a tower copy per request would dominate.
+        key = (float(t), sum(p._version for p in self.trainable_parameters()))
         cache = self.__dict__.setdefault("_strength_cache", {})
         if key not in cache:
             if len(cache) > 32:
@@ -228,26 +228,60 @@ class Policy(torch.nn.Module):
             cache[key] = self.with_strength(t)
         return cache[key]
 
+    def at_strength(self, t: float) -> Policy:
+        """This policy at strength ``t`` (itself at 1, a cached copy otherwise)."""
+        return self if float(t) == 1.0 else self._strength_cached(float(t))
+
+    # ----- what the app calls -----------------------------------------------------------------------------
+
     @torch.no_grad()
-    def predict(
-        self, images: list[Image.Image], labels: Sequence[str], template: str = "a photo of a {}.", t: float = 1.0
+    def log_probs_for(
+        self, image_emb: torch.Tensor, labels: Sequence[str], template: str = DEFAULT_TEMPLATE, t: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base and aligned class probabilities ``[N, L]`` for pictures; one tower pass for a linear head."""
-        if self.linear is not None:
-            base, aligned = self.log_probs_for(self.encoder.encode_images(images), labels, template, t)
-            return base.exp(), aligned.exp()
-        pixels = self.encoder.pixels(images)
+        """Base and aligned ``log pi(y|x)`` over ``labels`` from one image embedding (linear heads).
+
+        ``image_emb`` is the backbone's unit-norm embedding ``[d]`` or ``[N, d]``; returns two ``[N, L]``
+        tensors (base, aligned at strength ``t``). The image tower is not run again.
+        """
+        if self.linear is None:
+            raise HeadError(f"a {self.head} head changes the image tower; use compare(images, ...) instead")
+        emb = image_emb[None] if image_emb.ndim == 1 else image_emb
         text = self.encoder.classifier(list(labels), (template,))
-        base = self.encoder.log_probs(self.encoder.encode_pixels(pixels), text)
-        head = self if t == 1.0 else self.with_strength(t)
-        return base.exp(), torch.softmax(head.logits(pixels, text), dim=-1)
+        base = self.encoder.log_probs(emb, text)
+        aligned = torch.log_softmax(self.at_strength(t).logits(emb, text), dim=-1)
+        return base, aligned
+
+    @torch.no_grad()
+    def compare(
+        self, images: list[Image.Image], labels: Sequence[str], template: str = DEFAULT_TEMPLATE, t: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base and aligned ``log pi(y|x)`` ``[N, L]`` for pictures, any head, one trunk pass.
+
+        A tower head runs the trunk once and its tail twice (base weights and aligned weights).
+        """
+        if self.linear is not None:
+            return self.log_probs_for(self.encoder.encode_images(images), labels, template, t)
+        x = self.inputs(images)
+        text = self.encoder.classifier(list(labels), (template,))
+        base = torch.log_softmax(self.at_strength(0.0).logits(x, text), dim=-1)
+        return base, torch.log_softmax(self.at_strength(t).logits(x, text), dim=-1)
+
+    def predict(
+        self, images: list[Image.Image], labels: Sequence[str], template: str = DEFAULT_TEMPLATE, t: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base and aligned class probabilities ``[N, L]`` for pictures."""
+        base, aligned = self.compare(images, labels, template, t)
+        return base.exp(), aligned.exp()
 
 
 # ----- checkpoints -------------------------------------------------------------------------------------------
 
 
-def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | None = None) -> Path:
+def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | None = None,
+              dtype: torch.dtype | None = None) -> Path:
     """Write the head as safetensors with string metadata, atomically (temp file, then ``os.replace``).
+
+    ``dtype`` (e.g. ``torch.float16``) stores the tensors in that type; loading casts them back.
 
     Metadata always holds the format, backbone spec and fingerprint, head type and creation time; values
     that are not strings are stored as JSON. A crash before the rename leaves any old file untouched.
@@ -258,7 +292,7 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": HEAD_FORMAT,
-        "backbone": policy.encoder.spec,
+        "backbone": policy.encoder.model_spec.name,
         "backbone_fingerprint": backbone_fingerprint(policy.encoder),
         "head": policy.head,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -267,7 +301,10 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
         meta[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(policy.head_state(), str(tmp), metadata=meta)
+        state = policy.head_state()
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        save_file(state, str(tmp), metadata=meta)
         with open(tmp, "rb") as fh:  # on disk before the rename, and before any row names the file
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -1,18 +1,21 @@
 """Train an alignment head from preference triples (DPO, IPO, KTO, robust DPO, hinge, or the CE baseline).
 
-The whole loop is :func:`train`: embed every picture once (through :class:`~poclip.engine.embed_cache.EmbeddingCache`),
-precompute the reference log-probabilities, then minimise::
+Two steps, as in nanoGPT: :func:`prepare` computes every head input once (embeddings for the linear head,
+the frozen trunk's activations at the cut for tower heads, both through on-disk caches) and the reference
+log-probabilities through the base policy; :func:`fit` is the loop. It minimises::
 
-    L = mean_pairs L_pref(r_w, r_l)  +  lambda * mean_clean KL(pi_ref || pi)  +  gamma * ||W^T W - I||_F^2
+    L = mean_pairs L_pref(r_w, r_l)                      the paper's preference loss
+      + lambda * mean_clean KL(pi_ref(.|x) || pi(.|x))    the paper's regularizer on clean pictures
+      + mu * mean_pairs KL(sg pi(.|x) || pi(.|T(x)))      text invariance: texted picture vs its clean self
+      + gamma * ||W^T W - I||_F^2                         linear head only: keeps the strength dial linear
 
-with Adamax or AdamW on a cosine schedule, early stopping on a validation split, and optionally a Beta
-moving average of the weights. The last term (linear head only) keeps W close to orthogonal, which keeps
-the logits near-linear in the strength t of :meth:`~poclip.engine.policy.Policy.with_strength`, so the strength
-dial moves predictions monotonically from the base model to the trained one. The CE baseline is plain
-cross-entropy on the attacked pictures: no reference, no KL, no orthogonality term.
+with AdamW (or Adamax) on a cosine schedule, early stopping on a validation split, and optionally a Beta
+moving average of the weights. mu = 0 with paper-style pairs is the paper's pure recipe (``RECIPES``). The
+CE baseline is plain cross-entropy on the attacked pictures: no reference, no KL, no invariance, no ortho.
 
-Metrics logged every step use TRL's names: loss, rewards/chosen, rewards/rejected, rewards/margins,
-rewards/accuracies, plus kl/clean. :func:`train_head` is the entry point for the app.
+Logged every step: TRL's names (loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies),
+kl/clean, and each term unweighted (loss/preference, loss/kl, loss/invariance, loss/ortho).
+:func:`train_head` is the entry point for the app.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from poclip.engine.embed_cache import EmbeddingCache, entry_key
+from poclip.engine.embed_cache import EmbeddingCache, Picture, StoredPicture, entry_key
 from poclip.engine.losses import (
     DEFAULT_BETA,
     LOSS_NAMES,
@@ -38,15 +41,30 @@ from poclip.engine.losses import (
     kl_to_reference,
     preference_loss,
     reward_metrics,
+    text_invariance_loss,
 )
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, parse_head, save_head
 from poclip.world import synth
-from poclip.world.attacks import TextAttack, random_attack, render
+from poclip.world.attacks import TextAttack
+from poclip.world.styles import STYLE_WEIGHTS, sample_style, styled_attack
+from poclip.world.synth import DEFAULT_TEMPLATE
 
-DEFAULT_TEMPLATE = "a photo of a {}."
 # IPO's squared loss pulls harder on clean pictures than DPO's saturating one, so it needs the paper's lambda.
 DEFAULT_LAMBDA: dict[str, float] = {"ipo": 1.0}
+# Tower weights are trained, not a fresh 128x128 matrix: a step the size of the linear head's would wreck them.
+DEFAULT_LR: dict[str, float] = {"linear": 0.05, "projection": 1e-3, "last_blocks": 1e-3}
+DEFAULT_EPOCHS: dict[str, int] = {"linear": 60, "projection": 12, "last_blocks": 10}
+# The default head: the linear head, the one measured end to end in the app (README). Tower heads train on
+# cached trunk activations (``--head last_blocks:1``); they become the default once bench/alignment.py's
+# generalization table shows them better within the 60 s retrain budget on 2 cores.
+DEFAULT_HEAD = "linear"
+# A recipe = which pairs (synth_preferences' ``styles``) and the weight of the text-invariance term.
+RECIPES: dict[str, dict[str, object]] = {
+    "invariant": {"styles": "family", "invariance": 1.0},
+    "paper": {"styles": "paper", "invariance": 0.0},
+}
+DEFAULT_RECIPE = "invariant"
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
@@ -58,12 +76,15 @@ class TrainingDataError(ValueError):
 class Preference:
     """One preference triple: on ``image`` (with ``attack`` written on it, if any) ``chosen`` beats ``rejected``.
 
-    ``image`` is a picture or an embedding-cache key (:func:`poclip.engine.embed_cache.entry_key`).
+    ``image`` is a picture, a :class:`~poclip.engine.embed_cache.StoredPicture` (opened only on a cache
+    miss) or a cache key (:func:`poclip.engine.embed_cache.entry_key`; no invariance term then, since the
+    clean picture is unknown). ``rejected=None`` means the reference model's strongest wrong answer on the
+    texted picture: the pair for text that names the true class or no class.
     """
 
-    image: Image.Image | str = field(repr=False)
+    image: Picture | str = field(repr=False)
     chosen: str
-    rejected: str
+    rejected: str | None
     labels: tuple[str, ...]
     template: str = DEFAULT_TEMPLATE
     attack: TextAttack | None = None
@@ -73,38 +94,40 @@ class Preference:
 class CleanImage:
     """A clean regularization picture and the label set whose distribution must stay the base model's."""
 
-    image: Image.Image | str = field(repr=False)
+    image: Picture | str = field(repr=False)
     labels: tuple[str, ...]
     template: str = DEFAULT_TEMPLATE
 
 
 @dataclass
 class TrainConfig:
-    """Training recipe. ``beta=None`` / ``reg_lambda=None`` take the loss's default (:data:`DEFAULT_BETA`,
-    :data:`DEFAULT_LAMBDA`), tuned on the benchmark; the paper's starting points are DPO 1.0, IPO 0.01, KTO 1.5.
+    """Training recipe. ``None`` fields take their default for the loss or head kind: ``beta``
+    :data:`~poclip.engine.losses.DEFAULT_BETA`, ``reg_lambda`` :data:`DEFAULT_LAMBDA` (0.3), ``lr``
+    :data:`DEFAULT_LR`, ``epochs`` :data:`DEFAULT_EPOCHS`. The paper's starting points are DPO 1.0, IPO 0.01,
+    KTO 1.5, lambda 1, Adamax.
 
     Attributes:
         head: ``linear``, ``projection`` or ``last_blocks:K`` (see :mod:`poclip.engine.policy`).
-        loss: one of ``dpo``, ``ipo``, ``kto``, ``robust``, ``conservative``, ``hinge``, ``ce``.
+        loss: one of :data:`~poclip.engine.losses.LOSS_NAMES`.
         reg_lambda: weight of the KL(pi_ref || pi) regularizer on clean pictures (ignored by ``ce``).
+        invariance: weight mu of the text-invariance term (0 = the paper's pure objective; ignored by ``ce``).
         ortho: weight of ``||W^T W - I||_F^2`` (linear head), the strength-dial penalty.
         label_noise: assumed flip rate of crowd labels for ``robust``/``conservative``.
         average: ``None`` or ``"beta"``: average weights over training with Beta(a, b) weights on progress.
         patience: epochs without validation improvement before stopping (0 = never stop early).
     """
 
-    head: str = "linear"
+    head: str = DEFAULT_HEAD
     loss: str = "dpo"
     beta: float | None = None
-    # lambda 0.3 (IPO 1), ortho 1e-3, AdamW at 0.05 for 60 epochs: the best typographic accuracy at unchanged
-    # clean accuracy on the bundled model (bench/alignment.py); the paper's code starts from lambda 1, Adamax.
     reg_lambda: float | None = None
+    invariance: float = float(RECIPES[DEFAULT_RECIPE]["invariance"])
     ortho: float = 1e-3
     label_noise: float = 0.1
     optimizer: str = "adamw"
-    lr: float = 0.05
+    lr: float | None = None
     weight_decay: float = 0.0
-    epochs: int = 60
+    epochs: int | None = None
     batch_size: int = 128
     val_fraction: float = 0.1
     patience: int = 15
@@ -121,6 +144,14 @@ class TrainConfig:
     def resolved_lambda(self) -> float:
         return float(self.reg_lambda if self.reg_lambda is not None else DEFAULT_LAMBDA.get(self.loss, 0.3))
 
+    @property
+    def resolved_lr(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[parse_head(self.head)[0]])
+
+    @property
+    def resolved_epochs(self) -> int:
+        return int(self.epochs if self.epochs is not None else DEFAULT_EPOCHS[parse_head(self.head)[0]])
+
     def check(self) -> None:
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
@@ -131,10 +162,12 @@ class TrainConfig:
             raise ValueError(f"average must be None or 'beta', got {self.average!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1:
+        if self.resolved_epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
-        if self.resolved_beta <= 0 or self.resolved_lambda < 0 or self.ortho < 0:
-            raise ValueError("beta must be positive; reg_lambda and ortho must not be negative")
+        if self.resolved_lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.resolved_lr}")
+        if self.resolved_beta <= 0 or self.resolved_lambda < 0 or self.ortho < 0 or self.invariance < 0:
+            raise ValueError("beta must be positive; reg_lambda, invariance and ortho must not be negative")
 
 
 @dataclass
@@ -179,11 +212,12 @@ class _LabelBank:
 
 def _check_preference(k: int, p: Preference) -> None:
     where = f"preference {k}"
-    if not isinstance(p.image, Image.Image | str):
-        raise TrainingDataError(f"{where}: image must be a PIL image or an embedding key, got {type(p.image)}")
+    if not isinstance(p.image, Image.Image | StoredPicture | str):
+        raise TrainingDataError(f"{where}: image must be a PIL image, a stored picture or a cache key, "
+                                f"got {type(p.image)}")
     if len(set(p.labels)) != len(p.labels) or len(p.labels) < 2:
         raise TrainingDataError(f"{where}: the label set needs at least two distinct labels, got {list(p.labels)}")
-    if p.chosen not in p.labels or p.rejected not in p.labels:
+    if p.chosen not in p.labels or (p.rejected is not None and p.rejected not in p.labels):
         raise TrainingDataError(f"{where}: chosen {p.chosen!r} and rejected {p.rejected!r} must both be in the "
                                 f"label set {list(p.labels)}")
     if p.chosen == p.rejected:
@@ -192,7 +226,7 @@ def _check_preference(k: int, p: Preference) -> None:
         raise TrainingDataError(f"{where}: the template {p.template!r} has no {{}} for the label")
 
 
-def _as_clean(items: Sequence[CleanImage | Image.Image | str], default: Preference) -> list[CleanImage]:
+def _as_clean(items: Sequence[CleanImage | Picture | str], default: Preference) -> list[CleanImage]:
     out = []
     for item in items:
         if isinstance(item, CleanImage):
@@ -214,26 +248,99 @@ def data_fingerprint(pref_keys: Sequence[str], prefs: Sequence[Preference], clea
     return digest.hexdigest()[:20]
 
 
-def _keys(items: Sequence[Image.Image | str], attacks: Sequence[TextAttack | None]) -> list[str]:
+def _keys(items: Sequence[Picture | str], attacks: Sequence[TextAttack | None]) -> list[str]:
     return [img if isinstance(img, str) else entry_key(img, atk) for img, atk in zip(items, attacks, strict=True)]
 
 
-def _embed(cache: EmbeddingCache, images: Sequence[Image.Image | str], attacks: Sequence[TextAttack | None],
-           keys: Sequence[str]) -> torch.Tensor:
-    # Pass keys for what is cached (no re-hash, no render) and pictures only for what is new.
+def _lookup(cache: EmbeddingCache, images: Sequence[Picture | str], attacks: Sequence[TextAttack | None],
+            keys: Sequence[str]) -> torch.Tensor:
+    # Pass keys for what is cached (no re-hash, no render, no file opened) and pictures only for what is new.
     items = [k if k in cache else img for k, img in zip(keys, images, strict=True)]
     atks = [None if k in cache else a for k, a in zip(keys, attacks, strict=True)]
     return cache.embed(items, atks)
 
 
-def _pixels(encoder: ClipEncoder, images: Sequence[Image.Image | str], attacks: Sequence[TextAttack | None]):
-    if any(isinstance(img, str) for img in images):
-        raise TrainingDataError("tower heads train on pixels: pass pictures, not embedding keys")
-    pictures = [render(img, a) if a is not None else img for img, a in zip(images, attacks, strict=True)]
-    return torch.cat([encoder.pixels(pictures[i : i + 256]).cpu() for i in range(0, len(pictures), 256)])
+def _label_log_probs(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y|x) over each item's own label set: logits against every prompt, gathered, padding masked."""
+    return torch.log_softmax(logits.gather(1, idx).masked_fill(~mask, float("-inf")), dim=-1)
 
 
-# ----- the loop --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _reference_log_probs(policy: Policy, x: torch.Tensor, text_bank: torch.Tensor, idx: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    # The reference is the base policy, the same head at strength 0: one definition of pi(y|x) for both.
+    base = policy.with_strength(0.0)
+    return torch.cat([_label_log_probs(base.logits(x[i : i + 512], text_bank), idx[i : i + 512], mask[i : i + 512])
+                      for i in range(0, len(x), 512)])
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, as tensors: ``pairs`` (x, x_clean, inv, idx, mask, ref, chosen, rejected)
+    and ``clean`` (x, idx, mask, ref), with the text embeddings of every prompt."""
+
+    text_bank: torch.Tensor
+    pairs: dict[str, torch.Tensor]
+    clean: dict[str, torch.Tensor] | None
+    fingerprint: str
+    seconds: float
+    hits: int
+    misses: int
+
+
+def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequence[CleanImage],
+            cache: EmbeddingCache, clean_selves: bool = True) -> Prepared:
+    """Head inputs of every picture (through ``cache``), reference log-probs, and resolved rejected labels.
+
+    With ``clean_selves`` a pair's clean self (its picture without the text) is looked up too, for the
+    text-invariance term. Cost: one tower (trunk) pass per picture not already in the cache.
+    """
+    started = time.perf_counter()
+    hits0, misses0 = cache.hits, cache.misses
+    images = [p.image for p in preferences]
+    pref_keys = _keys(images, [p.attack for p in preferences])
+    clean_keys = _keys([c.image for c in clean_items], [None] * len(clean_items))
+    x = _lookup(cache, images, [p.attack for p in preferences], pref_keys)
+    # The invariance term needs each texted picture's clean self: known unless the pair gave only a cache key.
+    inv = [clean_selves and p.attack is not None and not isinstance(p.image, str) for p in preferences]
+    inv_rows = [i for i, ok in enumerate(inv) if ok]
+    x_clean = torch.zeros_like(x)
+    if inv_rows:
+        rows_images = [images[i] for i in inv_rows]
+        x_clean[inv_rows] = _lookup(cache, rows_images, [None] * len(inv_rows), _keys(rows_images, [None] * len(
+            inv_rows)))
+    cx = _lookup(cache, [c.image for c in clean_items], [None] * len(clean_items), clean_keys) \
+        if clean_items else None
+
+    bank = _LabelBank()
+    for p in preferences:
+        bank.add(p.labels, p.template)
+    for c in clean_items:
+        bank.add(c.labels, c.template)
+    text_bank = policy.encoder.encode_texts(list(bank.prompts))
+    idx, mask = bank.tensors(0, len(preferences))
+    ref = _reference_log_probs(policy, x, text_bank, idx, mask)
+    chosen = torch.tensor([p.labels.index(p.chosen) for p in preferences])
+    # rejected=None: the reference's strongest wrong answer on the texted picture.
+    runner_up = ref.scatter(1, chosen[:, None], float("-inf")).argmax(1)
+    rejected = torch.tensor([p.labels.index(p.rejected) if p.rejected is not None else int(runner_up[i])
+                             for i, p in enumerate(preferences)])
+    pairs = {"x": x, "x_clean": x_clean, "inv": torch.tensor(inv), "idx": idx, "mask": mask, "ref": ref,
+             "chosen": chosen, "rejected": rejected}
+    clean = None
+    if cx is not None:
+        cidx, cmask = bank.tensors(len(preferences), len(preferences) + len(clean_items))
+        clean = {"x": cx, "idx": cidx, "mask": cmask, "ref": _reference_log_probs(policy, cx, text_bank, cidx, cmask)}
+    # The fingerprint names the resolved rejected labels, so it says exactly what was trained on.
+    resolved = [p if p.rejected is not None else Preference(p.image, p.chosen, p.labels[int(r)], p.labels,
+                                                              p.template, p.attack)
+                for p, r in zip(preferences, rejected, strict=True)]
+    fingerprint = data_fingerprint(pref_keys, resolved, clean_keys, clean_items)
+    return Prepared(text_bank, pairs, clean, fingerprint, time.perf_counter() - started,
+                    cache.hits - hits0, cache.misses - misses0)
+
+
+# ----- the objective -----------------------------------------------------------------------------------------
 
 
 def _beta_average_fn(total_steps: int, a: float, b: float):
@@ -257,39 +364,53 @@ def _beta_average_fn(total_steps: int, a: float, b: float):
     return avg_fn
 
 
-class _Objective:
-    """Computes the training loss and metrics for a batch of pairs and a batch of clean pictures."""
+class Objective:
+    """The training loss of a batch of pairs and a batch of clean pictures, and its named terms.
+
+    :meth:`terms` returns the unweighted terms (``preference``, ``kl``, ``invariance``, ``ortho``) and the
+    rewards; :meth:`__call__` weights them by the config and returns ``(loss, metrics)``.
+    """
 
     def __init__(self, policy: Policy, cfg: TrainConfig, text_bank: torch.Tensor) -> None:
         self.policy, self.cfg, self.text_bank = policy, cfg, text_bank
         self.beta = cfg.resolved_beta
 
     def log_probs(self, x: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # One matmul against every prompt, then pick each item's own label set.
-        logits = self.policy.logits(x, self.text_bank).gather(1, idx)
-        return torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        return _label_log_probs(self.policy.logits(x, self.text_bank), idx, mask)
 
-    def __call__(self, pairs: dict[str, torch.Tensor], clean: dict[str, torch.Tensor] | None):
+    def terms(self, pairs: dict[str, torch.Tensor], clean: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         logp = self.log_probs(pairs["x"], pairs["idx"], pairs["mask"])
-        ref = pairs["ref"]
-        chosen, rejected = pairs["chosen"][:, None], pairs["rejected"][:, None]
+        ref, chosen, rejected = pairs["ref"], pairs["chosen"][:, None], pairs["rejected"][:, None]
         r_w = (logp.gather(1, chosen) - ref.gather(1, chosen)).squeeze(1)
         r_l = (logp.gather(1, rejected) - ref.gather(1, rejected)).squeeze(1)
-        if clean is not None:
-            kl = kl_to_reference(clean["ref"], self.log_probs(clean["x"], clean["idx"], clean["mask"]),
-                                 clean["mask"]).mean()
-        else:
-            kl = torch.zeros(())
+        zero = torch.zeros(())
+        kl = kl_to_reference(clean["ref"], self.log_probs(clean["x"], clean["idx"], clean["mask"]),
+                             clean["mask"]).mean() if clean is not None else zero
         if self.cfg.loss == "ce":
-            loss = cross_entropy_loss(logp, pairs["chosen"]).mean()
+            pref = cross_entropy_loss(logp, pairs["chosen"]).mean()
         else:
-            loss = preference_loss(self.cfg.loss, r_w, r_l, self.beta, z0=kl.detach(),
-                                   eps=self.cfg.label_noise).mean()
-            loss = loss + self.cfg.resolved_lambda * kl
-            if self.cfg.ortho > 0 and self.policy.linear is not None:
-                w = self.policy.linear.weight
-                loss = loss + self.cfg.ortho * (w.T @ w - torch.eye(w.shape[0])).pow(2).sum()
-        metrics = {"loss": float(loss.detach()), **reward_metrics(r_w, r_l, self.beta), "kl/clean": float(kl.detach())}
+            pref = preference_loss(self.cfg.loss, r_w, r_l, self.beta, z0=kl.detach(), eps=self.cfg.label_noise).mean()
+        inv = pairs["inv"]
+        invariance = zero
+        if self.cfg.invariance > 0 and self.cfg.loss != "ce" and bool(inv.any()):
+            with torch.no_grad():  # the target: the clean picture's own prediction, detached
+                target = self.log_probs(pairs["x_clean"][inv], pairs["idx"][inv], pairs["mask"][inv])
+            invariance = text_invariance_loss(target, logp[inv], pairs["mask"][inv]).mean()
+        ortho = zero
+        if self.policy.linear is not None:
+            w = self.policy.linear.weight
+            ortho = (w.T @ w - torch.eye(w.shape[0])).pow(2).sum()
+        return {"preference": pref, "kl": kl, "invariance": invariance, "ortho": ortho, "r_w": r_w, "r_l": r_l}
+
+    def __call__(self, pairs: dict[str, torch.Tensor], clean: dict[str, torch.Tensor] | None):
+        t = self.terms(pairs, clean)
+        loss = t["preference"]
+        if self.cfg.loss != "ce":  # the CE baseline has no reference, no KL, no invariance, no ortho
+            loss = loss + self.cfg.resolved_lambda * t["kl"] + self.cfg.invariance * t["invariance"] \
+                + self.cfg.ortho * t["ortho"]
+        metrics = {"loss": float(loss.detach()), **reward_metrics(t["r_w"], t["r_l"], self.beta),
+                   "kl/clean": float(t["kl"].detach()),
+                   **{f"loss/{k}": float(t[k].detach()) for k in ("preference", "kl", "invariance", "ortho")}}
         return loss, metrics
 
 
@@ -297,10 +418,90 @@ def _slice(data: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torc
     return {k: v[index] for k, v in data.items()}
 
 
+def _split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic (train, validation) split of ``range(n)``."""
+    order = torch.randperm(n, generator=generator)
+    n_val = int(round(n * fraction)) if n > 1 else 0
+    return order[n_val:], order[:n_val]
+
+
+def _trainable_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.named_parameters() if v.requires_grad}
+
+
+def _load_state(m: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        named = dict(m.named_parameters())
+        for k, v in state.items():
+            named[k].copy_(v)
+
+
+# ----- the loop --------------------------------------------------------------------------------------------------
+
+
+def fit(policy: Policy, data: Prepared, cfg: TrainConfig, progress: Progress | None = None
+        ) -> tuple[list[dict[str, float]], dict[str, float], int]:
+    """The training loop: returns (history, best validation metrics, steps); ``policy`` ends at its best epoch."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_pairs, val_pairs = _split(len(data.pairs["x"]), cfg.val_fraction, generator)
+    train_clean, val_clean = _split(len(data.clean["x"]), cfg.val_fraction, generator) if data.clean else (None, None)
+    objective = Objective(policy, cfg, data.text_bank)
+    module = policy.trainable_module()
+    opt_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.AdamW
+    optimizer = opt_cls(policy.trainable_parameters(), lr=cfg.resolved_lr, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    total = cfg.resolved_epochs * per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    averaged = torch.optim.swa_utils.AveragedModel(module, avg_fn=_beta_average_fn(total, *cfg.average_ab)) \
+        if cfg.average == "beta" else None
+    history: list[dict[str, float]] = []
+    best, bad_epochs, step = (math.inf, _trainable_state(module), {}), 0, 0
+    bar = tqdm(total=total, desc=f"train {cfg.loss}", unit="step", disable=not cfg.show_progress, leave=False)
+    module.train(False)  # no dropout, no batch-norm statistics updates: the head trains weights only
+    for epoch in range(cfg.resolved_epochs):
+        order = train_pairs[torch.randperm(len(train_pairs), generator=generator)]
+        corder = train_clean[torch.randperm(len(train_clean), generator=generator)] if train_clean is not None \
+            and len(train_clean) else None
+        per = math.ceil(len(corder) / per_epoch) if corder is not None else 0
+        for b in range(per_epoch):
+            cbatch = _slice(data.clean, corder[(b * per) % len(corder):][:per]) if corder is not None else None
+            loss, metrics = objective(_slice(data.pairs, order[b * cfg.batch_size : (b + 1) * cfg.batch_size]),
+                                      cbatch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(module)
+            step += 1
+            history.append({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **metrics})
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+            if progress is not None:
+                progress(step, total, history[-1])
+        snapshot = _trainable_state(module)
+        if averaged is not None:
+            _load_state(module, _trainable_state(averaged.module))
+        val = {}
+        if len(val_pairs):
+            with torch.no_grad():
+                vclean = _slice(data.clean, val_clean) if data.clean is not None and len(val_clean) else None
+                val = {f"val/{k}": v for k, v in objective(_slice(data.pairs, val_pairs), vclean)[1].items()}
+        score = val.get("val/loss", -epoch)  # without a validation split, the last epoch wins
+        best, bad_epochs = ((score, _trainable_state(module), val), 0) if score < best[0] - 1e-6 else (
+            best, bad_epochs + 1)
+        _load_state(module, snapshot)
+        if cfg.patience and bad_epochs >= cfg.patience:
+            break
+    bar.close()
+    _load_state(module, best[1])
+    return history, best[2], step
+
+
 def train(
     encoder: ClipEncoder,
     preferences: Sequence[Preference],
-    clean: Sequence[CleanImage | Image.Image | str] = (),
+    clean: Sequence[CleanImage | Picture | str] = (),
     config: TrainConfig | None = None,
     out: str | Path | None = None,
     cache: EmbeddingCache | None = None,
@@ -311,17 +512,19 @@ def train(
 
     Args:
         encoder: the frozen backbone; it is also the reference policy.
-        preferences: the triples. Attacked pictures are best given clean with their ``attack`` so the
-            cache key records the attack parameters.
+        preferences: the triples. Attacked pictures are best given clean with their ``attack``: the cache key
+            records the attack parameters, and the text-invariance term needs the clean picture.
         clean: pictures (or :class:`CleanImage` with their own label sets) for the KL regularizer.
         config: the recipe (:class:`TrainConfig`).
         out: where to write the head (safetensors + metadata, atomically); ``None`` keeps it in memory.
-        cache: embedding cache (default: in memory only).
+        cache: the cache of the head's inputs (:meth:`Policy.make_cache`: embeddings for the linear head,
+            activations at the cut for tower heads); default: in memory only.
         progress: called as ``progress(step, total_steps, metrics)`` after every optimizer step.
         policy: start from this policy instead of a fresh head (continued training).
 
     Returns a :class:`TrainResult`; ``metrics`` holds the last step's metrics and ``val/...`` ones.
-    Raises :class:`TrainingDataError` for unusable data, ``ValueError`` for a bad config.
+    Raises :class:`TrainingDataError` for unusable data, ``ValueError`` for a bad config or a cache of
+    another head's inputs.
     """
     cfg = config or TrainConfig()
     cfg.check()
@@ -334,150 +537,31 @@ def train(
     # Adam's second-moment estimates of a nearly converged head decay into denormal floats, which made
     # some CPU runs 50x slower; flushing them to zero changes no result that matters.
     torch.set_flush_denormal(True)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    cache = cache if cache is not None else EmbeddingCache(encoder)
     policy = policy if policy is not None else Policy(encoder, cfg.head)
     if policy.head != cfg.head:
         raise ValueError(f"policy head {policy.head!r} differs from config head {cfg.head!r}")
-
-    started = time.perf_counter()
-    hits0, misses0 = cache.hits, cache.misses
-    pref_attacks = [p.attack for p in preferences]
-    pref_keys = _keys([p.image for p in preferences], pref_attacks)
-    clean_keys = _keys([c.image for c in clean_items], [None] * len(clean_items))
-    fingerprint = data_fingerprint(pref_keys, preferences, clean_keys, clean_items)
-    pref_emb = _embed(cache, [p.image for p in preferences], pref_attacks, pref_keys)
-    clean_emb = _embed(cache, [c.image for c in clean_items], [None] * len(clean_items), clean_keys) \
-        if clean_items else None
-
-    bank = _LabelBank()
-    for p in preferences:
-        bank.add(p.labels, p.template)
-    for c in clean_items:
-        bank.add(c.labels, c.template)
-    text_bank = encoder.encode_texts(list(bank.prompts))
-    n_pairs = len(preferences)
-    idx, mask = bank.tensors(0, n_pairs)
-    ref_logits = encoder.logit_scale * pref_emb @ text_bank.T
-    pairs = {
-        "x": pref_emb if not policy.trains_on_pixels else _pixels(encoder, [p.image for p in preferences],
-                                                                  pref_attacks),
-        "idx": idx, "mask": mask,
-        "ref": torch.log_softmax(ref_logits.gather(1, idx).masked_fill(~mask, float("-inf")), dim=-1),
-        "chosen": torch.tensor([p.labels.index(p.chosen) for p in preferences]),
-        "rejected": torch.tensor([p.labels.index(p.rejected) for p in preferences]),
-    }
-    clean_data = None
-    if clean_emb is not None:
-        cidx, cmask = bank.tensors(n_pairs, n_pairs + len(clean_items))
-        cref = (encoder.logit_scale * clean_emb @ text_bank.T).gather(1, cidx)
-        clean_data = {
-            "x": clean_emb if not policy.trains_on_pixels else _pixels(encoder, [c.image for c in clean_items],
-                                                                       [None] * len(clean_items)),
-            "idx": cidx, "mask": cmask,
-            "ref": torch.log_softmax(cref.masked_fill(~cmask, float("-inf")), dim=-1),
-        }
-    embed_seconds = time.perf_counter() - started
-
-    # Validation split (deterministic under the seed); the same share of clean pictures is held out.
-    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        order = torch.randperm(n, generator=generator)
-        n_val = int(round(n * cfg.val_fraction)) if n > 1 else 0
-        return order[n_val:], order[:n_val]
-
-    train_pairs, val_pairs = split(n_pairs)
-    train_clean, val_clean = split(len(clean_items)) if clean_data is not None else (None, None)
-
-    objective = _Objective(policy, cfg, text_bank)
-    params = policy.trainable_parameters()
-    opt_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.AdamW
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches_per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
-    total = cfg.epochs * batches_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    module = policy.linear if policy.linear is not None else policy.visual
-    averaged = None
-    if cfg.average == "beta":
-        averaged = torch.optim.swa_utils.AveragedModel(module, avg_fn=_beta_average_fn(total, *cfg.average_ab))
-
-    def trainable_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in m.named_parameters() if v.requires_grad}
-
-    def load_state(m: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            named = dict(m.named_parameters())
-            for k, v in state.items():
-                named[k].copy_(v)
-
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
-        if len(val_pairs) == 0:
-            return {}
-        vclean = _slice(clean_data, val_clean) if clean_data is not None and len(val_clean) else None
-        _, m = objective(_slice(pairs, val_pairs), vclean)
-        return {f"val/{k}": v for k, v in m.items()}
-
-    history: list[dict[str, float]] = []
-    best = (math.inf, trainable_state(module), {})
-    bad_epochs, step = 0, 0
-    train_started = time.perf_counter()
-    module.train(False)  # no dropout/batch-norm updates: the tower head trains weights, not statistics
-    bar = tqdm(total=total, desc=f"train {cfg.loss}", unit="step", disable=not cfg.show_progress, leave=False)
+    cache = cache if cache is not None else policy.make_cache()
+    if (cache.namespace or "embedding") != policy.cut:
+        raise ValueError(f"the cache holds {cache.namespace or 'embedding'} inputs, head {policy.head!r} needs "
+                         f"{policy.cut}: use policy.make_cache()")
+    data = prepare(policy, preferences, clean_items, cache, clean_selves=cfg.invariance > 0 and cfg.loss != "ce")
     threads = torch.get_num_threads()
     if policy.linear is not None:
         # A d x d head's matmuls are too small to gain from threads, and when the cores are shared with
         # other work, threaded tiny ops wait on each other: measured 0.65 s on one thread vs 28-71 s on two.
         torch.set_num_threads(1)
+    started = time.perf_counter()
     try:
-        for epoch in range(cfg.epochs):
-            order = train_pairs[torch.randperm(len(train_pairs), generator=generator)]
-            clean_order = train_clean[torch.randperm(len(train_clean), generator=generator)] \
-                if train_clean is not None and len(train_clean) else None
-            for b in range(batches_per_epoch):
-                batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                cbatch = None
-                if clean_order is not None:
-                    per = math.ceil(len(clean_order) / batches_per_epoch)
-                    cbatch = _slice(clean_data, clean_order[b * per : (b + 1) * per]) if b * per < len(
-                        clean_order) else _slice(clean_data, clean_order[:per])
-                loss, metrics = objective(_slice(pairs, batch), cbatch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if averaged is not None:
-                    averaged.update_parameters(module)
-                step += 1
-                metrics = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **metrics}
-                history.append(metrics)
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-                if progress is not None:
-                    progress(step, total, metrics)
-            if averaged is not None:
-                snapshot = trainable_state(module)
-                load_state(module, trainable_state(averaged.module))
-            val = validate()
-            score = val.get("val/loss", -epoch)  # without a validation split, the last epoch wins
-            if score < best[0] - 1e-6:
-                best, bad_epochs = (score, trainable_state(module), val), 0
-            else:
-                bad_epochs += 1
-            if averaged is not None:
-                load_state(module, snapshot)
-            if cfg.patience and bad_epochs >= cfg.patience:
-                break
+        history, best_val, steps = fit(policy, data, cfg, progress)
     finally:
-        bar.close()
         torch.set_num_threads(threads)
-    load_state(module, best[1])
-    train_seconds = time.perf_counter() - train_started
+    train_seconds = time.perf_counter() - started
     metrics = {k: v for k, v in history[-1].items() if k not in ("step", "epoch", "lr")}
-    metrics.update(best[2])
-    result = TrainResult(policy, None, metrics, history, step, round(embed_seconds, 3), round(train_seconds, 3),
-                         cache.hits - hits0, cache.misses - misses0, fingerprint)
+    metrics.update(best_val)
+    result = TrainResult(policy, None, metrics, history, steps, round(data.seconds, 3), round(train_seconds, 3),
+                         data.hits, data.misses, data.fingerprint)
     if out is not None:
-        result.path = save_head(policy, out, checkpoint_metadata(cfg, result, n_pairs, len(clean_items)))
+        result.path = save_head(policy, out, checkpoint_metadata(cfg, result, len(preferences), len(clean_items)))
     return result
 
 
@@ -487,7 +571,9 @@ def checkpoint_metadata(cfg: TrainConfig, result: TrainResult, n_pairs: int, n_c
         "loss": cfg.loss,
         "beta": str(cfg.resolved_beta),
         "lambda": str(cfg.resolved_lambda),
+        "invariance": str(cfg.invariance),
         "ortho": str(cfg.ortho),
+        "lr": str(cfg.resolved_lr),
         "n_pairs": str(n_pairs),
         "n_clean": str(n_clean),
         "data_fingerprint": result.data_fingerprint,
@@ -500,37 +586,58 @@ def checkpoint_metadata(cfg: TrainConfig, result: TrainResult, n_pairs: int, n_c
 def train_head(
     encoder: ClipEncoder,
     preferences: Sequence[Preference],
-    clean: Sequence[CleanImage | Image.Image | str],
+    clean: Sequence[CleanImage | Picture | str],
     out: str | Path,
     config: TrainConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    start: Policy | None = None,
 ) -> TrainResult:
-    """Train a head and write it to ``out``; the app's entry point (``cache_dir`` e.g. ``data_dir/embeddings``).
+    """Train a head and write it to ``out``; the app's entry point (``cache_dir`` e.g. ``data_dir/embeddings``
+    holds the head's input cache, embeddings or activations at the cut, on disk).
 
+    ``start``: continue from a copy of this head (e.g. the live one) when it is of the config's head kind on
+    this backbone; otherwise the head starts at the base model. The reference stays the base model.
     Returns the :class:`TrainResult` with ``path`` (the checkpoint) and ``metrics``. The checkpoint appears
     only when training finished; a crash or an exception from ``progress`` leaves an older file untouched.
     """
-    cache = EmbeddingCache(encoder, cache_dir) if cache_dir is not None else None
-    return train(encoder, preferences, clean, config, out=out, cache=cache, progress=progress)
+    cfg = config or TrainConfig()
+    policy = Policy(encoder, cfg.head)
+    if start is not None and start.head == cfg.head and start.encoder is encoder:
+        policy.load_head_state(start.head_state())
+    return train(encoder, preferences, clean, cfg, out=out, cache=policy.make_cache(cache_dir), progress=progress,
+                 policy=policy)
 
 
 # ----- synthetic training data ----------------------------------------------------------------------------
 
 
-def synth_preferences(n: int, seed: int = 0, size: int = 224) -> list[Preference]:
-    """``n`` typographic pairs from the synthetic world: a clean scene plus a paper-style attack.
+def styled_preference(image: Picture, true_label: str, labels: Sequence[str], rng: random.Random,
+                      styles: str = "family", template: str = DEFAULT_TEMPLATE) -> Preference:
+    """A pair for ``image`` (of ``true_label``) with text drawn from the style family (or the paper's style).
 
-    Chosen = the true shape, rejected = the written word, labels = all shapes. Pictures come from
-    ``random.Random(f"pairs:{seed}:{i}")``, a stream disjoint from the evaluation sets' ``eval:`` seeds.
+    Chosen = the true label; rejected = a wrong label the text writes, or ``None`` (the reference's
+    strongest wrong answer) when the text names the true class or no class. ``styles``: ``family``
+    (:data:`~poclip.world.styles.STYLE_WEIGHTS`) or ``paper`` (one wrong class word).
+    """
+    if styles not in ("family", "paper"):
+        raise ValueError(f"styles must be 'family' or 'paper', got {styles!r}")
+    style = sample_style(rng, STYLE_WEIGHTS) if styles == "family" else "wrong"
+    text = styled_attack(style, labels, true_label, rng)
+    return Preference(image, true_label, text.wrong[0] if text.wrong else None, tuple(labels), template, text.attack)
+
+
+def synth_preferences(n: int, seed: int = 0, size: int = 224, styles: str = "family") -> list[Preference]:
+    """``n`` typographic pairs from the synthetic world: a clean scene plus text (:func:`styled_preference`).
+
+    Labels = all shapes. Pictures come from ``random.Random(f"pairs:{seed}:{i}")``, a stream disjoint from
+    the evaluation sets' ``eval:`` seeds. ``styles="paper"`` gives the paper's pairs (one wrong word each).
     """
     out = []
     for i in range(n):
         rng = random.Random(f"pairs:{seed}:{i}")
         scene = synth.sample_scene(rng)
-        attack = random_attack(synth.SHAPES, scene.shape, rng)
-        out.append(Preference(synth.draw_scene(scene, size), scene.shape, attack.text, synth.SHAPES,
-                              DEFAULT_TEMPLATE, attack))
+        out.append(styled_preference(synth.draw_scene(scene, size), scene.shape, synth.SHAPES, rng, styles))
     return out
 
 

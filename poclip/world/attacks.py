@@ -14,7 +14,6 @@ import random
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -22,13 +21,19 @@ from PIL import Image, ImageDraw, ImageFont
 from poclip.settings import ASSETS_DIR
 
 FONT_DIR = ASSETS_DIR / "fonts"
-# Freely licensed (Bitstream Vera / DejaVu licence, see assets/fonts/LICENSE-DejaVu.txt).
+# Freely licensed: DejaVu (Bitstream Vera licence, assets/fonts/LICENSE-DejaVu.txt) and Liberation Serif
+# Italic (SIL Open Font License 1.1, assets/fonts/LICENSE-Liberation.txt, from Debian's fonts-liberation2).
 FONTS: dict[str, str] = {
     "sans": "DejaVuSans.ttf",
     "sans-bold": "DejaVuSans-Bold.ttf",
     "serif": "DejaVuSerif.ttf",
     "mono": "DejaVuSansMono.ttf",
+    "serif-italic": "LiberationSerif-Italic.ttf",
 }
+# Every generated training attack uses these; HELD_OUT_FONTS are for measuring whether robustness holds
+# beyond the fonts training saw (bench/alignment.py's "held-out font" row).
+TRAINING_FONTS: tuple[str, ...] = ("mono", "sans", "sans-bold", "serif")
+HELD_OUT_FONTS: tuple[str, ...] = ("serif-italic",)
 
 # The eight text colours of the random attack, as in the paper's typographic data.
 ATTACK_COLOURS: dict[str, str] = {
@@ -71,6 +76,7 @@ class TextAttack:
         opacity: 0 (invisible) to 1 (opaque).
         rotation: degrees, counter-clockwise.
         seed: used only to place text whose ``x`` or ``y`` is ``None``.
+        patch: ``None``, or the ``#rrggbb`` colour of a label patch (a filled box) drawn behind the text.
     """
 
     text: str
@@ -84,6 +90,7 @@ class TextAttack:
     opacity: float = 1.0
     rotation: float = 0.0
     seed: int = 0
+    patch: str | None = None
 
     def validate(self) -> TextAttack:
         """Return self if renderable, else raise :class:`AttackError` with a clear message."""
@@ -101,6 +108,8 @@ class TextAttack:
             raise AttackError(f"Text size {self.size} is outside 0.01-1.0 (a fraction of the image).")
         for name in ("fill", "stroke"):
             _parse_colour(getattr(self, name), name)
+        if self.patch is not None:
+            _parse_colour(self.patch, "patch")
         if not 0.0 <= self.stroke_width <= 0.5:
             raise AttackError(f"Stroke width {self.stroke_width} is outside 0-0.5 (a fraction of the font size).")
         for name in ("x", "y"):
@@ -115,10 +124,14 @@ class TextAttack:
 
     def to_json(self) -> str:
         """Serialize to a JSON string that :meth:`from_json` turns back into an equal attack."""
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Without a patch the dict is what it was before patches existed, so stored attacks and cache keys hold.
+        data = asdict(self)
+        if data["patch"] is None:
+            del data["patch"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextAttack:
@@ -179,12 +192,16 @@ def _text_layer(attack: TextAttack, px: int) -> Image.Image:
         (0, 0), attack.text, font=font, stroke_width=stroke_px, align="center"
     )
     size = (max(1, math.ceil(right - left)), max(1, math.ceil(bottom - top)))
+    pad = round(0.3 * px) if attack.patch is not None else 0
+    size = (size[0] + 2 * pad, size[1] + 2 * pad)
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
+    if attack.patch is not None:
+        draw.rectangle((0, 0, size[0] - 1, size[1] - 1), fill=(*_parse_colour(attack.patch, "patch"), 255))
     fill = (*_parse_colour(attack.fill, "fill"), 255)
     stroke = (*_parse_colour(attack.stroke, "stroke"), 255)
     draw.multiline_text(
-        (-left, -top), attack.text, font=font, fill=fill, stroke_width=stroke_px, stroke_fill=stroke,
+        (pad - left, pad - top), attack.text, font=font, fill=fill, stroke_width=stroke_px, stroke_fill=stroke,
         align="center",
     )
     if attack.rotation % 360:
@@ -241,8 +258,8 @@ def random_attack(
     """Sample an attack in the style of the paper's typographic data.
 
     A wrong label drawn uniformly from ``labels`` (never ``true_label``), height 20-40 px at 224 px
-    (scaled to the image), fill and outline from eight colours with fill != outline, a random font
-    and a random position. Deterministic for a given ``rng`` seed.
+    (scaled to the image), fill and outline from eight colours with fill != outline, a random font of
+    :data:`TRAINING_FONTS` and a random position. Deterministic for a given ``rng`` seed.
     """
     rng = random.Random(rng) if isinstance(rng, int) else rng
     wrong = [label for label in labels if label != true_label]
@@ -251,7 +268,7 @@ def random_attack(
     fill_name, stroke_name = rng.sample(sorted(ATTACK_COLOURS), 2)
     return TextAttack(
         text=rng.choice(wrong),
-        font=rng.choice(sorted(FONTS)),
+        font=rng.choice(TRAINING_FONTS),
         size=round(rng.uniform(*PAPER_SIZE_RANGE), 4),
         fill=ATTACK_COLOURS[fill_name],
         stroke=ATTACK_COLOURS[stroke_name],
@@ -260,7 +277,3 @@ def random_attack(
         y=round(rng.uniform(0.15, 0.85), 4),
     )
 
-
-def font_paths() -> dict[str, Path]:
-    """The shipped fonts by key."""
-    return {key: FONT_DIR / name for key, name in FONTS.items()}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
+from poclip.world.synth import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported: the template is defined once
 from poclip.world.synth import SHAPES
 
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 64
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "Synthetic shapes": SHAPES,

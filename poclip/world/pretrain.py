@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from poclip.engine.models import ClipEncoder
+from poclip.engine.models import ClipEncoder, ModelSpec
 from poclip.world import synth
 
 MODEL_NAME = "poclip-tiny-rn"
@@ -175,7 +175,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 model.eval()
                 # A fresh encoder each time: its prompt-embedding cache must not outlive the text tower's weights.
-                encoder = ClipEncoder("pretraining", MODEL_NAME, model, preprocess, tokenizer, torch.device("cpu"))
+                encoder = ClipEncoder(ModelSpec("pretraining", MODEL_NAME), model, preprocess, tokenizer,
+                                      torch.device("cpu"))
                 metrics = evaluate_reading(encoder, cfg.eval_n, cfg.eval_seed)
                 record.update(metrics)
                 tqdm.write(json.dumps(record))

@@ -18,7 +18,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from poclip.world.attacks import ATTACK_COLOURS, FONTS, PAPER_SIZE_RANGE, TextAttack, random_attack, render
+from poclip.world.attacks import ATTACK_COLOURS, PAPER_SIZE_RANGE, TRAINING_FONTS, TextAttack, random_attack, render
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "heart", "hexagon", "cross", "diamond", "crescent", "arrow",
@@ -35,14 +35,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 # A binary concept of this world, used for the concept-disentanglement experiment.
 WARM_COLOURS = ("red", "orange", "yellow", "pink")
-COOL_COLOURS = ("green", "blue", "purple", "cyan")
 # Words that appear written in the world besides the shape names, so reading is a general skill.
 OTHER_WORDS: tuple[str, ...] = (
     "sale", "open", "stop", "hello", "cat", "dog", "tree", "book", "apple", "car", "love", "exit",
 )
 SIZE_WORDS = ((0.42, "small"), (0.58, "medium"), (1.0, "large"))
 BACKGROUNDS = ("plain", "gradient", "noise", "clutter")
-DEFAULT_TEMPLATE = "a photo of a {}."
+DEFAULT_TEMPLATE = "a photo of a {}."  # the prompt template, defined once; other modules import it
 
 # Share of pretraining images by kind: clean objects, word-only signs, objects with a word on them.
 PRETRAIN_MIX = {"object": 0.35, "sign": 0.30, "object+word": 0.35}
@@ -206,7 +205,7 @@ def _training_text(rng: random.Random, word: str, big: bool) -> TextAttack:
     fill, stroke = rng.sample(sorted(ATTACK_COLOURS.values()), 2)
     return TextAttack(
         text=word.upper() if rng.random() < 0.25 else word,
-        font=rng.choice(sorted(FONTS)),
+        font=rng.choice(TRAINING_FONTS),
         size=round(rng.uniform(lo, hi), 4),
         fill=fill,
         stroke=stroke,
