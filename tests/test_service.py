@@ -364,7 +364,8 @@ def test_two_retrain_clicks_queue_one_run(service):
 
 def test_the_gold_pseudo_annotator_is_not_counted_as_a_person(service):
     status = service.status()
-    assert status["gold_items"] == 3 and (status["judgments"], status["annotators"]) == (0, 0)
+    gold = service.repo.stats().gold_items  # placed by a keyed hash: a share of the seeded items, not a fixed count
+    assert gold > 0 and status["gold_items"] == gold and (status["judgments"], status["annotators"]) == (0, 0)
     item = service.next_item("first-person")
     service.answer_item("first-person", item.sample.id, item.labels[0])
     status = service.status()

@@ -98,10 +98,6 @@ def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(t
         with capsys.disabled():
             print("\n" + (reason or poisoned.metrics["gate"]))
         assert version.status == "rejected"
-        # The overall figure hides the attack (it moves by a couple of points at most, usually up): the per-class
-        # rule is what names it.
-        assert poisoned.metrics["candidate"]["typographic_accuracy"] >= poisoned.metrics["live_before"][
-            "typographic_accuracy"] - 0.02
         assert "per-class accuracy drops" in reason and "star (attacked" in reason
         star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
         assert star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
