@@ -7,6 +7,7 @@ from apphelpers import make_service
 
 import poclip.app.worker as worker_module
 from annotation_db.models import Sample
+from poclip.app.identity import SECRET_FILE
 from poclip.app.service import annotation_item
 from poclip.world.attacks import TextAttack
 
@@ -71,9 +72,12 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
 
 
 @pytest.mark.slow
-def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(tmp_path, bundled, capsys):
-    """Honest everywhere except on star pictures, which three handles call hearts: star's accuracy falls and
-    the gate refuses, naming star, with the per-class table."""
+def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, bundled, capsys):
+    """Honest everywhere except on star pictures, which three handles call hearts: either star's accuracy falls
+    and the gate refuses, naming star, with the per-class table, or the candidate keeps star within the margin."""
+    # A fixed deployment secret: which seeded items are gold (a keyed hash) and so the training data are the same
+    # on every run.
+    (tmp_path / SECRET_FILE).write_text("5e" * 32)
     svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
     try:
         items = seeded_samples(svc.repo, 300)
@@ -84,10 +88,12 @@ def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(t
         assert svc.repo.get_version(honest.version_id).status == "active", honest.metrics["gate"]
 
         for who in ("mallory-1", "mallory-2", "mallory-3"):
-            for sid, shape, written in items:
+            for i, (sid, shape, written) in enumerate(items):
                 if sid <= items[29][0]:
                     continue
-                if shape == "star":
+                # The worst case: the attackers answer gold items honestly, as if they knew which those are, so
+                # trust does not catch them and only the gate stands in the way.
+                if shape == "star" and not svc._is_gold_item(i):
                     judge(svc.repo, who, sid, "heart", "star")  # every new star is called a heart
                 else:
                     judge(svc.repo, who, sid, shape, written)
@@ -97,10 +103,26 @@ def test_a_targeted_per_class_poisoning_batch_is_rejected_with_the_class_named(t
         reason = version.reason or ""
         with capsys.disabled():
             print("\n" + (reason or poisoned.metrics["gate"]))
-        assert version.status == "rejected"
-        assert "per-class accuracy drops" in reason and "star (attacked" in reason
         star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
-        assert star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
-        assert svc.repo.active_version().id == honest.version_id
+        if version.status == "rejected":
+            assert "per-class accuracy drops" in reason and "star (attacked" in reason
+            assert star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
+            assert svc.repo.active_version().id == honest.version_id
+        else:  # the text-invariant recipe can shrug the campaign off; then star must not have been wrecked
+            assert min(star["attacked_change"], star["clean_change"]) >= -worker_module.CLASS_DROP_LIMIT, star
     finally:
         svc.close()
+
+
+def test_the_gate_refuses_a_better_overall_candidate_that_drops_one_class():
+    def metrics(typo, star_attacked):
+        per_class = {c: {"attacked": 0.6, "clean": 1.0} for c in ("circle", "square", "heart")}
+        per_class["star"] = {"attacked": star_attacked, "clean": 1.0}
+        return {"typographic_accuracy": typo, "clean_accuracy": 1.0, "per_class": per_class}
+
+    live, base = metrics(0.60, 0.70), metrics(0.05, 0.05)
+    ok, reason = worker_module.gate(metrics(0.70, 0.30), live, base)
+    assert not ok and "per-class accuracy drops" in reason and "star (attacked -0.400)" in reason
+    assert "circle" not in reason.splitlines()[0]
+    ok, reason = worker_module.gate(metrics(0.70, 0.65), live, base)
+    assert ok, reason

@@ -52,7 +52,7 @@ def photo_probabilities(encoder: ClipEncoder, group: list[Photo], policy: Policy
         raise ValueError("photos of one object share a label set")
     images = [open_image(p.path) for p in group]
     if policy is None:
-        base = encoder.predict(images, labels, (template,))
+        base = encoder.log_probs(encoder.encode_images(images), encoder.classifier(labels, (template,))).exp()
         return base, base
     return policy.predict(images, labels, template, t)
 
