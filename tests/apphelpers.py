@@ -1,7 +1,9 @@
 """Helpers shared by the app tests (imported by test modules; pytest puts tests/ on sys.path)."""
 
 import socket
+from pathlib import Path
 
+from poclip.app.identity import SECRET_FILE
 from poclip.app.service import AppService, annotation_item
 from poclip.settings import Settings
 
@@ -9,7 +11,15 @@ ADMIN_TOKEN = "s3cret-admin"
 
 
 def make_service(data_dir, encoder, **overrides) -> AppService:
-    """An app back end on a real SQLite file in ``data_dir``, with settings fit for tests."""
+    """An app back end on a real SQLite file in ``data_dir``, with settings fit for tests.
+
+    The deployment secret is fixed (unless the test wrote its own), so which seeded items are gold (a keyed
+    hash) and hence every training set is the same on every run.
+    """
+    secret = Path(data_dir) / SECRET_FILE
+    if not secret.exists():
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("5e" * 32)
     settings = Settings(**{
         "data_dir": data_dir, "model_spec": "bundled", "admin_token": ADMIN_TOKEN, "rate_limit": "off",
         "gate_eval_n": 300, "retrain_every_pairs": 0, "backup_every_minutes": 0, "seed_items": 30,

@@ -7,7 +7,6 @@ from apphelpers import make_service
 
 import poclip.app.worker as worker_module
 from annotation_db.models import Sample
-from poclip.app.identity import SECRET_FILE
 from poclip.app.service import annotation_item
 from poclip.world.attacks import TextAttack
 
@@ -75,9 +74,6 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
 def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, bundled, capsys):
     """Honest everywhere except on star pictures, which three handles call hearts: either star's accuracy falls
     and the gate refuses, naming star, with the per-class table, or the candidate keeps star within the margin."""
-    # A fixed deployment secret: which seeded items are gold (a keyed hash) and so the training data are the same
-    # on every run.
-    (tmp_path / SECRET_FILE).write_text("5e" * 32)
     svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
     try:
         items = seeded_samples(svc.repo, 300)
