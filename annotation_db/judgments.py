@@ -128,6 +128,17 @@ def _info(row: Judgment, annotator: str) -> JudgmentInfo:
     )
 
 
+def _clear_undone(conn, sample_id: int, annotator_id: int, annotator: str):
+    """One judgment per (sample, annotator): refuse a second live one; a redo after undo deletes the undone row,
+    so the new judgment gets a fresh id and "pairs since a version" sees it. Returns the deleted row, if any."""
+    previous = conn.execute(_PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}).one_or_none()
+    if previous is not None:
+        if previous.undone_at is None:
+            raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
+        conn.execute(_DELETE, {"judgment_id": previous.id})
+    return previous
+
+
 class JudgmentsMixin(CatalogMixin):
     """Judgments: record (validated, rate limited), undo, and next sample to show."""
 
@@ -213,15 +224,7 @@ class JudgmentsMixin(CatalogMixin):
                 ):
                     raise ValidationError(f"sample {sample_id} was not served to you: ask for the next item")
 
-                previous = conn.execute(
-                    _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
-                ).one_or_none()
-                if previous is not None:
-                    if previous.undone_at is None:
-                        raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
-                    # Redo after undo: the new judgment replaces the undone one under a fresh id, so
-                    # "pairs since a version" sees it.
-                    conn.execute(_DELETE, {"judgment_id": previous.id})
+                previous = _clear_undone(conn, sample_id, annotator_id, annotator)
 
                 judgment_id = conn.scalar(
                     _INSERT,
@@ -340,13 +343,7 @@ class JudgmentsMixin(CatalogMixin):
                         {"image_sha256": sha, "label_set_id": labels_row.id, "attack": attack,
                          "attack_key": key, "created_at": now},
                     )
-                previous = conn.execute(
-                    _PREVIOUS, {"sample_id": sample_id, "annotator_id": annotator_id}
-                ).one_or_none()
-                if previous is not None:
-                    if previous.undone_at is None:
-                        raise DuplicateJudgmentError(f"{annotator!r} has already judged sample {sample_id}")
-                    conn.execute(_DELETE, {"judgment_id": previous.id})
+                previous = _clear_undone(conn, sample_id, annotator_id, annotator)
                 judgment_id = conn.scalar(
                     _INSERT,
                     {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
