@@ -33,6 +33,17 @@ def test_the_base_policy_matches_the_foundation_evaluation(bundled, data):
                                            "attacked": theirs["per_class"]["circle"]}
 
 
+def test_a_tower_head_is_scored_on_the_sets_own_pictures(bundled, data):
+    # The set draws its pictures on demand; iterating it must stop at its length (it once drew forever).
+    assert len(list(data.pictures)) == data.n == 40
+    with pytest.raises(IndexError):
+        data.pictures[40]
+    tower = evaluate_policy(Policy(bundled, "projection"), data)  # an untrained tower head is the base model
+    base = evaluate_policy(None, data, encoder=bundled)
+    assert tower["clean_accuracy"] == base["clean_accuracy"]
+    assert tower["typographic_accuracy"] == base["typographic_accuracy"]
+
+
 def theirs_clean(encoder, label):
     return evaluate_synth(encoder, n=40, seed=77, attack="none")["per_class"][label]
 

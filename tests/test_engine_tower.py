@@ -32,6 +32,9 @@ def test_tail_on_cached_activations_equals_the_full_forward(bundled, blocks, tmp
     with torch.no_grad():
         via_tail = torch.nn.functional.normalize(tower.tail(bundled.model.visual, acts, blocks), dim=-1)
     assert torch.allclose(via_tail, full, atol=1e-6)
+    with torch.no_grad():  # the training path (the attention pool's pooled query only) agrees up to rounding
+        fast = torch.nn.functional.normalize(tower.tail(bundled.model.visual, acts, blocks, query_only=True), dim=-1)
+    assert torch.allclose(fast, full, atol=1e-5)
 
 
 def test_activation_caches_are_kept_apart_by_cut_and_attack(bundled, tmp_path):

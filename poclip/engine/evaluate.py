@@ -111,7 +111,10 @@ class _SynthPictures(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(self.n))]
-        return synth.eval_item(self.seed, i, "none", self.size).clean
+        # Iteration stops on IndexError: without it list(self) would draw pictures forever.
+        if not -self.n <= i < self.n:
+            raise IndexError(f"picture {i} of an evaluation set of {self.n}")
+        return synth.eval_item(self.seed, i % self.n, "none", self.size).clean
 
 
 @dataclass

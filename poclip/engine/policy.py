@@ -148,20 +148,21 @@ class Policy(torch.nn.Module):
         pixels = self.encoder.pixels(images)
         return tower.trunk(self.encoder.model.visual, pixels, self.head_blocks).float().cpu()
 
-    def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`)."""
+    def image_features(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`); ``training`` lets a tower
+        tail take its faster training path (:func:`poclip.engine.tower.tail`, equal up to rounding)."""
         if self.linear is not None:
             return self.linear(x)
-        out = tower.tail(self.visual, x.to(self.encoder.device), self.head_blocks)
+        out = tower.tail(self.visual, x.to(self.encoder.device), self.head_blocks, query_only=training)
         return F.normalize(out.float(), dim=-1).cpu()
 
     def text_features(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Aligned text features: ``W txt`` for a linear head, ``txt`` unchanged for tower heads."""
         return self.linear(text_emb) if self.linear is not None else text_emb
 
-    def logits(self, x: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, text_emb: torch.Tensor, training: bool = False) -> torch.Tensor:
         """``s * <f(x), g(txt)>``, shape ``[N, L]``."""
-        return self.logit_scale * self.image_features(x) @ self.text_features(text_emb).T
+        return self.logit_scale * self.image_features(x, training) @ self.text_features(text_emb).T
 
     def trainable_module(self) -> torch.nn.Module:
         return self.linear if self.linear is not None else self.visual

@@ -376,7 +376,7 @@ class Objective:
         self.beta = cfg.resolved_beta
 
     def log_probs(self, x: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return _label_log_probs(self.policy.logits(x, self.text_bank), idx, mask)
+        return _label_log_probs(self.policy.logits(x, self.text_bank, training=True), idx, mask)
 
     def terms(self, pairs: dict[str, torch.Tensor], clean: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         logp = self.log_probs(pairs["x"], pairs["idx"], pairs["mask"])
