@@ -111,14 +111,15 @@ def test_every_loss_trains_the_chosen_label_up(reader, prefs, clean, reader_cach
 def test_retrain_embeds_only_new_pictures_and_reads_the_disk_cache(tiny, prefs, clean, tmp_path):
     cache = EmbeddingCache(tiny, tmp_path / "emb")
     first = train(tiny, prefs[:40], clean[:20], FAST, cache=cache)
-    # each texted pair also needs its clean self, for the text-invariance term
-    assert (first.cache_misses, first.cache_hits) == (40 + 40 + 20, 0)
+    # each texted pair also needs its clean self, and each clean picture its texted version, for the
+    # text-invariance term
+    assert (first.cache_misses, first.cache_hits) == (40 + 40 + 20 + 20, 0)
     second = train(tiny, prefs, clean, FAST, cache=cache)
-    assert (second.cache_misses, second.cache_hits) == (8 + 8 + 12, 100)
+    assert (second.cache_misses, second.cache_hits) == (8 + 8 + 12 + 12, 120)
     reopened = EmbeddingCache(tiny, tmp_path / "emb")
-    assert len(reopened) == 128
+    assert len(reopened) == 160
     third = train(tiny, prefs, clean, FAST, cache=reopened)
-    assert (third.cache_misses, third.cache_hits) == (0, 128)
+    assert (third.cache_misses, third.cache_hits) == (0, 160)
     paper = train(tiny, prefs, clean, dataclasses.replace(FAST, invariance=0.0), cache=reopened)
     assert (paper.cache_misses, paper.cache_hits) == (0, 80)  # the paper's objective needs no clean selves
     assert torch.equal(third.policy.linear.weight, second.policy.linear.weight)

@@ -34,6 +34,7 @@ from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, Compariso
 from poclip.app.comparisons import new_id as new_comparison_id
 from poclip.app.identity import Identity, IdentityError, server_secret
 from poclip.app.live import LiveHead, LiveModel
+from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.engine.models import ClipEncoder, load_model
 from poclip.engine.starter import load_starter
 from poclip.settings import Settings
@@ -565,8 +566,8 @@ class AppService:
     def retrain(self, loss: str = "dpo", *, token: str | None = None, hf_orgs: list[str] | None = None) -> dict:
         """Queue a retrain (admin). The background trainer picks it up; returns the queued run."""
         self.require_admin(token, hf_orgs)
-        if loss not in ("dpo", "ipo", "kto", "robust", "conservative", "hinge"):
-            raise UserError(f"Unknown loss {loss!r}.")
+        if loss not in PREFERENCE_LOSSES:
+            raise UserError(f"Unknown loss {loss!r}; choose one of {', '.join(PREFERENCE_LOSSES)}.")
         run = self.trainer.request({"loss": loss}, reason="manual retrain")
         return {"run_id": run.id, "status": run.status}
 

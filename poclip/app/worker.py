@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from annotation_db import Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
 from poclip.app.live import LiveHead, LiveModel
+from poclip.engine.embed_cache import StoredPicture
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
@@ -35,7 +34,6 @@ from poclip.engine.starter import load_starter
 from poclip.engine.train import CleanImage, Preference, TrainConfig, styled_preference, synth_clean, train_head
 from poclip.settings import Settings
 from poclip.world.attacks import TextAttack
-from poclip.world.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +285,15 @@ class Trainer:
             self.repo.heartbeat(run.id, self._beat_metrics(), lease=run.lease, judgment_watermark=batch.watermark)
         if len(batch.pairs) < MIN_PAIRS:
             raise NotEnoughData(f"only {len(batch.pairs)} training pairs; at least {MIN_PAIRS} are needed")
-        images: dict[str, Image.Image] = {}
+        # Pictures are named by their stored hash: the trainer's cache opens a file only for what it has not seen.
+        pictures: dict[str, StoredPicture] = {}
         prefs, clean = [], []
         for pair in batch.pairs:
-            if pair.image_sha256 not in images:
-                images[pair.image_sha256] = open_image(Path(pair.image_path))
-                clean.append(CleanImage(images[pair.image_sha256], tuple(pair.labels), pair.prompt_template))
+            if pair.image_sha256 not in pictures:
+                pictures[pair.image_sha256] = StoredPicture(pair.image_sha256, Path(pair.image_path))
+                clean.append(CleanImage(pictures[pair.image_sha256], tuple(pair.labels), pair.prompt_template))
             attack = TextAttack.from_dict(pair.attack) if pair.attack else None
-            prefs.append(Preference(images[pair.image_sha256], pair.chosen, pair.rejected, tuple(pair.labels),
+            prefs.append(Preference(pictures[pair.image_sha256], pair.chosen, pair.rejected, tuple(pair.labels),
                                     pair.prompt_template, attack))
             prefs += text_invariance_pairs(prefs[-1], pair.sample_id, self.settings.augment_attacks)
         if len(clean) < MIN_CLEAN:
@@ -316,7 +315,11 @@ class Trainer:
 
         self.progress.phase = "embedding"
         path = self.heads_dir / f"run{run.id}.safetensors"
-        result = train_head(self.encoder, prefs, clean, path, config, cache_dir=self.cache_dir, progress=on_step)
+        # Crowd pairs refine what serves (the starter head at first) rather than start over; the reference,
+        # and so the KL anchor, stays the base model.
+        start = self.sync_live().policy
+        result = train_head(self.encoder, prefs, clean, path, config, cache_dir=self.cache_dir, progress=on_step,
+                            start=start)
         beat.check()
         self.progress.phase = "evaluating"
         live = self.sync_live()

@@ -92,11 +92,17 @@ class Preference:
 
 @dataclass(frozen=True)
 class CleanImage:
-    """A clean regularization picture and the label set whose distribution must stay the base model's."""
+    """A clean regularization picture and the label set whose distribution must stay the base model's.
+
+    ``attack``: text to write on it for the text-invariance term (the policy on the texted picture is pulled to
+    its own prediction on the clean one). That term needs no label, so any clean picture can teach "ignore the
+    writing"; ``None`` = the picture serves the KL regularizer only.
+    """
 
     image: Picture | str = field(repr=False)
     labels: tuple[str, ...]
     template: str = DEFAULT_TEMPLATE
+    attack: TextAttack | None = None
 
 
 @dataclass
@@ -277,7 +283,7 @@ def _reference_log_probs(policy: Policy, x: torch.Tensor, text_bank: torch.Tenso
 @dataclass
 class Prepared:
     """Everything the loop needs, as tensors: ``pairs`` (x, x_clean, inv, idx, mask, ref, chosen, rejected)
-    and ``clean`` (x, idx, mask, ref), with the text embeddings of every prompt."""
+    and ``clean`` (x, x_text, inv, idx, mask, ref), with the text embeddings of every prompt."""
 
     text_bank: torch.Tensor
     pairs: dict[str, torch.Tensor]
@@ -292,8 +298,9 @@ def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequ
             cache: EmbeddingCache, clean_selves: bool = True) -> Prepared:
     """Head inputs of every picture (through ``cache``), reference log-probs, and resolved rejected labels.
 
-    With ``clean_selves`` a pair's clean self (its picture without the text) is looked up too, for the
-    text-invariance term. Cost: one tower (trunk) pass per picture not already in the cache.
+    With ``clean_selves`` a pair's clean self (its picture without the text) and a clean picture's texted
+    version (its ``attack``) are looked up too, for the text-invariance term. Cost: one tower (trunk) pass per
+    picture not already in the cache.
     """
     started = time.perf_counter()
     hits0, misses0 = cache.hits, cache.misses
@@ -311,6 +318,13 @@ def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequ
             inv_rows)))
     cx = _lookup(cache, [c.image for c in clean_items], [None] * len(clean_items), clean_keys) \
         if clean_items else None
+    # Clean pictures with text add invariance rows (texted vs clean self) without a preference.
+    cinv = [clean_selves and c.attack is not None and not isinstance(c.image, str) for c in clean_items]
+    cx_text = torch.zeros_like(cx) if cx is not None else None
+    if any(cinv):
+        rows = [i for i, ok in enumerate(cinv) if ok]
+        rows_images, rows_attacks = [clean_items[i].image for i in rows], [clean_items[i].attack for i in rows]
+        cx_text[rows] = _lookup(cache, rows_images, rows_attacks, _keys(rows_images, rows_attacks))
 
     bank = _LabelBank()
     for p in preferences:
@@ -330,12 +344,15 @@ def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequ
     clean = None
     if cx is not None:
         cidx, cmask = bank.tensors(len(preferences), len(preferences) + len(clean_items))
-        clean = {"x": cx, "idx": cidx, "mask": cmask, "ref": _reference_log_probs(policy, cx, text_bank, cidx, cmask)}
+        clean = {"x": cx, "x_text": cx_text, "inv": torch.tensor(cinv), "idx": cidx, "mask": cmask,
+                 "ref": _reference_log_probs(policy, cx, text_bank, cidx, cmask)}
     # The fingerprint names the resolved rejected labels, so it says exactly what was trained on.
     resolved = [p if p.rejected is not None else Preference(p.image, p.chosen, p.labels[int(r)], p.labels,
                                                               p.template, p.attack)
                 for p, r in zip(preferences, rejected, strict=True)]
-    fingerprint = data_fingerprint(pref_keys, resolved, clean_keys, clean_items)
+    fingerprint = data_fingerprint(pref_keys, resolved, [k if c.attack is None else f"{k}+{entry_key(k, c.attack)}"
+                                                         for k, c in zip(clean_keys, clean_items, strict=True)],
+                                   clean_items)
     return Prepared(text_bank, pairs, clean, fingerprint, time.perf_counter() - started,
                     cache.hits - hits0, cache.misses - misses0)
 
@@ -384,18 +401,34 @@ class Objective:
         r_w = (logp.gather(1, chosen) - ref.gather(1, chosen)).squeeze(1)
         r_l = (logp.gather(1, rejected) - ref.gather(1, rejected)).squeeze(1)
         zero = torch.zeros(())
-        kl = kl_to_reference(clean["ref"], self.log_probs(clean["x"], clean["idx"], clean["mask"]),
-                             clean["mask"]).mean() if clean is not None else zero
+        clean_logp = self.log_probs(clean["x"], clean["idx"], clean["mask"]) if clean is not None else None
+        kl = kl_to_reference(clean["ref"], clean_logp, clean["mask"]).mean() if clean is not None else zero
         if self.cfg.loss == "ce":
             pref = cross_entropy_loss(logp, pairs["chosen"]).mean()
         else:
             pref = preference_loss(self.cfg.loss, r_w, r_l, self.beta, z0=kl.detach(), eps=self.cfg.label_noise).mean()
-        inv = pairs["inv"]
         invariance = zero
-        if self.cfg.invariance > 0 and self.cfg.loss != "ce" and bool(inv.any()):
-            with torch.no_grad():  # the target: the clean picture's own prediction, detached
-                target = self.log_probs(pairs["x_clean"][inv], pairs["idx"][inv], pairs["mask"][inv])
-            invariance = text_invariance_loss(target, logp[inv], pairs["mask"][inv]).mean()
+        if self.cfg.invariance > 0 and self.cfg.loss != "ce":
+            # Rows: pairs (texted picture vs its clean self) and clean pictures with text (vs themselves). The
+            # target is the clean picture's own prediction, detached.
+            targets, texted, masks = [], [], []
+            inv = pairs["inv"]
+            if bool(inv.any()):
+                with torch.no_grad():
+                    targets.append(self.log_probs(pairs["x_clean"][inv], pairs["idx"][inv], pairs["mask"][inv]))
+                texted.append(logp[inv])
+                masks.append(pairs["mask"][inv])
+            if clean is not None and bool(clean["inv"].any()):
+                cinv = clean["inv"]
+                targets.append(clean_logp[cinv].detach())
+                texted.append(self.log_probs(clean["x_text"][cinv], clean["idx"][cinv], clean["mask"][cinv]))
+                masks.append(clean["mask"][cinv])
+            if targets:
+                width = max(m.shape[1] for m in masks)
+                pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+                invariance = text_invariance_loss(torch.cat([pad(t, float("-inf")) for t in targets]),
+                                                  torch.cat([pad(t, float("-inf")) for t in texted]),
+                                                  torch.cat([pad(m, False) for m in masks])).mean()
         ortho = zero
         if self.policy.linear is not None:
             w = self.policy.linear.weight
@@ -612,6 +645,12 @@ def train_head(
 # ----- synthetic training data ----------------------------------------------------------------------------
 
 
+def _styled_text(labels: Sequence[str], true_label: str, rng: random.Random, styles: str):
+    if styles not in ("family", "paper"):
+        raise ValueError(f"styles must be 'family' or 'paper', got {styles!r}")
+    return styled_attack(sample_style(rng, STYLE_WEIGHTS) if styles == "family" else "wrong", labels, true_label, rng)
+
+
 def styled_preference(image: Picture, true_label: str, labels: Sequence[str], rng: random.Random,
                       styles: str = "family", template: str = DEFAULT_TEMPLATE) -> Preference:
     """A pair for ``image`` (of ``true_label``) with text drawn from the style family (or the paper's style).
@@ -620,10 +659,7 @@ def styled_preference(image: Picture, true_label: str, labels: Sequence[str], rn
     strongest wrong answer) when the text names the true class or no class. ``styles``: ``family``
     (:data:`~poclip.world.styles.STYLE_WEIGHTS`) or ``paper`` (one wrong class word).
     """
-    if styles not in ("family", "paper"):
-        raise ValueError(f"styles must be 'family' or 'paper', got {styles!r}")
-    style = sample_style(rng, STYLE_WEIGHTS) if styles == "family" else "wrong"
-    text = styled_attack(style, labels, true_label, rng)
+    text = _styled_text(labels, true_label, rng, styles)
     return Preference(image, true_label, text.wrong[0] if text.wrong else None, tuple(labels), template, text.attack)
 
 
@@ -641,8 +677,18 @@ def synth_preferences(n: int, seed: int = 0, size: int = 224, styles: str = "fam
     return out
 
 
-def synth_clean(n: int, seed: int = 0, size: int = 224) -> list[CleanImage]:
-    """``n`` clean regularization scenes (stream ``clean:{seed}:{i}``) over the shape label set."""
-    return [CleanImage(synth.draw_scene(synth.sample_scene(random.Random(f"clean:{seed}:{i}")), size), synth.SHAPES,
-                       DEFAULT_TEMPLATE) for i in range(n)]
+def synth_clean(n: int, seed: int = 0, size: int = 224, styles: str | None = "family") -> list[CleanImage]:
+    """``n`` clean regularization scenes (stream ``clean:{seed}:{i}``) over the shape label set.
+
+    ``styles`` (``family`` or ``paper``) also draws text for each scene's invariance row (stream
+    ``clean-text:{seed}:{i}``); ``None`` gives the paper's bare clean pictures.
+    """
+    out = []
+    for i in range(n):
+        scene = synth.sample_scene(random.Random(f"clean:{seed}:{i}"))
+        attack = None
+        if styles is not None:
+            attack = _styled_text(synth.SHAPES, scene.shape, random.Random(f"clean-text:{seed}:{i}"), styles).attack
+        out.append(CleanImage(synth.draw_scene(scene, size), synth.SHAPES, DEFAULT_TEMPLATE, attack))
+    return out
 

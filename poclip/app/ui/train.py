@@ -9,8 +9,8 @@ from poclip.app.service import AppService, UserError
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
 from poclip.app.ui.identity import hf_orgs
+from poclip.engine.losses import PREFERENCE_LOSSES
 
-LOSSES = ("dpo", "ipo", "kto", "robust", "hinge")
 EVAL_KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
 VERSION_COLUMNS = ["id", "status", "loss", "parent", "created", "typographic acc", "clean acc", "pairs", "reason"]
 
@@ -89,7 +89,7 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
     """The Train tab's components and events (inside an open ``gr.Tab``); returns what the page refreshes."""
     gr.Markdown("Admin only: sign in above (admin token or Hugging Face login) to retrain, promote and roll back.")
     with gr.Row():
-        loss = gr.Dropdown(list(LOSSES), value="dpo", label="Loss", scale=2)
+        loss = gr.Dropdown(list(PREFERENCE_LOSSES), value="dpo", label="Loss", scale=2)
         retrain_btn = gr.Button("Retrain now", variant="primary", elem_id="retrain-btn", scale=1)
     progress = gr.Markdown(elem_id="train-progress")
     chart = gr.HTML(chart_svg([]), elem_id="train-chart-box")
