@@ -299,4 +299,6 @@ def test_the_page_configuration_holds_no_deployment_secret(launched):
     # The browser-storage key is in /config by design (the browser encrypts with it): it is a fixed public
     # value, independent of the server secret, and the anonymous id it stores is valid only with the server's
     # HMAC signature.
-    assert '"storage_key": "poclip-annotator"' in config or '"storage_key":"poclip-annotator"' in config
+    from poclip.app.ui.identity import browser_storage_key
+
+    assert browser_storage_key(service) in config
