@@ -65,8 +65,8 @@ def open_page(app, viewport=DESKTOP):
     page = app["browser"].new_page(viewport=viewport)
     in_flight = set()
     page.on("request", lambda r: in_flight.add(r) if r.method == "POST" and "/gradio_api/" in r.url else None)
-    page.on("requestfinished", in_flight.discard)
-    page.on("requestfailed", in_flight.discard)
+    page.on("requestfinished", lambda r: in_flight.discard(r))
+    page.on("requestfailed", lambda r: in_flight.discard(r))
     page.poclip_in_flight = in_flight
     page.goto(app["url"], wait_until="domcontentloaded")
     expect(page.get_by_text("Live model:")).to_be_visible(timeout=TIMEOUT)
@@ -76,7 +76,8 @@ def open_page(app, viewport=DESKTOP):
 
 def settle(page, quiet_s=0.6, timeout_s=TIMEOUT / 1000):
     """Wait until the page has had no Gradio request in flight for ``quiet_s`` (the change events a control
-    fired have been answered), at most ``timeout_s``."""
+    fired have been answered), at most ``timeout_s``: the page's 3 s timers also post, so on a machine so
+    loaded that they never pause, go on after ``timeout_s`` and let the test's own expectations judge."""
     deadline = time.monotonic() + timeout_s
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
@@ -85,7 +86,6 @@ def settle(page, quiet_s=0.6, timeout_s=TIMEOUT / 1000):
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
             return
-    raise AssertionError(f"requests still in flight after {timeout_s:.0f} s: {page.poclip_in_flight}")
 
 
 def upload_and_predict(page, picture, word, *, share=True):

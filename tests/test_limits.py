@@ -224,6 +224,21 @@ def test_one_address_creates_a_bounded_number_of_annotators(tmp_path, bundled):
         svc.close()
 
 
+def test_the_abuse_defaults_are_on_and_a_space_trusts_its_proxy(tmp_path):
+    from poclip.app.service import repository_config
+    from poclip.settings import Settings
+
+    here = Settings.from_env({"POCLIP_DATA_DIR": str(tmp_path)})
+    assert (here.proxy_hops, here.client_rate_limit, here.client_new_annotators) == (0, "300/60", "20/3600")
+    config = repository_config(here)
+    assert (config.min_gold_seen, config.max_annotator_share) == (3, 0.25)
+    assert Settings.from_env({"POCLIP_DATA_DIR": str(tmp_path), "SPACE_ID": "someone/po-clip"}).proxy_hops == 1
+    assert Settings.from_env({"SPACE_ID": "a/b", "POCLIP_PROXY_HOPS": "2", "POCLIP_DATA_DIR": str(tmp_path)}
+                             ).proxy_hops == 2
+    with pytest.raises(ValueError, match="POCLIP_MAX_ANNOTATOR_SHARE"):
+        Settings(data_dir=tmp_path, max_annotator_share=0)
+
+
 def test_limit_settings_are_checked():
     with pytest.raises(ValueError, match="POCLIP_CLIENT_RATE_LIMIT must look like 300/60"):
         Rate.parse("lots", "POCLIP_CLIENT_RATE_LIMIT")
