@@ -176,15 +176,17 @@ class PairsMixin(JudgmentsMixin):
         )
         rows = s.execute(vote_query).all()
         n_samples = len({row.sample_id for row in rows})
-        # The share cap: one annotator's votes count on at most this many of the batch's samples.
+        # The share cap: one annotator's votes count on at most this many of the batch's samples. Votes on gold
+        # items decide nothing (the gold answer is the pair), so they do not use it up.
         cap = max(1, int(self.config.max_annotator_share * n_samples)) if self.config.max_annotator_share < 1 else None
+        gold_samples = {row.sample_id for row in rows if row.kind is JudgmentKind.GOLD}
         used: Counter[int] = Counter()
         votes: dict[int, list[_Vote]] = defaultdict(list)
         for sample_id, chosen, rejected, kind, annotator_id, trust, gold_seen in rows:
             trusted = trust >= self.config.min_trust
             if kind is JudgmentKind.HUMAN:
                 trusted = trusted and gold_seen >= self.config.min_gold_seen
-                if trusted and cap is not None:
+                if trusted and cap is not None and sample_id not in gold_samples:
                     used[annotator_id] += 1
                     trusted = used[annotator_id] <= cap
             votes[sample_id].append(_Vote(sample_id, chosen, rejected, kind, trusted))

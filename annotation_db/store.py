@@ -28,9 +28,11 @@ class RepositoryConfig:
         stale_heartbeat_s: a running training run whose last heartbeat is older than this is marked failed.
         max_image_bytes: largest PNG accepted by :meth:`store_image`.
         pseudonym_secret: the per-deployment secret that salts exported pseudonyms (empty: a public salt).
-        max_annotator_share: the most of a training batch's pairs whose majority one annotator can decide;
-            above it, that annotator's further samples are left out (1.0 disables the cap).
-        min_gold_seen: a human's votes count towards pairs only after they answered this many gold items.
+        max_annotator_share: the most of a training batch's items (those with votes) one annotator's votes may
+            count on; beyond it, that annotator's later votes are left out (1.0 disables the cap). Votes on gold
+            items do not use it up (the gold answer decides those).
+        min_gold_seen: a human's votes count towards pairs only after they answered this many gold items (a
+            new or throwaway name counts for nothing until then; 0 disables).
     """
 
     rate_limit_count: int | None = 120
@@ -45,8 +47,8 @@ class RepositoryConfig:
     stale_heartbeat_s: float = 300.0
     max_image_bytes: int = 32 * 1024 * 1024
     pseudonym_secret: str = ""
-    max_annotator_share: float = 1.0
-    min_gold_seen: int = 0
+    max_annotator_share: float = 0.25
+    min_gold_seen: int = 3
 
 
 def utc_now() -> datetime:

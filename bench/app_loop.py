@@ -70,8 +70,12 @@ def main() -> int:
     torch.set_num_threads(2)
 
     data_dir = Path(tempfile.mkdtemp(prefix="poclip-bench-"))
+    # One simulated person labels everything, from one address: the per-person and per-address limits and the
+    # abuse defaults (labels count after 3 gold items, one person decides at most a quarter) are off here.
     settings = Settings(data_dir=data_dir, model_spec="bundled", admin_token=TOKEN, rate_limit="off",
-                        retrain_every_pairs=0, backup_every_minutes=0, seed_items=args.labels + 40)
+                        client_rate_limit="off", client_new_annotators="off", min_gold_seen=0,
+                        max_annotator_share=1.0, retrain_every_pairs=0, backup_every_minutes=0,
+                        seed_items=args.labels + 40)
     started = time.perf_counter()
     service = AppService.create(settings, encoder=load_model("bundled"))
     service.start_background()

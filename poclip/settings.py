@@ -60,6 +60,19 @@ class Settings:
             (``POCLIP_RETRAIN_EVERY_MINUTES``).
         gate_eval_n: size of the held-out synthetic set the promotion gate evaluates on (``POCLIP_GATE_N``).
         rate_limit: judgments per annotator per window, ``COUNT/SECONDS`` or ``off`` (``POCLIP_RATE_LIMIT``).
+        client_rate_limit: judgments per client network address per window, whatever handles it uses,
+            ``COUNT/SECONDS`` or ``off`` (``POCLIP_CLIENT_RATE_LIMIT``); see :mod:`poclip.app.limits`.
+        client_new_annotators: new annotators (handles, anonymous ids) one address may create per window
+            (``POCLIP_CLIENT_NEW_ANNOTATORS``).
+        proxy_hops: trusted reverse proxies in front of the app (``POCLIP_PROXY_HOPS``; default 1 on a Space,
+            else 0): the client's address is then read from ``X-Forwarded-For`` instead of the connection.
+        min_gold_seen: a person's labels count towards training only after they answered this many gold items
+            (``POCLIP_MIN_GOLD_SEEN``; 0 counts everyone's from the first label).
+        max_annotator_share: the largest share of a training set's items one annotator's votes may decide
+            (``POCLIP_MAX_ANNOTATOR_SHARE``; 1 disables the cap).
+        decode_budget_mp, decode_wait_s: megapixels all concurrent uploads may hold decoded at once, and how
+            long an upload waits for room before it is refused as "server busy" (``POCLIP_DECODE_BUDGET_MP``,
+            ``POCLIP_DECODE_WAIT_S``); see :mod:`poclip.world.decode_budget`.
         backup_keep, backup_every_minutes: SQLite snapshots kept, and how often one is taken (0 = only on
             demand) (``POCLIP_BACKUP_KEEP``, ``POCLIP_BACKUP_EVERY_MINUTES``).
         seed_items: synthetic attacked items offered to annotators when the bundled model is live
@@ -89,6 +102,13 @@ class Settings:
     retrain_every_minutes: float = 0.0
     gate_eval_n: int = 500
     rate_limit: str = "120/60"
+    client_rate_limit: str = "300/60"
+    client_new_annotators: str = "20/3600"
+    proxy_hops: int = 0
+    min_gold_seen: int = 3
+    max_annotator_share: float = 0.25
+    decode_budget_mp: float = 100.0
+    decode_wait_s: float = 10.0
     backup_keep: int = 10
     backup_every_minutes: float = 5.0
     space_id: str = ""
@@ -99,6 +119,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.storage not in STORAGE_MODES:
             raise ValueError(f"POCLIP_STORAGE must be one of {', '.join(STORAGE_MODES)}, got {self.storage!r}")
+        if not 0 < self.max_annotator_share <= 1:
+            raise ValueError(f"POCLIP_MAX_ANNOTATOR_SHARE must be in (0, 1], got {self.max_annotator_share!r}")
+        if self.min_gold_seen < 0 or self.proxy_hops < 0:
+            raise ValueError("POCLIP_MIN_GOLD_SEEN and POCLIP_PROXY_HOPS must be 0 or more")
+        if not self.decode_budget_mp > 0 or not self.decode_wait_s >= 0:
+            raise ValueError("POCLIP_DECODE_BUDGET_MP must be positive and POCLIP_DECODE_WAIT_S 0 or more")
 
     @property
     def database_dir(self) -> Path:
@@ -138,6 +164,14 @@ class Settings:
             retrain_every_minutes=float(env.get("POCLIP_RETRAIN_EVERY_MINUTES", defaults.retrain_every_minutes)),
             gate_eval_n=int(env.get("POCLIP_GATE_N", defaults.gate_eval_n)),
             rate_limit=env.get("POCLIP_RATE_LIMIT", defaults.rate_limit),
+            client_rate_limit=env.get("POCLIP_CLIENT_RATE_LIMIT", defaults.client_rate_limit),
+            client_new_annotators=env.get("POCLIP_CLIENT_NEW_ANNOTATORS", defaults.client_new_annotators),
+            # A Space's app sits behind the Hub's reverse proxy, which the client's address comes through.
+            proxy_hops=int(env.get("POCLIP_PROXY_HOPS", 1 if env.get("SPACE_ID") else defaults.proxy_hops)),
+            min_gold_seen=int(env.get("POCLIP_MIN_GOLD_SEEN", defaults.min_gold_seen)),
+            max_annotator_share=float(env.get("POCLIP_MAX_ANNOTATOR_SHARE", defaults.max_annotator_share)),
+            decode_budget_mp=float(env.get("POCLIP_DECODE_BUDGET_MP", defaults.decode_budget_mp)),
+            decode_wait_s=float(env.get("POCLIP_DECODE_WAIT_S", defaults.decode_wait_s)),
             backup_keep=int(env.get("POCLIP_BACKUP_KEEP", defaults.backup_keep)),
             backup_every_minutes=float(env.get("POCLIP_BACKUP_EVERY_MINUTES", defaults.backup_every_minutes)),
             space_id=env.get("SPACE_ID", ""),

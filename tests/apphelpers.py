@@ -8,6 +8,11 @@ from poclip.app.service import AppService, annotation_item
 from poclip.settings import Settings
 
 ADMIN_TOKEN = "s3cret-admin"
+# The app's abuse defaults count a person's labels only after 3 gold items and let one person decide at most a
+# quarter of a training set. Tests (and benches) that train on one simulated person's labels turn both off, by
+# name: what they check is learning from those labels, not the defence against one person.
+ONE_PERSON = {"min_gold_seen": 0, "max_annotator_share": 1.0}
+ONE_PERSON_ENV = {"POCLIP_MIN_GOLD_SEEN": "0", "POCLIP_MAX_ANNOTATOR_SHARE": "1"}
 
 
 def make_service(data_dir, encoder, **overrides) -> AppService:

@@ -9,7 +9,7 @@ import random
 import time
 
 import pytest
-from apphelpers import ADMIN_TOKEN, free_port, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, free_port, make_service, truth_by_attack
 from gradio_client import Client, handle_file
 
 from poclip.world import synth
@@ -22,7 +22,7 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
     from poclip.app.ui import build_demo
     from poclip.world.attacks import TextAttack
 
-    service = make_service(tmp_path / "data", bundled, seed_items=240)
+    service = make_service(tmp_path / "data", bundled, seed_items=240, **ONE_PERSON)
     service.start_background()
     demo = build_demo(service)
     port = free_port()

@@ -2,12 +2,18 @@
 
 One app serves the module; each test opens its own page (so its own session and anonymous id). Screenshots
 at 1280x900 (desktop) and 390x844 (phone) are kept in ``test-artifacts/``.
+
+Waits are on conditions, never on fixed sleeps, with generous timeouts: on a loaded machine a response can
+take seconds. Changing a control fires change events that mark the answers stale; they are sent at once but
+may be answered after a later Predict, so before pressing Predict the tests wait until no such request is in
+flight (:func:`settle`).
 """
 
 import random
+import time
 
 import pytest
-from apphelpers import ADMIN_TOKEN, footprint, free_port, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, footprint, free_port, make_service, truth_by_attack
 
 from poclip.settings import REPO_DIR
 from poclip.world import synth
@@ -27,7 +33,8 @@ def app(tmp_path_factory, bundled, chromium):
     from poclip.app.ui import build_demo, launch_kwargs
 
     data = tmp_path_factory.mktemp("browser")
-    service = make_service(data / "data", bundled, seed_items=40)
+    # The Train tab's run learns from one simulated person's labels (test_the_training_chart_...).
+    service = make_service(data / "data", bundled, seed_items=40, **ONE_PERSON)
     service.start_background()  # the Train tab's retrain runs in the app's trainer thread
     demo = build_demo(service)
     port = free_port()
@@ -52,12 +59,33 @@ def app(tmp_path_factory, bundled, chromium):
 
 
 def open_page(app, viewport=DESKTOP):
+    """A new page, loaded, with its server-signed anonymous id stored (votes before that would be refused)."""
     from playwright.sync_api import expect
 
     page = app["browser"].new_page(viewport=viewport)
+    in_flight = set()
+    page.on("request", lambda r: in_flight.add(r) if r.method == "POST" and "/gradio_api/" in r.url else None)
+    page.on("requestfinished", lambda r: in_flight.discard(r))
+    page.on("requestfailed", lambda r: in_flight.discard(r))
+    page.poclip_in_flight = in_flight
     page.goto(app["url"], wait_until="domcontentloaded")
     expect(page.get_by_text("Live model:")).to_be_visible(timeout=TIMEOUT)
+    page.wait_for_function("() => (localStorage.getItem('poclip-annotator') || '').length > 8", timeout=TIMEOUT)
     return page
+
+
+def settle(page, quiet_s=0.6, timeout_s=TIMEOUT / 1000):
+    """Wait until the page has had no Gradio request in flight for ``quiet_s`` (the change events a control
+    fired have been answered), at most ``timeout_s``: the page's 3 s timers also post, so on a machine so
+    loaded that they never pause, go on after ``timeout_s`` and let the test's own expectations judge."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # lets Playwright deliver the request events
+        if page.poclip_in_flight:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
 
 
 def upload_and_predict(page, picture, word, *, share=True):
@@ -68,6 +96,7 @@ def upload_and_predict(page, picture, word, *, share=True):
     page.locator("#upload input[type=file]").set_input_files(str(picture))
     expect(page.locator("#preview img")).to_be_visible(timeout=TIMEOUT)
     page.locator("#attack-text textarea").fill(word)
+    settle(page)
     page.locator("#predict-btn").click()
     expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
 
@@ -87,8 +116,9 @@ def test_upload_write_vote_and_the_counter_rises(app):
     expect(page.locator("#left-answer")).to_contain_text("circle", timeout=TIMEOUT)
     page.locator("#vote-left").click()
     expect(page.locator("#vote-counter")).to_contain_text("You have given 1 label.", timeout=TIMEOUT)
-    expect(page.locator("#vote-left")).to_be_disabled()  # the comparison on screen has been judged
+    expect(page.locator("#vote-left")).to_be_disabled(timeout=TIMEOUT)  # the comparison on screen was judged
     page.locator("#attack-text textarea").fill("heart")
+    settle(page)
     page.locator("#predict-btn").click()
     expect(page.locator("#left-answer")).to_contain_text("heart", timeout=TIMEOUT)
     page.locator("#vote-right").click()
@@ -105,7 +135,7 @@ def test_upload_write_vote_and_the_counter_rises(app):
     expect(page.locator("#item-counter")).to_contain_text("3 labels from you", timeout=TIMEOUT)
     page.keyboard.press("u")
     expect(page.locator("#item-counter")).to_contain_text("2 labels from you", timeout=TIMEOUT)
-    expect(page.get_by_text("Undone: answer this one again.")).to_be_visible()
+    expect(page.get_by_text("Undone: answer this one again.")).to_be_visible(timeout=TIMEOUT)
     page.screenshot(path=str(ARTIFACTS / "annotate-1280x900.png"))
     page.close()
 
@@ -119,7 +149,7 @@ def test_neither_without_choosing_a_label_is_refused_and_nothing_is_stored(app):
     page.locator("#vote-neither").click()
     expect(page.get_by_text("Neither side was right? Pick the right label from the list first.")).to_be_visible(
         timeout=TIMEOUT)
-    expect(page.locator("#vote-message")).not_to_contain_text("Stored")
+    expect(page.locator("#vote-message")).not_to_contain_text("Stored", timeout=TIMEOUT)
     assert footprint(app["service"]) == before
     page.close()
 
@@ -133,15 +163,17 @@ def test_changing_the_word_after_predict_disables_voting_until_predict(app):
     for verdict in ("left", "right", "both", "neither"):
         expect(page.locator(f"#vote-{verdict}")).to_be_disabled(timeout=TIMEOUT)
     expect(page.locator("#stale-note")).to_contain_text("press Predict", timeout=TIMEOUT)
+    settle(page)
     page.locator("#predict-btn").click()
     expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
     page.locator("#random-btn").click()  # a random attack (new word, colours, place) is a change too
     expect(page.locator("#vote-left")).to_be_disabled(timeout=TIMEOUT)
-    page.wait_for_timeout(1000)  # let the random style's change events settle before typing again
+    settle(page)  # the random style's change events are answered before typing again
     page.locator("#attack-text textarea").fill("heart")
+    settle(page)
     page.locator("#predict-btn").click()
     expect(page.locator("#vote-left")).to_be_enabled(timeout=TIMEOUT)
-    expect(page.locator("#stale-note")).not_to_contain_text("press Predict")
+    expect(page.locator("#stale-note")).not_to_contain_text("press Predict", timeout=TIMEOUT)
     page.close()
 
 
@@ -179,7 +211,7 @@ def test_a_file_that_is_not_a_picture_gets_the_apps_message(app):
     page.locator("#upload input[type=file]").set_input_files(str(fake))
     expect(page.locator("#upload-note")).to_contain_text(
         "This file cannot be used. This file contains text, not a picture, whatever its name says.", timeout=TIMEOUT)
-    expect(page.locator("#preview")).not_to_contain_text("Error")  # no bare red "Error" on the panels
+    expect(page.locator("#preview")).not_to_contain_text("Error", timeout=TIMEOUT)  # no bare red "Error"
     page.screenshot(path=str(ARTIFACTS / "bad-upload-1280x900.png"))
     page.locator("#predict-btn").click()
     expect(page.get_by_text("Upload a picture, pick an example or draw a synthetic object first.")).to_be_visible(
@@ -215,10 +247,17 @@ def test_the_training_chart_shows_a_legend_and_a_numeric_step_axis(app):
     chart = page.locator("#train-chart")
     expect(chart).to_be_visible(timeout=120_000)
     for legend in ("loss", "reward margin", "KL on clean pictures", "reward accuracy"):
-        expect(chart.get_by_text(legend, exact=True)).to_be_visible()
-    expect(chart.get_by_text("optimizer step", exact=True)).to_be_visible()
-    ticks = [t for t in chart.locator("text").all_text_contents() if t.strip().isdigit()]
-    assert len(ticks) >= 3 and sorted(int(t) for t in ticks)[-1] >= 10, ticks
+        expect(chart.get_by_text(legend, exact=True)).to_be_visible(timeout=TIMEOUT)
+    expect(chart.get_by_text("optimizer step", exact=True)).to_be_visible(timeout=TIMEOUT)
+
+    def step_ticks():
+        return sorted(int(t) for t in chart.locator("text").all_text_contents() if t.strip().isdigit())
+
+    # The chart is redrawn every 3 s as the run goes on; the first drawing may show only the first steps.
+    deadline = time.monotonic() + 120
+    while not ((ticks := step_ticks()) and len(ticks) >= 3 and ticks[-1] >= 10) and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    assert len(ticks) >= 3 and ticks[-1] >= 10, ticks
     expect(page.locator("#train-progress")).to_contain_text("step", timeout=120_000)
     expect(page.locator("#train-progress")).not_to_contain_text("epoch")
     chart.scroll_into_view_if_needed()
@@ -227,6 +266,7 @@ def test_the_training_chart_shows_a_legend_and_a_numeric_step_axis(app):
 
 
 def test_on_a_phone_the_picture_and_every_label_button_fit_without_scrolling(app):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     page = open_page(app, PHONE)
@@ -241,8 +281,16 @@ def test_on_a_phone_the_picture_and_every_label_button_fit_without_scrolling(app
     for _ in range(10):  # the worst case: an item with ten labels (uploads in other tests have fewer)
         if page.locator("#label-btn-10").is_visible():
             break
+        shown = page.locator("#item-image img").get_attribute("src")
         page.locator("#skip-btn").click()
-        page.wait_for_timeout(1500)
+        try:  # the next item is on screen (skipping may, rarely, give the same item back: then skip again)
+            page.wait_for_function(
+                "([src]) => { const img = document.querySelector('#item-image img');"
+                " const ten = document.querySelector('#label-btn-10');"
+                " return (img && img.getAttribute('src') !== src) || (ten && ten.offsetParent !== null); }",
+                arg=[shown], timeout=20_000)
+        except PlaywrightTimeout:
+            pass
     expect(page.locator("#label-btn-10")).to_be_visible(timeout=TIMEOUT)
     page.evaluate("document.getElementById('item-image').scrollIntoView({block: 'start'})")
     top = page.locator("#item-image").bounding_box()

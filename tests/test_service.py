@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from apphelpers import ADMIN_TOKEN, footprint, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, ONE_PERSON_ENV, footprint, make_service, truth_by_attack
 
 from annotation_db import ValidationError
 from poclip.app.service import AdminRequired, AppService, UserError
@@ -182,7 +182,7 @@ TRUTH = truth_by_attack(300)
 
 @pytest.mark.slow
 def test_labels_retrain_promote_and_the_attacked_prediction_flips(tmp_path, bundled):
-    svc = make_service(tmp_path, bundled, seed_items=220)
+    svc = make_service(tmp_path, bundled, seed_items=220, **ONE_PERSON)
     try:
         fooled = []
         for _ in range(200):
@@ -215,7 +215,7 @@ def test_labels_retrain_promote_and_the_attacked_prediction_flips(tmp_path, bund
 
 
 def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled):
-    svc = make_service(tmp_path, bundled, seed_items=0)
+    svc = make_service(tmp_path, bundled, seed_items=0, **ONE_PERSON)  # the gate alone must refuse the vandal
     try:
         for i in range(20):
             rng = random.Random(f"vandal:{i}")
@@ -297,14 +297,14 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
 
     from poclip.settings import REPO_DIR
 
-    svc = make_service(tmp_path, bundled, seed_items=40, trainer="off")
+    svc = make_service(tmp_path, bundled, seed_items=40, trainer="off", **ONE_PERSON)
     try:
         for _ in range(20):
             item = svc.next_item("walt")
             svc.answer_item("walt", item.sample.id, true_shape(svc, item.sample))
         queued = svc.retrain(token=TOKEN)
         env = {**os.environ, "POCLIP_DATA_DIR": str(tmp_path), "POCLIP_MODEL": "bundled", "POCLIP_GATE_N": "300",
-               "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_STARTER_HEAD": "0"}
+               "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_STARTER_HEAD": "0", **ONE_PERSON_ENV}
         proc = subprocess.run([sys.executable, "-m", "poclip", "worker", "--once"], cwd=REPO_DIR, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr

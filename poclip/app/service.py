@@ -23,6 +23,7 @@ from PIL import Image
 
 from annotation_db import (
     DuplicateJudgmentError,
+    NotFoundError,
     Repository,
     RepositoryConfig,
     SampleInfo,
@@ -33,6 +34,7 @@ from poclip.app.batching import ImageBatcher
 from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonExpired, ComparisonStore
 from poclip.app.comparisons import new_id as new_comparison_id
 from poclip.app.identity import Identity, IdentityError, server_secret
+from poclip.app.limits import ClientLimited, ClientLimits, Rate, current_origin
 from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.engine.models import ClipEncoder, load_model
@@ -40,6 +42,7 @@ from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack, render
+from poclip.world.decode_budget import DECODE_BUDGET
 from poclip.world.images import normalize_image, open_image
 from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS, check_template, parse_labels
 
@@ -128,7 +131,15 @@ def repository_config(settings: Settings) -> RepositoryConfig:
     count, window = parse_rate_limit(settings.rate_limit)
     secret = server_secret(settings.data_dir)
     pseudonym_secret = hmac.new(secret, b"poclip-pseudonym", hashlib.sha256).hexdigest()
-    return RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window, pseudonym_secret=pseudonym_secret)
+    return RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window, pseudonym_secret=pseudonym_secret,
+                            min_gold_seen=settings.min_gold_seen, max_annotator_share=settings.max_annotator_share)
+
+
+def client_limits(settings: Settings) -> ClientLimits:
+    """The per-address limits from the app's settings (see :mod:`poclip.app.limits`)."""
+    return ClientLimits(Rate.parse(settings.client_rate_limit, "POCLIP_CLIENT_RATE_LIMIT"),
+                        Rate.parse(settings.client_new_annotators, "POCLIP_CLIENT_NEW_ANNOTATORS"),
+                        settings.proxy_hops)
 
 
 def check_finite(value: Any, name: str) -> float:
@@ -159,6 +170,7 @@ class AppService:
         self.comparisons = ComparisonStore()
         self._secret = server_secret(settings.data_dir)
         self.identity = Identity(self._secret)
+        self.client_limits = client_limits(settings)
         self._trainer: Trainer | None = None
         self._follow_stop = threading.Event()
         self._follow: threading.Thread | None = None
@@ -171,6 +183,7 @@ class AppService:
     def create(cls, settings: Settings, encoder: ClipEncoder | None = None) -> AppService:
         """Open (restore, migrate) the database, load the model, seed annotation items, load the live head."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        DECODE_BUDGET.configure(settings.decode_budget_mp, settings.decode_wait_s)  # the process's uploads
         repo = open_repository(settings, repository_config(settings))
         service = cls(settings, encoder or load_model(settings.model_spec, settings), repo)
         service.ensure_label_sets()
@@ -232,6 +245,27 @@ class AppService:
         try:
             return self.identity.resolve(annotator, hf_username)
         except IdentityError as exc:
+            raise UserError(str(exc)) from exc
+
+    def admit_client(self, annotator: str, *, judgment: bool) -> None:
+        """The per-address limits for the request in flight (:mod:`poclip.app.limits`): a handle this database
+        has not seen yet counts as a new annotator, and ``judgment`` counts one label. UserError when over.
+
+        O(1): one indexed lookup of the handle and one in-memory entry per address. Requests without an
+        origin (direct calls from Python) are not limited per address.
+        """
+        origin = current_origin()
+        if origin is None:
+            return
+        try:
+            if self.client_limits.new_annotators is not None:
+                try:
+                    self.repo.get_annotator(annotator)
+                except NotFoundError:
+                    self.client_limits.admit_new_annotator(origin)
+            if judgment:
+                self.client_limits.admit_judgment(origin)
+        except ClientLimited as exc:
             raise UserError(str(exc)) from exc
 
     # ----- status -------------------------------------------------------------------------------------------
@@ -384,6 +418,7 @@ class AppService:
     def next_item(self, annotator: str) -> Item | None:
         """The next item ``annotator`` should label, or None when they have labelled everything."""
         annotator = self.who(annotator)
+        self.admit_client(annotator, judgment=False)
         self.repo.ensure_annotator(annotator)
         sample = self.repo.next_sample(annotator)
         if sample is None:
@@ -406,6 +441,7 @@ class AppService:
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
         rejected = self._rejected_for(sample, chosen)
+        self.admit_client(annotator, judgment=True)
         try:
             judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, require_served=True)
         except DuplicateJudgmentError as exc:
@@ -516,8 +552,8 @@ class AppService:
         runner-up).
 
         Everything is checked before anything is written (the comparison, the verdict, the label, the
-        handle, consent for uploads, the rate limit); then the picture, its sample and the judgment are
-        stored. A refused vote leaves no image row, file, sample or annotator behind.
+        handle, consent for uploads, the per-address and per-annotator rate limits); then the picture, its
+        sample and the judgment are stored. A refused vote leaves no image row, file, sample or annotator behind.
         """
         record = self.comparison(comparison_id)
         chosen, rejected = judgment_for(record, verdict, correct_label)
@@ -526,6 +562,7 @@ class AppService:
             raise UserError("A vote stores your picture and shows it to other annotators: tick 'Others may see and "
                             "label my picture' and press Predict again (or vote on an example or a synthetic "
                             "object).")
+        self.admit_client(annotator, judgment=True)
         png = io.BytesIO()
         record.picture.save(png, format="PNG")
         try:  # picture, sample, annotator and judgment in one unit: a refused vote writes none of them

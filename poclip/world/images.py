@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from poclip.world.decode_budget import DECODE_BUDGET, DecodeBudget
+
 MAX_SIDE = 1024  # larger uploads are downscaled; CLIP sees 224 px or less anyway
 MAX_PIXELS = 40_000_000  # refuse decompression bombs well before they reach memory
 MAX_FILE_BYTES = 25 * 2**20  # the app also passes this to Gradio as max_file_size
@@ -91,11 +93,13 @@ def _not_an_image(data: bytes) -> ImageError:
         return ImageError(f"This file is not a picture in a format the app reads ({', '.join(FORMATS[:5])}, ...).")
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
+def open_image(source: str | Path | bytes, *, budget: DecodeBudget | None = None) -> Image.Image:
     """Validate and fully decode an image file or bytes, then :func:`normalize_image` it.
 
     Nothing else decodes the upload first: the checks below are what protect the app. The size is checked
-    from the header before the pixels are decoded.
+    from the header before the pixels are decoded, and the decode holds that many pixels of ``budget`` (the
+    process-wide :data:`~poclip.world.decode_budget.DECODE_BUDGET` by default) until the normalised picture is
+    ready, so concurrent requests together never decode more than the budget.
 
     Raises:
         ImageError: empty, over-long, not a supported raster picture, damaged or truncated, too many pixels,
@@ -117,18 +121,34 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"The file is {len(data) / 2**20:.0f} MB; at most {MAX_FILE_BYTES // 2**20} MB are accepted.")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
-            _check_geometry(*probe.size)
+            width, height = probe.size
+            _check_geometry(width, height)
             probe.verify()
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        image.load()
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"The picture has too many pixels to open safely (at most {MAX_PIXELS / 1e6:.0f} "
-                         "megapixels).") from exc
-    except UnidentifiedImageError as exc:
-        raise _not_an_image(data) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("The picture file is damaged or cut short (truncated); the picture cannot be read. "
-                         "Save it again and re-upload it.") from exc
-    return normalize_image(image)
+    except Exception as exc:
+        if (error := _unreadable(exc, data)) is None:
+            raise
+        raise error from exc
+    with (budget or DECODE_BUDGET).reserve(width * height):  # ServerBusy when it stays full for wait_s
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image.load()
+        except Exception as exc:
+            if (error := _unreadable(exc, data)) is None:
+                raise
+            raise error from exc
+        return normalize_image(image)
+
+
+def _unreadable(exc: Exception, data: bytes) -> ImageError | None:
+    """The user's message for a decoder's exception; None for anything unexpected (a bug: re-raised as is)."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(f"The picture has too many pixels to open safely (at most {MAX_PIXELS / 1e6:.0f} "
+                          "megapixels).")
+    if isinstance(exc, UnidentifiedImageError):
+        return _not_an_image(data)
+    if isinstance(exc, OSError | SyntaxError | ValueError | EOFError):
+        return ImageError("The picture file is damaged or cut short (truncated); the picture cannot be read. "
+                          "Save it again and re-upload it.")
+    return None

@@ -184,9 +184,15 @@ def make_repo(db_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[Calla
         repo.close()
 
 
+# The store's defaults count a person's votes only after 3 gold items and cap one annotator's share of a
+# training set (see test_db_pairs.py for those defaults). Most tests here check one mechanism with a handful of
+# votes, so the plain repository turns those two policies off, explicitly.
+PLAIN = RepositoryConfig(min_gold_seen=0, max_annotator_share=1.0)
+
+
 @pytest.fixture
 def repo(make_repo: Callable[..., Repository]) -> Repository:
-    return make_repo()
+    return make_repo(PLAIN)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (8, 6)) -> bytes:

@@ -8,7 +8,15 @@ from datetime import timedelta
 import datasets
 import pytest
 
-from annotation_db import Database, DatabaseConfig, HubError, Repository, ValidationError, create_db_engine
+from annotation_db import (
+    Database,
+    DatabaseConfig,
+    HubError,
+    Repository,
+    RepositoryConfig,
+    ValidationError,
+    create_db_engine,
+)
 from annotation_db.export import (
     FEATURES,
     export_dataset,
@@ -69,7 +77,9 @@ def test_round_trip_into_a_fresh_database(judged, new_database, tmp_path, parque
     path = save_dataset(exported, tmp_path / ("pairs.parquet" if parquet else "pairs"), parquet=parquet)
     assert path.exists()
 
-    other = Repository(Database(create_db_engine(DatabaseConfig(new_database()))), tmp_path / "data2")
+    # The same pair policies as the exporting repository (the plain ``repo`` fixture's), so the pairs compare.
+    plain = RepositoryConfig(min_gold_seen=0, max_annotator_share=1.0)
+    other = Repository(Database(create_db_engine(DatabaseConfig(new_database()))), tmp_path / "data2", plain)
     try:
         report = import_dataset(other, path)
         assert (report.added, report.duplicates, report.errors) == (5, 0, [])

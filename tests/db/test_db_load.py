@@ -113,5 +113,5 @@ def test_a_new_annotators_votes_count_only_after_k_gold_items_and_one_annotator_
         repo.record_judgment(sample, regular, "bird", "dog")
     repo.record_judgment(world.samples[0], regular, "cat", "dog")
     assert len(repo.training_pairs().pairs) == 4  # each of the two decides at most three samples: 1, 2, 3
-    uncapped = make_repo(RepositoryConfig(rate_limit_count=None, min_gold_seen=1))
+    uncapped = make_repo(RepositoryConfig(rate_limit_count=None, min_gold_seen=1, max_annotator_share=1.0))
     assert len(uncapped.training_pairs().pairs) == 6

@@ -64,7 +64,8 @@ def test_undone_judgments_do_not_count(repo, world, clock):
 
 
 def test_gold_accuracy_sets_trust_and_low_trust_votes_are_excluded(make_repo, world_factory):
-    repo = make_repo(RepositoryConfig(min_trust=0.5, trust_prior_correct=2, trust_prior_seen=2))
+    repo = make_repo(RepositoryConfig(min_trust=0.5, trust_prior_correct=2, trust_prior_seen=2, min_gold_seen=0,
+                                      max_annotator_share=1.0))  # trust alone
     world = world_factory(repo, n_samples=6)
     gold, regular = world.samples[:4], world.samples[4]
     repo.ensure_annotator("maintainer")
@@ -139,3 +140,25 @@ def test_synthetic_judgments_are_pairs_too(repo, world):
 def test_empty_store_gives_no_pairs(repo):
     batch = repo.training_pairs()
     assert (batch.pairs, batch.watermark, batch.skipped) == ([], None, 0)
+
+
+def test_by_default_a_newcomer_counts_after_three_gold_items_and_decides_at_most_a_quarter(make_repo, world_factory):
+    repo = make_repo(RepositoryConfig(rate_limit_count=None))  # the store's defaults
+    world = world_factory(repo, n_samples=12)
+    gold, regular = world.samples[:3], world.samples[3:]
+    repo.ensure_annotator("maintainer")
+    for sample_id in gold:
+        repo.record_judgment(sample_id, "maintainer", "cat", "dog", kind="gold")
+    newcomer = world.annotators[0]
+    for sample_id in gold[:2]:
+        repo.record_judgment(sample_id, newcomer, "cat", "dog")
+    for sample_id in regular:
+        repo.record_judgment(sample_id, newcomer, "bird", "dog")
+    # Two gold items answered: the nine labels on regular items count for nothing yet.
+    assert sorted(p.sample_id for p in repo.training_pairs().pairs) == gold
+    repo.record_judgment(gold[2], newcomer, "cat", "dog")
+    # Three: now they count, on at most a quarter of the twelve items with votes (3), the earliest first; the
+    # answers on gold items (decided by the gold answer) do not use up that share.
+    pairs = repo.training_pairs().pairs
+    assert sorted(p.sample_id for p in pairs) == [*gold, *regular[:3]]
+    assert all(p.chosen == "bird" for p in pairs if p.sample_id in regular)

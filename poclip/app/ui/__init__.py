@@ -14,7 +14,7 @@ from poclip.app.ui.annotate import SHORTCUTS_JS, build_annotate
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.compare import build_compare
 from poclip.app.ui.data import build_data
-from poclip.app.ui.identity import browser_secret, sign_in_handler
+from poclip.app.ui.identity import browser_storage_key, sign_in_handler
 from poclip.app.ui.train import build_train
 from poclip.world.images import MAX_FILE_BYTES
 
@@ -41,7 +41,8 @@ def build_demo(service: AppService) -> gr.Blocks:
         gr.Markdown("# PO-CLIP\nWrite a word on a picture and watch CLIP change its mind; help it learn not to.",
                     elem_id="page-intro")
         model_line = gr.Markdown(f"**Live model:** {service.model_info()}", elem_id="model-line")
-        anon_id = gr.BrowserState("", storage_key="poclip-annotator", secret=browser_secret(service))
+        # The browser keeps its server-signed anonymous id; the storage key is public (see browser_storage_key).
+        anon_id = gr.BrowserState("", storage_key="poclip-annotator", secret=browser_storage_key(service))
         admin_token = gr.State("")
         with gr.Row():
             if on_space:

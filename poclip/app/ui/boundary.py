@@ -2,7 +2,8 @@
 
 Every event handler goes through :func:`user_errors`. A person's mistake (a file that is not a picture, a
 missing label, a refused vote) is shown in the page as the app's own message and logged as one line without
-a traceback; anything else is a bug and keeps its traceback.
+a traceback; anything else is a bug and keeps its traceback. The boundary also tells the service where the
+request came from (:func:`poclip.app.limits.request_origin`), for the per-address limits.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import functools
 import logging
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from annotation_db import AnnotationDBError
 from poclip.app.comparisons import ComparisonExpired
+from poclip.app.limits import RequestOrigin, request_origin
 from poclip.app.service import UserError
 from poclip.engine.policy import HeadError
 from poclip.world.attacks import AttackError
+from poclip.world.decode_budget import ServerBusy
 from poclip.world.images import ImageError
 from poclip.world.labels import LabelSetError
 
 log = logging.getLogger("poclip.app.ui")
 
-USER_ERRORS = (AttackError, ImageError, LabelSetError, UserError, AnnotationDBError, HeadError, ComparisonExpired)
+USER_ERRORS = (AttackError, ImageError, LabelSetError, UserError, AnnotationDBError, HeadError, ComparisonExpired,
+               ServerBusy)
 
 
 def message_of(exc: BaseException) -> str:
@@ -43,13 +48,28 @@ def refused(action: str, exc: BaseException) -> str:
     return message
 
 
+def origin_of(request: gr.Request | None) -> RequestOrigin | None:
+    """The peer address and ``X-Forwarded-For`` header of a Gradio request (None outside a request)."""
+    if request is None:
+        return None
+    client = getattr(request, "client", None)
+    headers = getattr(request, "headers", None) or {}
+    return RequestOrigin(getattr(client, "host", None), headers.get("x-forwarded-for"))
+
+
 def user_errors(fn):
-    """Wrap an event handler: user errors -> ``gr.Error`` with the app's message, logged on one line."""
+    """Wrap an event handler: user errors -> ``gr.Error`` with the app's message, logged on one line.
+
+    While the handler runs, the service sees the request's origin. Gradio sets the request of the event
+    being processed in ``LocalContext.request`` in the handler's own thread (what ``gr.Request`` parameters
+    are filled from), so handlers need no extra parameter for it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with request_origin(origin_of(LocalContext.request.get(None))):
+                return fn(*args, **kwargs)
         except gr.Error as exc:
             exc.print_exception = False
             log.info("%s refused: %s", fn.__name__, exc.message)

@@ -46,9 +46,15 @@ def sign_in_handler(service: AppService, token: str | None, oauth_token: gr.OAut
     return token, "Signed in as admin: the Train and Data tabs' admin actions are unlocked."
 
 
-def browser_secret(service: AppService) -> str:
-    """A secret kept in the data dir, so anonymous ids stored in browsers survive restarts."""
-    path = service.settings.data_dir / "browser_state_secret"
+def browser_storage_key(service: AppService) -> str:
+    """The key Gradio's BrowserState encrypts the stored anonymous id with: random, kept in the data dir so ids
+    stored in browsers survive restarts.
+
+    It is not a secret and protects nothing: the browser does the encrypting, so Gradio sends this key to every
+    client in ``/config``. It is independent of the server secret; what makes an anonymous id usable only by
+    its holder is the server's HMAC signature on it (:mod:`poclip.app.identity`), which no client can make.
+    """
+    path = service.settings.data_dir / "browser_state_secret"  # the file's name predates the above
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_hex(16))
