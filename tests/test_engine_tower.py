@@ -95,3 +95,15 @@ def test_batch_norm_statistics_stay_frozen_in_training(bundled):
     trained = dict(result.policy.visual.named_buffers())
     for name, buf in bundled.model.visual.named_buffers():
         assert torch.equal(trained[name], buf), name
+
+
+@pytest.mark.parametrize("head", ["projection", "last_blocks:1"])
+def test_a_tower_head_and_its_strength_copies_share_the_frozen_trunk(bundled, head):
+    # Only the tail is the head's own: a ViT-B/32 tower copied per head and per slider position would cost
+    # 350 MB each.
+    policy = Policy(bundled, head)
+    n_tail = len(policy.trainable_parameters())
+    for copy_ in (policy, policy.with_strength(0.5)):
+        pairs = list(zip(copy_.visual.parameters(), bundled.model.visual.parameters(), strict=True))
+        own = [mine for mine, base in pairs if mine is not base]
+        assert len(own) == n_tail and all(p.requires_grad for p in own)  # the tail, and nothing else, is copied

@@ -73,6 +73,16 @@ def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
     return ((u * s.clamp(min=_MIN_SINGULAR).pow(t)) @ vh).to(weight.dtype)
 
 
+def _copy_tail(visual: torch.nn.Module, blocks: int) -> torch.nn.Module:
+    """A copy of an image tower whose tail (:func:`poclip.engine.tower.split`) has its own tensors and whose frozen
+    trunk shares the original's parameters and buffers (they are never written)."""
+    tail_tensors = {id(t) for part in tower.split(visual, blocks).trainable
+                    for t in ((part,) if isinstance(part, torch.nn.Parameter) else (*part.parameters(),
+                                                                                      *part.buffers()))}
+    shared = {id(t): t for t in (*visual.parameters(), *visual.buffers()) if id(t) not in tail_tensors}
+    return copy.deepcopy(visual, memo=shared)
+
+
 class LinearHead(torch.nn.Module):
     """f(x) = W x on both modalities; W starts at the identity so the head starts as the base model."""
 
@@ -108,8 +118,9 @@ class Policy(torch.nn.Module):
             tower.split(encoder.model.visual, self.head_blocks)
         except tower.TowerError as exc:
             raise HeadError(str(exc)) from exc
-        # A private copy of the tower, so the base model (the reference) stays untouched.
-        self.visual = copy.deepcopy(encoder.model.visual).to(encoder.device)
+        # A private copy of the tower's tail, so the base model (the reference) stays untouched; the frozen
+        # trunk's tensors are shared with the backbone, not copied (a ViT-B/32 tower is 350 MB).
+        self.visual = _copy_tail(encoder.model.visual, self.head_blocks).to(encoder.device)
         self.visual.requires_grad_(False)
         self.split = tower.split(self.visual, self.head_blocks)
         for part in self.split.trainable:
@@ -209,7 +220,7 @@ class Policy(torch.nn.Module):
             with torch.no_grad():
                 clone.linear.weight.copy_(strength_matrix(self.linear.weight, t))
         else:
-            clone.visual = copy.deepcopy(self.visual)
+            clone.visual = _copy_tail(self.visual, self.head_blocks)
             clone.split = tower.split(clone.visual, self.head_blocks)
             base = dict(self.encoder.model.visual.named_parameters())
             with torch.no_grad():
