@@ -101,9 +101,9 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
             print("\n" + (reason or poisoned.metrics["gate"]))
         star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
         if version.status == "rejected":
-            assert "per-class accuracy drops" in reason and "star (attacked" in reason
-            assert star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
             assert svc.repo.active_version().id == honest.version_id
+        if "per-class accuracy drops" in reason:
+            assert "star (attacked" in reason and star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
         else:  # the text-invariant recipe can shrug the campaign off; then star must not have been wrecked
             assert min(star["attacked_change"], star["clean_change"]) >= -worker_module.CLASS_DROP_LIMIT, star
     finally:
