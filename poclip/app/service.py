@@ -380,11 +380,14 @@ class AppService:
         return name
 
     def seed_items(self, n: int | None = None) -> int:
-        """Offer synthetic attacked pictures for annotation (bundled model), a share of them gold items.
+        """Offer synthetic attacked pictures for annotation (bundled model), a share of them gold items; any
+        other backbone gets the real photos instead (:meth:`seed_photo_items`, when ``n`` > 0).
 
         Idempotent: the pictures and attacks are a fixed stream, and samples are unique by image and attack.
         """
         n = self.settings.seed_items if n is None else n
+        if n > 0 and self.encoder.model_spec.name != "bundled":
+            return self.seed_photo_items()
         if "bundled" not in self.encoder.spec or n <= 0:
             return 0
         self._gold_items = sum(self._is_gold_item(i) for i in range(n))
@@ -403,6 +406,41 @@ class AppService:
                     except ValidationError:
                         pass  # already recorded on an earlier start
             return n
+
+    def seed_photo_items(self) -> int:
+        """Offer the real photos (:mod:`poclip.world.photos`) for annotation; returns how many were added.
+
+        Each blank-note and attack-note photo is an item with its object's label set and the note's word as a
+        ``physical`` attack, so the usual rejected label is the written word. Photos whose note names the object
+        itself are left out (their written word is a right answer). No gold items: several labels can name the
+        object ("Granny Smith", "apple"), and gold answers are single labels.
+
+        Idempotent and cheap on a restart: items are stored in order, so when the last one exists all do (one
+        read).
+        """
+        from poclip.world import photos
+
+        items = [p for p in photos.photos() if p.kind != "own"]
+        with self._seed_lock:
+            png, attack = self._photo_png(items[-1]), photos.note_attack(items[-1])
+            last = self.repo.find_sample(hashlib.sha256(png).hexdigest(), photos.label_set_name(items[-1]),
+                                         attack.to_dict() if attack else None)
+            if last is not None:
+                return 0
+            for photo in items:
+                self.repo.ensure_label_set(photos.label_set_name(photo), list(photos.app_labels(photo)),
+                                           DEFAULT_TEMPLATE)
+                image = self.repo.store_image(self._photo_png(photo), source="example")
+                attack = photos.note_attack(photo)
+                self.repo.add_sample(image.sha256, photos.label_set_name(photo), attack.to_dict() if attack else None)
+            return len(items)
+
+    @staticmethod
+    def _photo_png(photo) -> bytes:
+        """The photo as stored: normalised by the app's validator, as PNG bytes (deterministic)."""
+        png = io.BytesIO()
+        open_image(photo.path).save(png, format="PNG")
+        return png.getvalue()
 
     def _is_gold_item(self, index: int) -> bool:
         """Which seeded items are gold: a keyed hash of the index (server secret), so a share of GOLD_SHARE
