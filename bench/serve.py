@@ -15,6 +15,10 @@ no download), in one run and side by side:
 Bars (issue 11): ViT-B-32 requests/s with 8 clients >= 0.8 x its batch-32 encoder rate; bundled ``/predict``
 p50 with 1 client <= 1.3 x the floor's; 0 errors with 32 clients. The machine is shared and noisy: compare
 rows of one run, not runs.
+
+Each load row also says how much CPU one request cost the server process and this process (the clients:
+``gradio_client`` uploads, waits on the event stream and downloads the picture), since here both share the
+cores the image tower needs. ``--models ViT-B-32 --clients 8 --no-floor`` measures just the throughput bar.
 """
 
 from __future__ import annotations
@@ -102,7 +106,16 @@ def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO) -> 
     raise RuntimeError(f"{kind} server did not start within 300 s")
 
 
-def load(url: str, clients: int, requests: int, picture: Path) -> dict:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, clients: int, requests: int, picture: Path, server_pid: int | None = None) -> dict:
     """``clients`` threads, each with its own gradio_client, each sending ``requests`` /predict calls."""
     from gradio_client import Client, handle_file
 
@@ -128,12 +141,16 @@ def load(url: str, clients: int, requests: int, picture: Path) -> dict:
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in pool]
     before = batch_counts(pool[0])
+    server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else None, time.process_time()
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = cpu_seconds(server_pid) - server_cpu
     after = batch_counts(pool[0])
     row = {
         "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
@@ -141,7 +158,10 @@ def load(url: str, clients: int, requests: int, picture: Path) -> dict:
         "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
         "error_examples": sorted(set(errors))[:3],
+        "client_cpu_ms_per_request": round(1000 * client_cpu / max(1, len(latencies) + len(errors)), 1),
     }
+    if server_cpu is not None:
+        row["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(1, len(latencies) + len(errors)), 1)
     if before and after and after["batches"] > before["batches"]:
         row["mean_image_batch"] = round((after["pictures"] - before["pictures"])
                                         / (after["batches"] - before["batches"]), 2)
@@ -186,9 +206,11 @@ def serve_rows(kind: str, spec: str, args: argparse.Namespace, work: Path, app_d
     data_dir.mkdir()
     proc, url = start_server(kind, spec, data_dir, app_dir)
     try:
-        single = load(url, 1, args.single, PICTURE)
-        return {"predict_1_client": single, "predict_8_clients": load(url, 8, args.requests, PICTURE),
-                "predict_32_clients": load(url, 32, max(2, args.requests // 2), PICTURE)}
+        rows = {}
+        for n in args.clients:
+            calls = args.single if n == 1 else args.requests if n <= 8 else max(2, args.requests // 2)
+            rows[f"predict_{n}_client{'s' if n > 1 else ''}"] = load(url, n, calls, PICTURE, proc.pid)
+        return rows
     finally:
         proc.terminate()
         try:
@@ -200,6 +222,10 @@ def serve_rows(kind: str, spec: str, args: argparse.Namespace, work: Path, app_d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundled,ViT-B-32", help="backbone specs, comma-separated")
+    parser.add_argument("--clients", default="1,8,32", type=lambda text: [int(n) for n in text.split(",")],
+                        help="numbers of concurrent clients to measure, comma-separated")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the trivial handler (the floor)")
     parser.add_argument("--single", type=int, default=20, help="sequential /predict calls for the 1-client p50")
     parser.add_argument("--requests", type=int, default=8, help="/predict calls per client with 8 clients "
                                                                 "(half as many with 32)")
@@ -217,30 +243,30 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="poclip-serve-"))
     result: dict = {"cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
                     "picture": PICTURE.name, "backbones": {}}
-    result["floor"] = serve_rows("trivial", "none", args, work)
+    if args.floor:
+        result["floor"] = serve_rows("trivial", "none", args, work)
     for spec in [s.strip() for s in args.models.split(",") if s.strip()]:
         row = {"encoder": encoder_speed(spec, args.repeats)}
         if args.baseline:
             row["baseline"] = serve_rows("app", spec, args, work, Path(args.baseline).resolve())
         row.update(serve_rows("app", spec, args, work))
         result["backbones"][spec] = row
-    floor_p50 = result["floor"]["predict_1_client"]["p50_ms"]
+    floor_p50 = result.get("floor", {}).get("predict_1_client", {}).get("p50_ms")
     ratios, bars = {}, {}
     for spec, row in result["backbones"].items():
-        ratios[spec] = {
-            "p50_1_client_over_floor": round(row["predict_1_client"]["p50_ms"] / floor_p50, 2),
-            "rps_8_clients_over_encoder_batch32": round(row["predict_8_clients"]["requests_per_s"]
-                                                        / row["encoder"]["batch32_images_per_s"], 3),
-        }
-        if "baseline" in row:
-            base = row["baseline"]
-            ratios[spec]["baseline_p50_1_client_over_floor"] = round(base["predict_1_client"]["p50_ms"] / floor_p50, 2)
-            ratios[spec]["baseline_rps_8_clients_over_encoder_batch32"] = round(
-                base["predict_8_clients"]["requests_per_s"] / row["encoder"]["batch32_images_per_s"], 3)
-        bars[f"{spec}: 0 errors with 32 clients, same picture"] = row["predict_32_clients"]["errors"] == 0
-    if "bundled" in ratios:
+        ratios[spec] = {}
+        for prefix, rows in (("", row), ("baseline_", row.get("baseline"))):
+            if rows and floor_p50 and "predict_1_client" in rows:
+                ratios[spec][f"{prefix}p50_1_client_over_floor"] = round(
+                    rows["predict_1_client"]["p50_ms"] / floor_p50, 2)
+            if rows and "predict_8_clients" in rows:
+                ratios[spec][f"{prefix}rps_8_clients_over_encoder_batch32"] = round(
+                    rows["predict_8_clients"]["requests_per_s"] / row["encoder"]["batch32_images_per_s"], 3)
+        if "predict_32_clients" in row:
+            bars[f"{spec}: 0 errors with 32 clients, same picture"] = row["predict_32_clients"]["errors"] == 0
+    if "p50_1_client_over_floor" in ratios.get("bundled", {}):
         bars["bundled /predict p50 (1 client) <= 1.3x floor"] = ratios["bundled"]["p50_1_client_over_floor"] <= 1.3
-    if "ViT-B-32" in ratios:
+    if "rps_8_clients_over_encoder_batch32" in ratios.get("ViT-B-32", {}):
         bars["ViT-B-32 requests/s (8 clients) >= 0.8x encoder at batch 32"] = (
             ratios["ViT-B-32"]["rps_8_clients_over_encoder_batch32"] >= 0.8)
     result["ratios"], result["bars"] = ratios, bars
