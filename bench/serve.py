@@ -26,37 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from visitors import REPO, predict_load, start_app, stop  # noqa: E402
+
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 PICTURE = REPO / "assets" / "examples" / "synthetic_star.png"
-# The /predict inputs after the picture: word, font, size, fill, outline, x, y, opacity, rotation, label set,
-# custom labels, strength t, arena mode.
+# The /predict inputs after the picture (see visitors.predict_load).
 PREDICT_ARGS = ("circle", "sans-bold", 0.15, "#ffffff", "#000000", 0.5, 0.5, 1.0, 0.0, "Synthetic shapes", "", 1.0,
                 False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # ----- the floor: a Gradio app that does nothing --------------------------------------------------------------
@@ -84,96 +68,12 @@ def serve_trivial(port: int) -> None:
 # ----- measuring ----------------------------------------------------------------------------------------------
 
 
-def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO):
+    """``python app.py`` (trainer off, nothing seeded) or the floor app, in its own process."""
     env = {**os.environ, "POCLIP_MODEL": spec, "POCLIP_DATA_DIR": str(data_dir), "POCLIP_TRAINER": "off",
-           "POCLIP_SEED_ITEMS": "0", "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_RATE_LIMIT": "off",
-           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    cmd = [sys.executable, "app.py"] if kind == "app" else [sys.executable, __file__, "--serve-trivial", str(port)]
-    log = open(data_dir / f"{kind}.log", "w")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {(data_dir / f'{kind}.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url + "gradio_api/info", timeout=2).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{kind} server did not start within 300 s")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load(url: str, clients: int, requests: int, picture: Path, server_pid: int | None = None) -> dict:
-    """``clients`` threads, each with its own gradio_client, each sending ``requests`` /predict calls."""
-    from gradio_client import Client, handle_file
-
-    pool = [Client(url, verbose=False) for _ in range(clients)]
-    for c in pool[:1]:
-        c.predict(handle_file(str(picture)), *PREDICT_ARGS, api_name="/predict")  # warm-up, not counted
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients)
-
-    def worker(c: Client) -> None:
-        start.wait()
-        for _ in range(requests):
-            t = time.perf_counter()
-            try:
-                c.predict(handle_file(str(picture)), *PREDICT_ARGS, api_name="/predict")
-                with lock:
-                    latencies.append(time.perf_counter() - t)
-            except Exception as exc:  # counted and reported, never hidden
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
-
-    threads = [threading.Thread(target=worker, args=(c,)) for c in pool]
-    before = batch_counts(pool[0])
-    server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else None, time.process_time()
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
-    client_cpu = time.process_time() - client_cpu
-    if server_cpu is not None:
-        server_cpu = cpu_seconds(server_pid) - server_cpu
-    after = batch_counts(pool[0])
-    row = {
-        "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
-        "requests_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
-        "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
-        "error_examples": sorted(set(errors))[:3],
-        "client_cpu_ms_per_request": round(1000 * client_cpu / max(1, len(latencies) + len(errors)), 1),
-    }
-    if server_cpu is not None:
-        row["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(1, len(latencies) + len(errors)), 1)
-    if before and after and after["batches"] > before["batches"]:
-        row["mean_image_batch"] = round((after["pictures"] - before["pictures"])
-                                        / (after["batches"] - before["batches"]), 2)
-    return row
-
-
-def batch_counts(client) -> dict | None:
-    """The app's image-batch counters from /status (None for apps without them: the floor, older code)."""
-    try:
-        return client.predict(api_name="/status").get("image_batches")
-    except Exception:  # no /status endpoint
-        return None
+           "POCLIP_SEED_ITEMS": "0", "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_RATE_LIMIT": "off"}
+    cmd = [sys.executable, "app.py"] if kind == "app" else [sys.executable, __file__, "--serve-trivial"]
+    return start_app(kind, cmd, env, data_dir, cwd=app_dir)
 
 
 def encoder_speed(spec: str, repeats: int) -> dict:
@@ -207,16 +107,13 @@ def serve_rows(kind: str, spec: str, args: argparse.Namespace, work: Path, app_d
     proc, url = start_server(kind, spec, data_dir, app_dir)
     try:
         rows = {}
-        for n in args.clients:
+        for n in args.clients:  # every client sends the same picture, as visitors clicking one example do
             calls = args.single if n == 1 else args.requests if n <= 8 else max(2, args.requests // 2)
-            rows[f"predict_{n}_client{'s' if n > 1 else ''}"] = load(url, n, calls, PICTURE, proc.pid)
+            rows[f"predict_{n}_client{'s' if n > 1 else ''}"] = predict_load(
+                url, n, calls, lambda _k: (PICTURE, PREDICT_ARGS), server_pid=proc.pid)
         return rows
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main() -> int:
@@ -234,10 +131,10 @@ def main() -> int:
                         help="also serve each backbone from this checkout (e.g. a git worktree of an older commit), "
                              "in the same run, as the 'baseline' rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--serve-trivial", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
+        serve_trivial(int(os.environ["GRADIO_SERVER_PORT"]))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="poclip-serve-"))
