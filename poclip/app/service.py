@@ -412,28 +412,49 @@ class AppService:
 
         Each blank-note and attack-note photo is an item with its object's label set and the note's word as a
         ``physical`` attack, so the usual rejected label is the written word. Photos whose note names the object
-        itself are left out (their written word is a right answer). No gold items: several labels can name the
-        object ("Granny Smith", "apple"), and gold answers are single labels.
+        itself are left out (their written word is a right answer). Gold items are a keyed share
+        (:data:`GOLD_SHARE`) of the attack photos of objects that exactly one label names (a gold answer is one
+        label; "Granny Smith" and "apple" would both be right for the apple), answered with the object's class
+        over the written word.
 
         Idempotent and cheap on a restart: items are stored in order, so when the last one exists all do (one
-        read).
+        read; the last item is stored again only when it is gold, in case its gold answer did not make it).
         """
         from poclip.world import photos
 
         items = [p for p in photos.photos() if p.kind != "own"]
+        self._gold_items = sum(self._is_gold_photo(p) for p in items)
         with self._seed_lock:
-            png, attack = self._photo_png(items[-1]), photos.note_attack(items[-1])
-            last = self.repo.find_sample(hashlib.sha256(png).hexdigest(), photos.label_set_name(items[-1]),
-                                         attack.to_dict() if attack else None)
-            if last is not None:
+            last, attack = items[-1], photos.note_attack(items[-1])
+            done = self.repo.find_sample(hashlib.sha256(self._photo_png(last)).hexdigest(),
+                                         photos.label_set_name(last), attack.to_dict() if attack else None)
+            if done is not None:
+                if self._is_gold_photo(last):
+                    self._seed_photo(last)
                 return 0
             for photo in items:
-                self.repo.ensure_label_set(photos.label_set_name(photo), list(photos.app_labels(photo)),
-                                           DEFAULT_TEMPLATE)
-                image = self.repo.store_image(self._photo_png(photo), source="example")
-                attack = photos.note_attack(photo)
-                self.repo.add_sample(image.sha256, photos.label_set_name(photo), attack.to_dict() if attack else None)
+                self._seed_photo(photo)
             return len(items)
+
+    def _is_gold_photo(self, photo) -> bool:
+        return (photo.kind == "attack" and len(photo.right) == 1 and photo.word in photo.labels
+                and self._is_gold_item(f"photo:{photo.object_key}/{photo.note}"))
+
+    def _seed_photo(self, photo) -> None:
+        """Store one photo item (and its gold answer when it is gold); idempotent."""
+        from poclip.world import photos
+
+        name, attack = photos.label_set_name(photo), photos.note_attack(photo)
+        self.repo.ensure_label_set(name, list(photos.app_labels(photo)), DEFAULT_TEMPLATE)
+        image = self.repo.store_image(self._photo_png(photo), source="example")
+        sample = self.repo.add_sample(image.sha256, name, attack.to_dict() if attack else None)
+        if self._is_gold_photo(photo):
+            gold = self.repo.ensure_annotator(GOLD_HANDLE)
+            try:
+                self.repo.record_judgment(sample.id, gold.handle, photo.right[0], photo.word, kind="gold",
+                                          enforce_rate_limit=False)
+            except ValidationError:
+                pass  # already recorded on an earlier start
 
     @staticmethod
     def _photo_png(photo) -> bytes:
@@ -442,9 +463,9 @@ class AppService:
         open_image(photo.path).save(png, format="PNG")
         return png.getvalue()
 
-    def _is_gold_item(self, index: int) -> bool:
-        """Which seeded items are gold: a keyed hash of the index (server secret), so a share of GOLD_SHARE
-        that nobody outside the server can predict from ids."""
+    def _is_gold_item(self, index: int | str) -> bool:
+        """Which seeded items are gold: a keyed hash of the index (or a photo's name; server secret), so a share
+        of GOLD_SHARE that nobody outside the server can predict from ids."""
         digest = hmac.new(self._secret, f"gold:{index}".encode(), hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "big") < GOLD_SHARE * 2**64
 
