@@ -108,7 +108,10 @@ def main() -> int:
            "POCLIP_BACKUP_EVERY_MINUTES": "0",
            # The live model is the base model until the first promotion: the shipped starter head (2,000 pairs)
            # would rightly keep a head trained on this run's few labels out at the gate.
-           "POCLIP_STARTER_HEAD": "0"}
+           "POCLIP_STARTER_HEAD": "0",
+           # Every simulated person answers truthfully from 127.0.0.1: the per-address limits and the gold check
+           # (tested on their own) would only throttle this run or leave its first labels out of training.
+           "POCLIP_CLIENT_RATE_LIMIT": "off", "POCLIP_CLIENT_NEW_ANNOTATORS": "off", "POCLIP_MIN_GOLD_SEEN": "0"}
     procs = Processes(work, env)
     settings = Settings(data_dir=work / "shared", database_url=url)
     truth = seeded_truth(4 * args.labels)
