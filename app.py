@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import gradio as gr
 
+from poclip.app.batching import SWITCH_INTERVAL_S
 from poclip.app.service import AppService
 from poclip.app.ui import build_demo, launch_kwargs
 from poclip.settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# The image tower's thread gets the GIL back quickly from request threads (see poclip.app.batching).
+sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 # Reload mode (`gradio app.py`) re-runs this file on every edit: open the database, load the model and
 # start the background trainer only once.

@@ -403,6 +403,24 @@ class CatalogMixin(StoreBase):
                     raise
         raise AssertionError("unreachable")
 
+    def find_sample(
+        self, image_sha256: str, label_set: str, attack: dict[str, Any] | None = None
+    ) -> SampleInfo | None:
+        """The sample :meth:`add_sample` would return for these arguments, or None; writes nothing.
+
+        One indexed look-up (image, label set, attack key).
+        """
+        image_sha256 = check_sha256(image_sha256)
+        label_set = check_text(label_set, "label set name", LABEL_SET_NAME_MAX)
+        key = json_key(None if attack is None else check_json_object(attack, "attack parameters", MAX_ATTACK_BYTES))
+        with self.db.reading() as s:
+            sample_id = s.scalar(
+                select(Sample.id)
+                .join(LabelSet, LabelSet.id == Sample.label_set_id)
+                .where(Sample.image_sha256 == image_sha256, LabelSet.name == label_set, Sample.attack_key == key)
+            )
+            return None if sample_id is None else self._sample_info(s, sample_id)
+
     def get_sample(self, sample_id: int) -> SampleInfo:
         """The sample with this id; :class:`NotFoundError` if unknown."""
         sample_id = check_id(sample_id, "sample id")

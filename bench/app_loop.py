@@ -15,48 +15,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from visitors import REPO, Annotator, free_port, predict_load, seeded_truth  # noqa: E402
+
+sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
 
-from poclip.app.service import AppService, annotation_item  # noqa: E402
+from poclip.app.service import AppService  # noqa: E402
 from poclip.app.ui import build_demo  # noqa: E402
 from poclip.engine.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
 from poclip.world import synth  # noqa: E402
-from poclip.world.attacks import TextAttack, random_attack  # noqa: E402
+from poclip.world.attacks import random_attack  # noqa: E402
 
 TOKEN = "bench-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def seeded_truth(n: int) -> dict[str, str]:
-    """attack JSON -> true shape for the app's seeded annotation items: what a careful person answers."""
-    return {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(n))}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -87,16 +68,14 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/"
     result: dict = {"data_dir_empty_at_start": True, "startup_seconds": round(startup_s, 2)}
     try:
-        client = Client(url, verbose=False)
-        truth = seeded_truth(args.labels + 40)
+        person = Annotator(url, "bench-annotator", service.repo, seeded_truth(args.labels + 40))
+        client = person.client
         t0 = time.perf_counter()
-        _, item_id, _, _ = client.predict("bench-annotator", "", api_name="/next_item")
+        person.next_item()
         label_latency = []
         for _ in range(args.labels):
-            sample = service.repo.get_sample(int(item_id))
-            answer = truth[TextAttack.from_dict(sample.attack).to_json()]
             t = time.perf_counter()
-            _, item_id, _, _ = client.predict(int(item_id), answer, "bench-annotator", "", api_name="/answer")
+            person.answer()
             label_latency.append(time.perf_counter() - t)
         result["labelled"] = args.labels
         result["labelling_seconds"] = round(time.perf_counter() - t0, 2)
@@ -132,40 +111,11 @@ def main() -> int:
             scene = synth.sample_scene(rng)
             path = data_dir / f"probe{k}.png"
             synth.draw_scene(scene, 224).save(path)
-            probes.append((path, random_attack(synth.SHAPES, scene.shape, rng)))
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-
-        def worker(k: int) -> None:
-            c = Client(url, verbose=False)
-            path, attack = probes[k]
-            for _ in range(args.requests):
-                t = time.perf_counter()
-                try:
-                    c.predict(handle_file(str(path)), attack.text, attack.font, attack.size, attack.fill,
-                              attack.stroke, attack.x, attack.y, 1.0, 0.0, "Synthetic shapes", "", 1.0, False,
-                              api_name="/predict")
-                    with lock:
-                        latencies.append(time.perf_counter() - t)
-                except Exception as exc:  # counted and reported, never hidden
-                    with lock:
-                        errors.append(str(exc))
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.clients)]
-        t0 = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - t0
-        result["predict"] = {
-            "clients": args.clients, "requests": len(latencies) + len(errors), "errors": len(errors),
-            "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
-            "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
-            "throughput_per_s": round(len(latencies) / wall, 2),
-            "error_examples": errors[:3],
-        }
+            a = random_attack(synth.SHAPES, scene.shape, rng)
+            probes.append((path, (a.text, a.font, a.size, a.fill, a.stroke, a.x, a.y, 1.0, 0.0, "Synthetic shapes",
+                                  "", 1.0, False)))
+        result["predict"] = predict_load(url, args.clients, args.requests, lambda k: probes[k])
+        errors = result["predict"]["errors"]
         bars = {
             "retrain_wall_seconds <= 60": result["retrain_wall_seconds"] <= 60,
             "typographic_accuracy >= 0.85": active["typographic_accuracy"] >= 0.85,

@@ -25,28 +25,20 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from visitors import REPO, Annotator, seeded_truth, start_app, stop  # noqa: E402
+
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 TOKEN = "replicas-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def create_database(server_url: str) -> str:
@@ -77,36 +69,20 @@ class Processes:
     def __init__(self, work: Path, env: dict[str, str]) -> None:
         self.work, self.env, self.procs = work, env, {}
 
-    def start(self, name: str, cmd: list[str], **extra_env: str) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "w")  # noqa: SIM115 - open for the process's lifetime
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
     def app(self, name: str) -> str:
-        port = free_port()
-        proc = self.start(name, [sys.executable, "app.py"], GRADIO_SERVER_PORT=str(port))
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited: {(self.work / f'{name}.log').read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "gradio_api/info", timeout=2).read()
-                return url
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"{name} did not start within 300 s")
+        proc, url = start_app(name, [sys.executable, "app.py"], self.env, self.work)
+        self.procs[name] = proc
+        return url
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def main() -> int:
@@ -122,19 +98,23 @@ def main() -> int:
     from gradio_client import Client
 
     from annotation_db import open_repository
-    from poclip.app.service import annotation_item
     from poclip.settings import Settings
-    from poclip.world.attacks import TextAttack
 
     url = create_database(args.database_url)
     work = Path(tempfile.mkdtemp(prefix="poclip-replicas-"))
     env = {**os.environ, "DATABASE_URL": url, "POCLIP_DATA_DIR": str(work / "shared"), "POCLIP_MODEL": "bundled",
            "POCLIP_TRAINER": "off", "POCLIP_ADMIN_TOKEN": TOKEN, "POCLIP_RATE_LIMIT": "off",
            "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_SEED_ITEMS": str(4 * args.labels), "POCLIP_GATE_N": "300",
-           "POCLIP_BACKUP_EVERY_MINUTES": "0", "GRADIO_SERVER_NAME": "127.0.0.1"}
+           "POCLIP_BACKUP_EVERY_MINUTES": "0",
+           # The live model is the base model until the first promotion: the shipped starter head (2,000 pairs)
+           # would rightly keep a head trained on this run's few labels out at the gate.
+           "POCLIP_STARTER_HEAD": "0",
+           # Every simulated person answers truthfully from 127.0.0.1: the per-address limits and the gold check
+           # (tested on their own) would only throttle this run or leave its first labels out of training.
+           "POCLIP_CLIENT_RATE_LIMIT": "off", "POCLIP_CLIENT_NEW_ANNOTATORS": "off", "POCLIP_MIN_GOLD_SEEN": "0"}
     procs = Processes(work, env)
     settings = Settings(data_dir=work / "shared", database_url=url)
-    truth = {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(4 * args.labels))}
+    truth = seeded_truth(4 * args.labels)
     result: dict = {"database": "PostgreSQL", "replicas": 2}
     answered: dict[str, list[int]] = {"A": [], "B": []}
     errors: list[str] = []
@@ -149,26 +129,20 @@ def main() -> int:
         repo = open_repository(settings)
 
         def annotate(replica: str, who: str, budget: threading.Semaphore | None) -> None:
-            client = Client(urls[replica], verbose=False)
+            person = Annotator(urls[replica], who, repo, truth)
             try:
-                out = client.predict(who, "", api_name="/next_item")
+                person.next_item()
             except Exception as exc:  # counted, never hidden
                 errors.append(f"{replica} next_item: {exc}"[:200])
                 return
-            while not stop_labelling.is_set():
+            while not stop_labelling.is_set() and person.sample_id is not None:
                 if budget is not None and not budget.acquire(blocking=False):
                     return
-                sample_id = out[1]
-                if sample_id is None:
-                    return
-                sample = repo.get_sample(int(sample_id))
-                answer = truth[TextAttack.from_dict(sample.attack).to_json()]
                 try:
-                    out = client.predict(int(sample_id), answer, who, "", api_name="/answer")
-                    answered[replica].append(int(sample_id))  # list.append is atomic
+                    answered[replica].append(person.answer())  # list.append is atomic
                 except Exception as exc:
                     errors.append(f"{replica} answer: {exc}"[:200])
-                    out = client.predict(who, "", api_name="/next_item")
+                    person.next_item()
 
         # Phase 1: the labels the first training run learns from, through both replicas.
         budget = threading.Semaphore(args.labels)
@@ -202,6 +176,7 @@ def main() -> int:
         # The dead run must be failed (its lock freed) and the work redone; queue it again if nothing is queued.
         requeued = False
         promoted = None
+        marks: dict[str, float] = {}  # when each step of the recovery was first seen, seconds after the kill
         deadline = time.time() + 600
         while time.time() < deadline:
             active = repo.active_version()
@@ -210,18 +185,31 @@ def main() -> int:
                 break
             runs = repo.list_runs(limit=5)
             dead = next((r for r in runs if r.id == running.id), None)
+            if dead is not None and dead.status == "failed":
+                marks.setdefault("killed_run_failed", round(time.time() - killed_at, 1))
+            rerun = next((r for r in runs if r.id > running.id and r.status != "queued"), None)
+            if rerun is not None:
+                marks.setdefault("rerun_started", round(time.time() - killed_at, 1))
+                if rerun.status != "running":
+                    version = repo.get_version(rerun.version_id) if rerun.version_id else None
+                    result["rerun"] = {"run": rerun.id, "status": rerun.status, "error": (rerun.error or "")[:300],
+                                       "version": version and version.id, "version_status": version and version.status,
+                                       "gate": version and (version.reason or "")[:500]}
+                    if version is None or version.status != "active":
+                        break  # failed, or trained but kept out by the gate: nothing will be promoted
             if not requeued and dead is not None and dead.status == "failed" and not any(
                     r.status in ("queued", "running") for r in runs):
                 Client(urls["B"], verbose=False).predict(TOKEN, "dpo", api_name="/retrain")
                 requeued = True
             time.sleep(0.1)
-        if promoted is None:
-            raise RuntimeError("no version was promoted after the worker was replaced")
-        promoted_at = time.time()
         dead = repo.get_run(running.id)
         result["killed_run_status"] = dead.status
         result["killed_run_error"] = (dead.error or "")[:200]
         result["retrain_requeued_by_script"] = requeued
+        result["seconds_after_kill"] = marks
+        if promoted is None:
+            raise RuntimeError(f"no version was promoted after the worker was replaced: {json.dumps(result)}")
+        promoted_at = time.time()
         result["kill_to_promotion_seconds"] = round(promoted_at - killed_at, 1)
         result["promoted_version"] = promoted.id
 

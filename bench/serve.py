@@ -15,6 +15,10 @@ no download), in one run and side by side:
 Bars (issue 11): ViT-B-32 requests/s with 8 clients >= 0.8 x its batch-32 encoder rate; bundled ``/predict``
 p50 with 1 client <= 1.3 x the floor's; 0 errors with 32 clients. The machine is shared and noisy: compare
 rows of one run, not runs.
+
+Each load row also says how much CPU one request cost the server process and this process (the clients:
+``gradio_client`` uploads, waits on the event stream and downloads the picture), since here both share the
+cores the image tower needs. ``--models ViT-B-32 --clients 8 --no-floor`` measures just the throughput bar.
 """
 
 from __future__ import annotations
@@ -22,37 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from visitors import REPO, predict_load, start_app, stop  # noqa: E402
+
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 PICTURE = REPO / "assets" / "examples" / "synthetic_star.png"
-# The /predict inputs after the picture: word, font, size, fill, outline, x, y, opacity, rotation, label set,
-# custom labels, strength t, arena mode.
+# The /predict inputs after the picture (see visitors.predict_load).
 PREDICT_ARGS = ("circle", "sans-bold", 0.15, "#ffffff", "#000000", 0.5, 0.5, 1.0, 0.0, "Synthetic shapes", "", 1.0,
                 False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # ----- the floor: a Gradio app that does nothing --------------------------------------------------------------
@@ -80,80 +68,12 @@ def serve_trivial(port: int) -> None:
 # ----- measuring ----------------------------------------------------------------------------------------------
 
 
-def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO):
+    """``python app.py`` (trainer off, nothing seeded) or the floor app, in its own process."""
     env = {**os.environ, "POCLIP_MODEL": spec, "POCLIP_DATA_DIR": str(data_dir), "POCLIP_TRAINER": "off",
-           "POCLIP_SEED_ITEMS": "0", "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_RATE_LIMIT": "off",
-           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    cmd = [sys.executable, "app.py"] if kind == "app" else [sys.executable, __file__, "--serve-trivial", str(port)]
-    log = open(data_dir / f"{kind}.log", "w")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {(data_dir / f'{kind}.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url + "gradio_api/info", timeout=2).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{kind} server did not start within 300 s")
-
-
-def load(url: str, clients: int, requests: int, picture: Path) -> dict:
-    """``clients`` threads, each with its own gradio_client, each sending ``requests`` /predict calls."""
-    from gradio_client import Client, handle_file
-
-    pool = [Client(url, verbose=False) for _ in range(clients)]
-    for c in pool[:1]:
-        c.predict(handle_file(str(picture)), *PREDICT_ARGS, api_name="/predict")  # warm-up, not counted
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients)
-
-    def worker(c: Client) -> None:
-        start.wait()
-        for _ in range(requests):
-            t = time.perf_counter()
-            try:
-                c.predict(handle_file(str(picture)), *PREDICT_ARGS, api_name="/predict")
-                with lock:
-                    latencies.append(time.perf_counter() - t)
-            except Exception as exc:  # counted and reported, never hidden
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
-
-    threads = [threading.Thread(target=worker, args=(c,)) for c in pool]
-    before = batch_counts(pool[0])
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
-    after = batch_counts(pool[0])
-    row = {
-        "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
-        "requests_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
-        "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
-        "error_examples": sorted(set(errors))[:3],
-    }
-    if before and after and after["batches"] > before["batches"]:
-        row["mean_image_batch"] = round((after["pictures"] - before["pictures"])
-                                        / (after["batches"] - before["batches"]), 2)
-    return row
-
-
-def batch_counts(client) -> dict | None:
-    """The app's image-batch counters from /status (None for apps without them: the floor, older code)."""
-    try:
-        return client.predict(api_name="/status").get("image_batches")
-    except Exception:  # no /status endpoint
-        return None
+           "POCLIP_SEED_ITEMS": "0", "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_RATE_LIMIT": "off"}
+    cmd = [sys.executable, "app.py"] if kind == "app" else [sys.executable, __file__, "--serve-trivial"]
+    return start_app(kind, cmd, env, data_dir, cwd=app_dir)
 
 
 def encoder_speed(spec: str, repeats: int) -> dict:
@@ -186,20 +106,23 @@ def serve_rows(kind: str, spec: str, args: argparse.Namespace, work: Path, app_d
     data_dir.mkdir()
     proc, url = start_server(kind, spec, data_dir, app_dir)
     try:
-        single = load(url, 1, args.single, PICTURE)
-        return {"predict_1_client": single, "predict_8_clients": load(url, 8, args.requests, PICTURE),
-                "predict_32_clients": load(url, 32, max(2, args.requests // 2), PICTURE)}
+        rows = {}
+        for n in args.clients:  # every client sends the same picture, as visitors clicking one example do
+            calls = args.single if n == 1 else args.requests if n <= 8 else max(2, args.requests // 2)
+            rows[f"predict_{n}_client{'s' if n > 1 else ''}"] = predict_load(
+                url, n, calls, lambda _k: (PICTURE, PREDICT_ARGS), server_pid=proc.pid)
+        return rows
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundled,ViT-B-32", help="backbone specs, comma-separated")
+    parser.add_argument("--clients", default="1,8,32", type=lambda text: [int(n) for n in text.split(",")],
+                        help="numbers of concurrent clients to measure, comma-separated")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the trivial handler (the floor)")
     parser.add_argument("--single", type=int, default=20, help="sequential /predict calls for the 1-client p50")
     parser.add_argument("--requests", type=int, default=8, help="/predict calls per client with 8 clients "
                                                                 "(half as many with 32)")
@@ -208,39 +131,39 @@ def main() -> int:
                         help="also serve each backbone from this checkout (e.g. a git worktree of an older commit), "
                              "in the same run, as the 'baseline' rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--serve-trivial", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
+        serve_trivial(int(os.environ["GRADIO_SERVER_PORT"]))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="poclip-serve-"))
     result: dict = {"cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
                     "picture": PICTURE.name, "backbones": {}}
-    result["floor"] = serve_rows("trivial", "none", args, work)
+    if args.floor:
+        result["floor"] = serve_rows("trivial", "none", args, work)
     for spec in [s.strip() for s in args.models.split(",") if s.strip()]:
         row = {"encoder": encoder_speed(spec, args.repeats)}
         if args.baseline:
             row["baseline"] = serve_rows("app", spec, args, work, Path(args.baseline).resolve())
         row.update(serve_rows("app", spec, args, work))
         result["backbones"][spec] = row
-    floor_p50 = result["floor"]["predict_1_client"]["p50_ms"]
+    floor_p50 = result.get("floor", {}).get("predict_1_client", {}).get("p50_ms")
     ratios, bars = {}, {}
     for spec, row in result["backbones"].items():
-        ratios[spec] = {
-            "p50_1_client_over_floor": round(row["predict_1_client"]["p50_ms"] / floor_p50, 2),
-            "rps_8_clients_over_encoder_batch32": round(row["predict_8_clients"]["requests_per_s"]
-                                                        / row["encoder"]["batch32_images_per_s"], 3),
-        }
-        if "baseline" in row:
-            base = row["baseline"]
-            ratios[spec]["baseline_p50_1_client_over_floor"] = round(base["predict_1_client"]["p50_ms"] / floor_p50, 2)
-            ratios[spec]["baseline_rps_8_clients_over_encoder_batch32"] = round(
-                base["predict_8_clients"]["requests_per_s"] / row["encoder"]["batch32_images_per_s"], 3)
-        bars[f"{spec}: 0 errors with 32 clients, same picture"] = row["predict_32_clients"]["errors"] == 0
-    if "bundled" in ratios:
+        ratios[spec] = {}
+        for prefix, rows in (("", row), ("baseline_", row.get("baseline"))):
+            if rows and floor_p50 and "predict_1_client" in rows:
+                ratios[spec][f"{prefix}p50_1_client_over_floor"] = round(
+                    rows["predict_1_client"]["p50_ms"] / floor_p50, 2)
+            if rows and "predict_8_clients" in rows:
+                ratios[spec][f"{prefix}rps_8_clients_over_encoder_batch32"] = round(
+                    rows["predict_8_clients"]["requests_per_s"] / row["encoder"]["batch32_images_per_s"], 3)
+        if "predict_32_clients" in row:
+            bars[f"{spec}: 0 errors with 32 clients, same picture"] = row["predict_32_clients"]["errors"] == 0
+    if "p50_1_client_over_floor" in ratios.get("bundled", {}):
         bars["bundled /predict p50 (1 client) <= 1.3x floor"] = ratios["bundled"]["p50_1_client_over_floor"] <= 1.3
-    if "ViT-B-32" in ratios:
+    if "rps_8_clients_over_encoder_batch32" in ratios.get("ViT-B-32", {}):
         bars["ViT-B-32 requests/s (8 clients) >= 0.8x encoder at batch 32"] = (
             ratios["ViT-B-32"]["rps_8_clients_over_encoder_batch32"] >= 0.8)
     result["ratios"], result["bars"] = ratios, bars

@@ -73,3 +73,117 @@ def test_random_weight_backbones_run_on_the_photos(spec):
 
     result = evaluate_photos(load_model(spec))
     assert result["model"] == spec and result["n"] == 227
+
+
+def _pixels(image):
+    return list(image.convert("RGB").getdata())
+
+
+def test_a_physical_note_names_the_word_and_draws_nothing():
+    from poclip.world.attacks import TextAttack, render
+    from poclip.world.images import open_image
+    from poclip.world.photos import note_attack
+
+    ipod = next(p for p in photos() if p.path.name == "apple-ipod.jpg")
+    note = note_attack(ipod)
+    assert note.text == "iPod" and note.physical
+    assert TextAttack.from_dict(note.to_dict()) == note
+    picture = open_image(ipod.path)
+    assert _pixels(render(picture, note)) == _pixels(picture)
+    assert _pixels(render(picture, TextAttack("iPod"))) != _pixels(picture)  # a drawn one does change it
+    assert "physical" not in TextAttack("iPod").to_dict()  # stored attacks and cache keys of drawn text hold
+    assert note_attack(next(p for p in photos() if p.kind == "blank")) is None
+
+
+def test_compare_offers_the_photos_with_their_label_sets_and_credit_for_real_backbones(tmp_path, tiny):
+    from apphelpers import make_service
+
+    from poclip.app.ui.compare import Controls, compare_examples, example_handler, predict_handler, vote_handler
+    from poclip.world.images import open_image
+    from poclip.world.photos import app_labels
+
+    synthetic, no_credit = compare_examples("bundled")
+    assert synthetic and all(e.labels is None and e.note is None for e in synthetic) and no_credit == ""
+    examples, credit = compare_examples(tiny.model_spec.name)
+    assert len(examples) == 16 and credit == CREDIT
+    by_path = {str(p.path): p for p in photos()}
+    for example in examples:  # one attacked photo per object, its object's labels, its note as the attack
+        photo = by_path[example.path]
+        assert photo.kind == "attack" and example.labels == app_labels(photo) and example.note.text == photo.word
+    assert len({by_path[e.path].object_key for e in examples}) == 16
+    index = next(i for i, e in enumerate(examples) if e.path.endswith("in-the-wild-2/apple-calligraphy.jpg"))
+
+    service = make_service(tmp_path, tiny, seed_items=0)
+    try:
+        picture = example_handler(index, examples)
+        assert _pixels(picture.image) == _pixels(open_image(examples[index].path))
+        controls = Controls(preset="Custom (type below)", custom=", ".join(examples[index].labels))
+        shown = predict_handler(service, picture, controls)
+        assert shown.labels == examples[index].labels and set(shown.left) <= set(shown.labels)
+        assert _pixels(shown.seen) == _pixels(picture.image)  # the note is in the photo; nothing is drawn
+        record = service.comparison(shown.comparison_id)
+        assert record.attack.text == "calligraphy" and record.attack.physical
+        stored = vote_handler(service, shown.comparison_id, "left", None, "photo-fan", "")
+        sample = service.repo.get_sample(stored["sample_id"])
+        assert sample.attack["text"] == "calligraphy" and sample.attack["physical"] is True
+        assert sample.labels == examples[index].labels
+    finally:
+        service.close()
+
+
+def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_path, tiny):
+    from apphelpers import make_service
+
+    from poclip.app.service import GOLD_HANDLE
+    from poclip.app.ui.annotate import answer_handler, next_item_handler
+    from poclip.world.images import open_image
+    from poclip.world.photos import app_labels, label_set_name
+
+    served_photos = [p for p in photos() if p.kind != "own"]
+    service = make_service(tmp_path, tiny, seed_items=30)
+    try:
+        assert service.repo.counts()["samples"] == len(served_photos) == 212
+        # Gold answers (so people's labels can count towards training): attack photos of objects one label names.
+        gold = service.repo.judgments_of(GOLD_HANDLE)
+        assert len(gold) == service.people_counts()["gold_items"] > 0
+        for answer in gold:
+            sample = service.repo.get_sample(answer.sample_id)
+            photo = next(p for p in served_photos if label_set_name(p) == sample.label_set
+                         and p.word == sample.attack["text"])
+            assert photo.kind == "attack" and (answer.chosen, answer.rejected) == (photo.right[0], photo.word)
+            assert photo.right == (answer.chosen,)
+        assert service.seed_items() == 0  # a restart finds them all (one look-up) and adds nothing
+        assert service.repo.counts()["samples"] == 212 and len(service.repo.judgments_of(GOLD_HANDLE)) == len(gold)
+        shown = next_item_handler(service, handle="ann", anon_id="")
+        sample = service.repo.get_sample(shown.sample_id)
+        word = (sample.attack or {}).get("text", "")
+        photo = next(p for p in served_photos if label_set_name(p) == sample.label_set and p.word == word)
+        assert shown.labels == list(app_labels(photo)) and CREDIT in shown.prompt
+        assert _pixels(shown.picture) == _pixels(open_image(photo.path))  # the photo itself, nothing drawn
+        assert sample.attack is None if photo.kind == "blank" else sample.attack["physical"] is True
+        visible = [b["value"] for b in shown.outputs()[5:] if b.get("visible")]
+        assert len(visible) == len(photo.labels)  # a button for every label of the object
+
+        answer_handler(service, sample_id=shown.sample_id, chosen=visible[shown.labels.index(photo.right[0])],
+                       handle="ann", anon_id="")
+        [judgment] = service.repo.judgments_of("ann")
+        assert (judgment.sample_id, judgment.chosen) == (sample.id, photo.right[0])
+        if photo.kind == "attack" and photo.word in photo.labels:
+            assert judgment.rejected == photo.word  # the note's word is what the person corrected
+        assert judgment.rejected in photo.labels and judgment.rejected != photo.right[0]
+    finally:
+        service.close()
+
+
+def test_the_bundled_backbone_keeps_the_synthetic_items(tmp_path, bundled):
+    from apphelpers import make_service
+
+    from poclip.app.ui.annotate import next_item_handler
+
+    service = make_service(tmp_path, bundled, seed_items=12)
+    try:
+        assert service.repo.counts()["samples"] == 12
+        shown = next_item_handler(service, handle="ann", anon_id="")
+        assert CREDIT not in shown.prompt and service.repo.get_sample(shown.sample_id).label_set == "Synthetic shapes"
+    finally:
+        service.close()

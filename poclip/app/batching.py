@@ -9,6 +9,12 @@ company (default 2 ms), which is noise next to the tower's own time.
 Why not Gradio's ``batch=True``: the Compare event has 14 inputs and 6 outputs, arena mode draws a side per
 request, and errors are per request (one bad label set must not fail the others). Batching at the one place
 where the cost is, the image tower, keeps every handler a plain per-request function.
+
+The encoding thread needs the GIL for a moment between the tower's hundreds of operations. With CPython's
+default switch interval (5 ms) it waits behind Gradio's request threads at each of them: on 2 cores, a
+ViT-B-32 batch of 8 took 1.5-1.9x as long while 8 threads did light Python work beside it, and 1.0-1.2x with
+the interval at 0.2 ms. The server therefore runs with :data:`SWITCH_INTERVAL_S` (``app.py``; a process-wide
+setting, so the library never changes it by itself).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
+
+SWITCH_INTERVAL_S = 0.0002  # sys.setswitchinterval for a serving process (see the module docstring)
 
 
 @dataclass

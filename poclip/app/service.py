@@ -380,11 +380,14 @@ class AppService:
         return name
 
     def seed_items(self, n: int | None = None) -> int:
-        """Offer synthetic attacked pictures for annotation (bundled model), a share of them gold items.
+        """Offer synthetic attacked pictures for annotation (bundled model), a share of them gold items; any
+        other backbone gets the real photos instead (:meth:`seed_photo_items`, when ``n`` > 0).
 
         Idempotent: the pictures and attacks are a fixed stream, and samples are unique by image and attack.
         """
         n = self.settings.seed_items if n is None else n
+        if n > 0 and self.encoder.model_spec.name != "bundled":
+            return self.seed_photo_items()
         if "bundled" not in self.encoder.spec or n <= 0:
             return 0
         self._gold_items = sum(self._is_gold_item(i) for i in range(n))
@@ -404,9 +407,65 @@ class AppService:
                         pass  # already recorded on an earlier start
             return n
 
-    def _is_gold_item(self, index: int) -> bool:
-        """Which seeded items are gold: a keyed hash of the index (server secret), so a share of GOLD_SHARE
-        that nobody outside the server can predict from ids."""
+    def seed_photo_items(self) -> int:
+        """Offer the real photos (:mod:`poclip.world.photos`) for annotation; returns how many were added.
+
+        Each blank-note and attack-note photo is an item with its object's label set and the note's word as a
+        ``physical`` attack, so the usual rejected label is the written word. Photos whose note names the object
+        itself are left out (their written word is a right answer). Gold items are a keyed share
+        (:data:`GOLD_SHARE`) of the attack photos of objects that exactly one label names (a gold answer is one
+        label; "Granny Smith" and "apple" would both be right for the apple), answered with the object's class
+        over the written word.
+
+        Idempotent and cheap on a restart: items are stored in order, so when the last one exists all do (one
+        read; the last item is stored again only when it is gold, in case its gold answer did not make it).
+        """
+        from poclip.world import photos
+
+        items = [p for p in photos.photos() if p.kind != "own"]
+        self._gold_items = sum(self._is_gold_photo(p) for p in items)
+        with self._seed_lock:
+            last, attack = items[-1], photos.note_attack(items[-1])
+            done = self.repo.find_sample(hashlib.sha256(self._photo_png(last)).hexdigest(),
+                                         photos.label_set_name(last), attack.to_dict() if attack else None)
+            if done is not None:
+                if self._is_gold_photo(last):
+                    self._seed_photo(last)
+                return 0
+            for photo in items:
+                self._seed_photo(photo)
+            return len(items)
+
+    def _is_gold_photo(self, photo) -> bool:
+        return (photo.kind == "attack" and len(photo.right) == 1 and photo.word in photo.labels
+                and self._is_gold_item(f"photo:{photo.object_key}/{photo.note}"))
+
+    def _seed_photo(self, photo) -> None:
+        """Store one photo item (and its gold answer when it is gold); idempotent."""
+        from poclip.world import photos
+
+        name, attack = photos.label_set_name(photo), photos.note_attack(photo)
+        self.repo.ensure_label_set(name, list(photos.app_labels(photo)), DEFAULT_TEMPLATE)
+        image = self.repo.store_image(self._photo_png(photo), source="example")
+        sample = self.repo.add_sample(image.sha256, name, attack.to_dict() if attack else None)
+        if self._is_gold_photo(photo):
+            gold = self.repo.ensure_annotator(GOLD_HANDLE)
+            try:
+                self.repo.record_judgment(sample.id, gold.handle, photo.right[0], photo.word, kind="gold",
+                                          enforce_rate_limit=False)
+            except ValidationError:
+                pass  # already recorded on an earlier start
+
+    @staticmethod
+    def _photo_png(photo) -> bytes:
+        """The photo as stored: normalised by the app's validator, as PNG bytes (deterministic)."""
+        png = io.BytesIO()
+        open_image(photo.path).save(png, format="PNG")
+        return png.getvalue()
+
+    def _is_gold_item(self, index: int | str) -> bool:
+        """Which seeded items are gold: a keyed hash of the index (or a photo's name; server secret), so a share
+        of GOLD_SHARE that nobody outside the server can predict from ids."""
         digest = hmac.new(self._secret, f"gold:{index}".encode(), hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "big") < GOLD_SHARE * 2**64
 

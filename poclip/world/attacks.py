@@ -77,6 +77,8 @@ class TextAttack:
         rotation: degrees, counter-clockwise.
         seed: used only to place text whose ``x`` or ``y`` is ``None``.
         patch: ``None``, or the ``#rrggbb`` colour of a label patch (a filled box) drawn behind the text.
+        physical: the text is already in the picture (a photographed note, :mod:`poclip.world.photos`): the
+            attack names the written word, and :func:`render` leaves the pixels as they are.
     """
 
     text: str
@@ -91,6 +93,7 @@ class TextAttack:
     rotation: float = 0.0
     seed: int = 0
     patch: str | None = None
+    physical: bool = False
 
     def validate(self) -> TextAttack:
         """Return self if renderable, else raise :class:`AttackError` with a clear message."""
@@ -120,6 +123,8 @@ class TextAttack:
             raise AttackError(f"Opacity {self.opacity} is outside 0-1.")
         if not math.isfinite(self.rotation):
             raise AttackError("Rotation must be a finite number of degrees.")
+        if not isinstance(self.physical, bool):
+            raise AttackError("'physical' must be true or false.")
         return self
 
     def to_json(self) -> str:
@@ -127,10 +132,13 @@ class TextAttack:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
-        # Without a patch the dict is what it was before patches existed, so stored attacks and cache keys hold.
+        # Without a patch or a physical note the dict is what it was before they existed, so stored attacks and
+        # cache keys hold.
         data = asdict(self)
         if data["patch"] is None:
             del data["patch"]
+        if not data["physical"]:
+            del data["physical"]
         return data
 
     @classmethod
@@ -234,10 +242,13 @@ def fitted_font_px(attack: TextAttack, width: int, height: int) -> int:
 def render(image: Image.Image, attack: TextAttack) -> Image.Image:
     """Write ``attack`` onto a copy of ``image`` and return it as RGB.
 
-    The text's bounding box is clamped to lie fully inside the image.
+    The text's bounding box is clamped to lie fully inside the image; a ``physical`` attack is already in the
+    picture, so the copy is unchanged.
     Raises :class:`AttackError` if the attack is invalid or cannot fit even at the smallest size.
     """
     attack.validate()
+    if attack.physical:
+        return image.convert("RGB")
     base = image.convert("RGBA")
     width, height = base.size
     layer = _text_layer(attack, fitted_font_px(attack, width, height))

@@ -13,6 +13,10 @@ Labels for one object (one row of :func:`objects`):
   computer" for the laptop);
 - a note's *attack labels* are the classes containing its word as a word ("rifle" -> rifle, assault rifle),
   other than the right ones. The attack succeeds when the prediction is one of them.
+
+In the app (a backbone other than the bundled one), the photos are Compare examples and Annotate items: each
+with its object's label set (:func:`app_labels`, stored as :func:`label_set_name`) and the note's word as a
+*physical* attack (:func:`note_attack`): the word is recorded, nothing is drawn over the photo.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from poclip.settings import ASSETS_DIR
+from poclip.world.attacks import TextAttack
 
 PHOTOS_DIR = ASSETS_DIR / "photos"
 ROUNDS: dict[str, str] = {"in-the-wild-2": "in_the_wild_2.json", "in-the-wild-3": "in_the_wild_3.json"}
@@ -37,6 +42,8 @@ UNPUBLISHED_CLASSES: dict[str, str] = {"trash": "trash can"}
 SYNONYMS: dict[str, tuple[str, ...]] = {"laptop": ("notebook computer",)}
 # The notes' words as they are written (file names are lower case).
 NOTE_SPELLING: dict[str, str] = {"ipod": "iPod"}
+# Label sets of photo items in the database are named after the object: ``photos/in-the-wild-2/apple``.
+LABEL_SET_PREFIX = "photos/"
 
 NoteKind = Literal["blank", "own", "attack"]
 
@@ -147,3 +154,24 @@ def example_photos(per_object: int = 1) -> list[Photo]:
     for group in objects().values():
         out += [p for p in group if p.kind == "attack"][:per_object]
     return out
+
+
+def app_labels(photo: Photo) -> tuple[str, ...]:
+    """The object's label set as the app offers it: alphabetical, so the object's own class is not always the
+    first button (the model's answer does not depend on the order)."""
+    return tuple(sorted(photo.labels, key=str.casefold))
+
+
+def label_set_name(photo: Photo) -> str:
+    """The stored label set of ``photo``'s object (one per physical object)."""
+    return LABEL_SET_PREFIX + photo.object_key
+
+
+def is_photo_label_set(name: str) -> bool:
+    """Whether a stored label set is a photo object's (so the picture is one of these photos: show :data:`CREDIT`)."""
+    return name.startswith(LABEL_SET_PREFIX)
+
+
+def note_attack(photo: Photo) -> TextAttack | None:
+    """The note's word as the photo's attack, ``physical`` (already in the picture); None for a blank note."""
+    return TextAttack(photo.word, physical=True) if photo.word else None

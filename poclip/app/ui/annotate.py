@@ -10,8 +10,10 @@ from poclip.app.display import display_file
 from poclip.app.service import AppService, Item, UserError
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.identity import annotator_handle
+from poclip.world.photos import CREDIT, is_photo_label_set
 
-MAX_LABEL_BUTTONS = 12
+# Room for the largest label set of the real photos (25 labels); a larger custom set shows its first 32.
+MAX_LABEL_BUTTONS = 32
 
 # Keyboard shortcuts on the Annotate tab: 1-9 and 0 pick a label, S skips, U undoes.
 SHORTCUTS_JS = """
@@ -67,6 +69,8 @@ def item_view(service: AppService, who: str, item: Item | None, note: str = "") 
     if item is None:
         return ItemView(None, None, [], "Nothing left to label right now: thank you!" + note, counter)
     prompt = "Which label names the **object** (ignore any writing)?" + note
+    if is_photo_label_set(item.sample.label_set):  # one of the real photos: their licence requires the credit
+        prompt += f"\n\n<small>{CREDIT}</small>"
     return ItemView(item.picture, item.sample.id, list(item.labels), prompt, counter)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, fields
 
 import gradio as gr
@@ -21,7 +22,7 @@ from poclip.app.service import AppService, UserError
 from poclip.app.ui.boundary import QUIET, USER_ERRORS, refused, user_errors
 from poclip.app.ui.identity import annotator_handle
 from poclip.settings import ASSETS_DIR
-from poclip.world import synth
+from poclip.world import photos, synth
 from poclip.world.attacks import ATTACK_COLOURS, FONTS, TextAttack, random_attack, render, to_hex
 from poclip.world.images import open_image
 from poclip.world.labels import PRESETS, parse_labels
@@ -77,12 +78,15 @@ class Controls:
 class Picture:
     """The normalised picture on the Compare tab and where it came from (``upload``/``synthetic``/``example``).
 
-    ``key`` names this picture in the page's record of what the answers on screen were computed from.
+    ``key`` names this picture in the page's record of what the answers on screen were computed from;
+    ``note`` is the word already written in it (a real photo's note, a ``physical`` attack), which is the
+    comparison's attack unless text is typed.
     """
 
     image: Image.Image
     source: str
     key: str = field(default_factory=lambda: secrets.token_hex(8))
+    note: TextAttack | None = None
 
 
 def shown_key(picture: Picture | None, controls: Controls) -> str:
@@ -116,6 +120,33 @@ def example_paths() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
 
 
+@dataclass(frozen=True)
+class Example:
+    """A Compare example: the picture file, its caption, and for a real photo its object's label set and its note
+    (``labels`` None: the example keeps the label set chosen on the page)."""
+
+    path: str
+    caption: str
+    labels: tuple[str, ...] | None = None
+    note: TextAttack | None = None
+
+
+def compare_examples(backbone: str) -> tuple[list[Example], str]:
+    """The Compare tab's examples for ``backbone`` (the loaded spec's name, ``ModelSpec.name``) and the credit
+    line to show with them ('' for none).
+
+    The bundled model knows only the synthetic world, so it gets synthetic shapes; any other backbone gets the
+    real photos, one attacked photo per object (:func:`poclip.world.photos.example_photos`), each with its
+    object's label set and its note's word as the attack.
+    """
+    if backbone == "bundled":
+        return [Example(path, f"synthetic {path.rsplit('_', 1)[-1].removesuffix('.png')}")
+                for path in example_paths()], ""
+    rows = [Example(str(p.path), p.caption, photos.app_labels(p), photos.note_attack(p))
+            for p in photos.example_photos()]
+    return rows, photos.CREDIT
+
+
 # ----- handlers (plain functions of the service; tests call them by keyword) ----------------------------------
 
 
@@ -126,12 +157,13 @@ def upload_handler(path: str | None) -> Picture | None:
     return Picture(open_image(path), "upload")
 
 
-def example_handler(index: int) -> Picture:
-    """Example picture number ``index`` (bundled with the app, so no consent is needed)."""
-    paths = example_paths()
-    if not 0 <= index < len(paths):
+def example_handler(index: int, examples: Sequence[Example] | None = None) -> Picture:
+    """Example picture number ``index`` of ``examples`` (default: the synthetic ones); bundled with the app, so no
+    consent is needed. A real photo's note comes with it as the attack."""
+    examples = compare_examples("bundled")[0] if examples is None else examples
+    if not 0 <= index < len(examples):
         raise UserError("There is no such example.")
-    return Picture(open_image(paths[index]), "example")
+    return Picture(open_image(examples[index].path), "example", note=examples[index].note)
 
 
 def synthetic_object_handler(seed: int | None = None) -> Picture:
@@ -152,7 +184,7 @@ def predict_handler(service: AppService, picture: Picture | None, controls: Cont
     """Base and aligned predictions side by side, kept on the server as one comparison record."""
     if picture is None:
         raise UserError("Upload a picture, pick an example or draw a synthetic object first.")
-    record = service.predict(picture.image, controls.labels(), controls.attack(), t=float(controls.t),
+    record = service.predict(picture.image, controls.labels(), controls.attack() or picture.note, t=float(controls.t),
                              arena=bool(controls.arena), source=picture.source, shared=bool(controls.share), rng=rng)
     left_title, right_title = side_titles(record, revealed=not controls.arena)
     return Shown(record.seen, record.left.top(5), record.right.top(5), left_title, right_title, record.id,
@@ -229,9 +261,11 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
             with gr.Row():
                 synth_btn = gr.Button("New synthetic object", elem_id="synth-btn")
                 random_btn = gr.Button("Random attack", elem_id="random-btn")
-            examples = example_paths()
-            gallery = gr.Gallery(examples, label="Examples (click one)", columns=6, height=110, allow_preview=False,
+            examples, credit = compare_examples(service.encoder.model_spec.name)
+            gallery = gr.Gallery([(e.path, e.caption) for e in examples], label="Examples (click one)", columns=6,
+                                 height=110 if len(examples) <= 6 else 220, allow_preview=False,
                                  visible=bool(examples), elem_id="examples")
+            gr.Markdown(f"<small>{credit}</small>", visible=bool(credit), elem_id="photo-credit")
             text = gr.Textbox("", label="Text to write on the picture", placeholder="e.g. star", max_lines=4,
                               elem_id="attack-text")
             with gr.Accordion("Text style and position", open=False):
@@ -298,8 +332,12 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
 
     @user_errors
     def on_example(evt: gr.SelectData):
-        loaded = example_handler(int(evt.index))
-        return loaded, shown_file(loaded.image), None
+        loaded = example_handler(int(evt.index), examples)
+        chosen = examples[int(evt.index)]
+        if chosen.labels is None:  # a synthetic shape: the label set and the text stay as they are
+            return loaded, shown_file(loaded.image), None, gr.update(), gr.update(), gr.update()
+        # A real photo: its object's label set, and no typed text (the note on the photo is the attack).
+        return loaded, shown_file(loaded.image), None, CUSTOM, ", ".join(chosen.labels), ""
 
     @user_errors
     def on_synthetic():
@@ -307,7 +345,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         return loaded, shown_file(loaded.image), None
 
     upload.upload(on_upload, upload, [picture, preview, upload_note], api_visibility="private", **QUIET)
-    gallery.select(on_example, None, [picture, preview, upload], api_visibility="private", **QUIET)
+    gallery.select(on_example, None, [picture, preview, upload, preset, custom, text], api_visibility="private",
+                   **QUIET)
     synth_btn.click(on_synthetic, None, [picture, preview, upload], api_visibility="private", **QUIET)
 
     def mark_stale(record_id, shown_from, pic, *values):

@@ -1,0 +1,193 @@
+"""Visitors of a running PO-CLIP app, through its public API (``gradio_client``), for the benchmarks.
+
+What ``serve.py``, ``replicas.py`` and ``app_loop.py`` share: starting an app as its own process and waiting
+until it answers; concurrent clients calling ``/predict`` (latency percentiles, throughput, errors, and what
+one request cost in CPU); and a careful annotator who answers ``/next_item`` items truthfully.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def start_app(name: str, cmd: list[str], env: dict[str, str], log_dir: Path, cwd: Path = REPO,
+              timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """Start ``cmd`` (an app that reads ``GRADIO_SERVER_PORT``) on a free port, logging to ``log_dir/name.log``;
+    returns the process and its URL once ``/gradio_api/info`` answers. Raises with the log's tail when the
+    process exits first or does not answer within ``timeout_s``."""
+    port = free_port()
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "GRADIO_SERVER_PORT": str(port),
+                                                "GRADIO_SERVER_NAME": "127.0.0.1"},
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + "gradio_api/info", timeout=2).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{name} did not start within {timeout_s:g} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate one process this benchmark started (killed when it does not stop within 30 s)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_counts(client) -> dict | None:
+    """The app's image-batch counters from /status (None for apps without them: the floor, older code)."""
+    try:
+        return client.predict(api_name="/status").get("image_batches")
+    except Exception:  # no /status endpoint
+        return None
+
+
+def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tuple[Path, Sequence]],
+                 server_pid: int | None = None) -> dict:
+    """``clients`` threads, each with its own ``gradio_client``, each sending ``requests`` /predict calls.
+
+    ``call(k)`` gives client ``k``'s picture file and the other /predict inputs (word, font, size, fill, outline,
+    x, y, opacity, rotation, label set, custom labels, strength t, arena mode). Returns requests, errors,
+    requests/s, p50 and p95 latency, a few error messages, the CPU one request cost this process (the
+    clients) and, given ``server_pid``, the server, and the mean image batch when the app reports it.
+    """
+    from gradio_client import Client, handle_file
+
+    pool = [Client(url, verbose=False) for _ in range(clients)]
+    picture, args = call(0)
+    pool[0].predict(handle_file(str(picture)), *args, api_name="/predict")  # warm-up, not counted
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def worker(k: int) -> None:
+        picture, args = call(k)
+        start.wait()
+        for _ in range(requests):
+            t = time.perf_counter()
+            try:
+                pool[k].predict(handle_file(str(picture)), *args, api_name="/predict")
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+            except Exception as exc:  # counted and reported, never hidden
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    before = batch_counts(pool[0])
+    server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else None, time.process_time()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = cpu_seconds(server_pid) - server_cpu
+    after = batch_counts(pool[0])
+    sent = max(1, len(latencies) + len(errors))
+    row = {
+        "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
+        "error_examples": sorted(set(errors))[:3],
+        "client_cpu_ms_per_request": round(1000 * client_cpu / sent, 1),
+    }
+    if server_cpu is not None:
+        row["server_cpu_ms_per_request"] = round(1000 * server_cpu / sent, 1)
+    if before and after and after["batches"] > before["batches"]:
+        row["mean_image_batch"] = round((after["pictures"] - before["pictures"])
+                                        / (after["batches"] - before["batches"]), 2)
+    return row
+
+
+# ----- a careful annotator -------------------------------------------------------------------------------------
+
+
+def seeded_truth(n: int) -> dict[str, str]:
+    """attack JSON -> true shape for the app's first ``n`` seeded annotation items: what a careful person answers."""
+    from poclip.app.service import annotation_item
+
+    return {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(n))}
+
+
+class Annotator:
+    """One person labelling through ``/next_item`` and ``/answer``, answering the true shape of each item.
+
+    ``repo`` (an open annotation_db repository on the app's database) tells the script which item it was served;
+    ``truth`` is :func:`seeded_truth`.
+    """
+
+    def __init__(self, url: str, who: str, repo, truth: dict[str, str]) -> None:
+        from gradio_client import Client
+
+        self.client, self.who, self.repo, self.truth = Client(url, verbose=False), who, repo, truth
+        self.sample_id: int | None = None
+
+    def next_item(self) -> int | None:
+        """Ask for the next item; returns its sample id (None when nothing is left)."""
+        self.sample_id = self._sample_id(self.client.predict(self.who, "", api_name="/next_item"))
+        return self.sample_id
+
+    def answer(self) -> int:
+        """Answer the item on screen truthfully (the next one comes back with it); returns the answered id."""
+        from poclip.world.attacks import TextAttack
+
+        answered = self.sample_id
+        sample = self.repo.get_sample(int(answered))
+        label = self.truth[TextAttack.from_dict(sample.attack).to_json()]
+        self.sample_id = self._sample_id(self.client.predict(int(answered), label, self.who, "", api_name="/answer"))
+        return int(answered)
+
+    @staticmethod
+    def _sample_id(outputs: tuple) -> int | None:
+        # /next_item and /answer return (picture, sample id, label set, prompt, counters, ...).
+        return None if outputs[1] is None else int(outputs[1])
