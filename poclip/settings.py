@@ -58,6 +58,9 @@ class Settings:
             (``POCLIP_RETRAIN_EVERY_PAIRS``).
         retrain_every_minutes: and at most this often, when there is anything new; 0 disables the timer
             (``POCLIP_RETRAIN_EVERY_MINUTES``).
+        head: the head kind the trainer trains (``POCLIP_HEAD``: ``linear``, ``projection`` or
+            ``last_blocks:K``); empty = the engine's default, chosen on the generalization table. A retrain
+            refines the live head when it is of this kind, else it starts from the base model.
         gate_eval_n: size of the held-out synthetic set the promotion gate evaluates on (``POCLIP_GATE_N``).
         rate_limit: judgments per annotator per window, ``COUNT/SECONDS`` or ``off`` (``POCLIP_RATE_LIMIT``).
         client_rate_limit: judgments per client network address per window, whatever handles it uses,
@@ -100,6 +103,7 @@ class Settings:
     trainer: str = "thread"
     retrain_every_pairs: int = 50
     retrain_every_minutes: float = 0.0
+    head: str = ""
     gate_eval_n: int = 500
     rate_limit: str = "120/60"
     client_rate_limit: str = "300/60"
@@ -162,6 +166,7 @@ class Settings:
             trainer=env.get("POCLIP_TRAINER", defaults.trainer).lower(),
             retrain_every_pairs=int(env.get("POCLIP_RETRAIN_EVERY_PAIRS", defaults.retrain_every_pairs)),
             retrain_every_minutes=float(env.get("POCLIP_RETRAIN_EVERY_MINUTES", defaults.retrain_every_minutes)),
+            head=env.get("POCLIP_HEAD", defaults.head).strip(),
             gate_eval_n=int(env.get("POCLIP_GATE_N", defaults.gate_eval_n)),
             rate_limit=env.get("POCLIP_RATE_LIMIT", defaults.rate_limit),
             client_rate_limit=env.get("POCLIP_CLIENT_RATE_LIMIT", defaults.client_rate_limit),

@@ -87,3 +87,34 @@ def test_batched_predictions_equal_one_at_a_time(tmp_path, bundled):
         assert service.batcher.stats.items == 2 * len(pictures)
     finally:
         service.close()
+
+
+def test_a_tower_head_shares_trunk_batches_and_answers_as_it_does_alone(tmp_path, bundled):
+    # The shipped starter head is a tower head: concurrent requests share the trunk's pass, then each runs the
+    # tail at base and at aligned weights; answers equal the head's own one-picture forward.
+    service = make_service(tmp_path, bundled, seed_items=0, starter_head=True)
+    try:
+        policy = service.live.policy
+        assert policy is not None and policy.linear is None
+        pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(8)]
+        start = threading.Barrier(len(pictures))
+        together: dict[int, tuple[dict, dict]] = {}
+
+        def ask(k: int) -> None:
+            start.wait()
+            result = service.compare(pictures[k], list(synth.SHAPES), t=0.5)
+            together[k] = (result.base.probs, result.aligned.probs)
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(pictures))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        for k, picture in enumerate(pictures):
+            base, aligned = policy.predict([picture], list(synth.SHAPES), t=0.5)
+            for got, want in zip(together[k], (base[0], aligned[0]), strict=True):
+                assert max(abs(got[label] - float(p)) for label, p in zip(synth.SHAPES, want, strict=True)) < 1e-4
+        trunk = service._batcher_for(policy).stats
+        assert trunk.items == len(pictures) and service.batcher.stats.items == 0  # the trunk batcher did the work
+    finally:
+        service.close()

@@ -215,7 +215,9 @@ def test_labels_retrain_promote_and_the_attacked_prediction_flips(tmp_path, bund
 
 
 def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled):
-    svc = make_service(tmp_path, bundled, seed_items=0, **ONE_PERSON)  # the gate alone must refuse the vandal
+    # The gate alone must refuse the vandal: against the starter head, the live model of a fresh app (against
+    # the bare base model, the recipe's clean pictures with text can outweigh 20 bad pairs).
+    svc = make_service(tmp_path, bundled, seed_items=0, starter_head=True, **ONE_PERSON)
     try:
         for i in range(20):
             rng = random.Random(f"vandal:{i}")
@@ -223,8 +225,11 @@ def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled
             attack = random_attack(synth.SHAPES, scene.shape, rng)
             # A vandal insists the written word is the object: training on this rewards reading.
             shown = svc.predict(synth.draw_scene(scene, 224), list(synth.SHAPES), attack, source="synthetic")
-            if shown.base.label == attack.text:  # both sides said the word: "both" confirms it
+            said = [side for side in ("base", "aligned") if getattr(shown, side).label == attack.text]
+            if len(said) == 2:  # both sides said the word: "both" confirms it
                 svc.vote("mallory", shown.id, "both")
+            elif said:  # the side that read the word wins
+                svc.vote("mallory", shown.id, "left" if shown.shown_left == said[0] else "right")
             else:
                 svc.vote("mallory", shown.id, "neither", correct_label=attack.text)
         svc.retrain(token=TOKEN)
@@ -234,7 +239,7 @@ def test_a_worse_candidate_is_kept_as_rejected_with_the_reason(tmp_path, bundled
         assert version.status == "rejected"
         # Rewarding the written word either fails to improve typographic accuracy or costs clean accuracy.
         assert "does not improve" in version.reason or "more than 1 point below" in version.reason
-        assert svc.repo.active_version() is None and svc.live.policy is None
+        assert svc.repo.active_version() is None and svc.live.version is None and svc.live.policy is not None
     finally:
         svc.close()
 

@@ -6,6 +6,7 @@ Every method either does its whole job or raises a :class:`UserError` subclass (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -38,6 +39,7 @@ from poclip.app.limits import ClientLimited, ClientLimits, Rate, current_origin
 from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.engine.models import ClipEncoder, load_model
+from poclip.engine.policy import trunk_inputs
 from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 from poclip.world import synth
@@ -176,6 +178,8 @@ class AppService:
         self._follow: threading.Thread | None = None
         # Concurrent Compare requests share image-tower passes (see poclip.app.batching).
         self.batcher = ImageBatcher(encoder.encode_pixels)
+        self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
+        self._batchers_lock = threading.Lock()
         self._seed_lock = threading.Lock()
         self._gold_items = 0  # gold reference answers seeded (see seed_items)
 
@@ -222,6 +226,8 @@ class AppService:
         if self._trainer is not None:
             self._trainer.stop()
         self.batcher.close()
+        for batcher in list(self._trunk_batchers.values()):
+            batcher.close()
         self.repo.close()
 
     # ----- identity -----------------------------------------------------------------------------------------
@@ -550,20 +556,30 @@ class AppService:
         picture = normalize_image(image) if normalize else image
         seen = render(picture, attack) if attack is not None else picture
         live = self.live
-        if live.policy is None or live.policy.head == "linear":
-            # Preprocessing runs here, in the request's thread; the tower pass is shared with concurrent requests.
-            emb = self.batcher.encode(self.encoder.pixels([seen])[0])[None]
+        # Preprocessing runs here, in the request's thread; the tower (or a tower head's trunk) pass is shared
+        # with concurrent requests. A tower head then runs its tail at base and at aligned weights.
+        pixels = self.encoder.pixels([seen])[0]
         if live.policy is None:
+            emb = self.batcher.encode(pixels)[None]
             base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
             aligned = base
-        elif live.policy.head == "linear":
-            base, aligned = live.policy.log_probs_for(emb, label_list, template, float(t))
-        else:  # a tower head runs its tail at base and aligned weights on one trunk pass of its own
-            base, aligned = live.policy.compare([seen], label_list, template, float(t))
+        else:
+            x = self._batcher_for(live.policy).encode(pixels)[None]
+            base, aligned = live.policy.compare_inputs(x, label_list, template, float(t))
         as_dict = lambda lp: {lab: round(float(p), 6) for lab, p in zip(label_list, lp[0].exp(), strict=True)}  # noqa: E731
         return Comparison(new_comparison_id(), picture, seen, attack, tuple(label_list), template,
                           Answer("base", as_dict(base)), Answer("aligned", as_dict(aligned)), "base", live.label,
                           float(t))
+
+    def _batcher_for(self, policy) -> ImageBatcher:
+        """The batcher of a head's inputs: embeddings, or (tower heads) the frozen trunk's activations at the cut."""
+        if policy.linear is not None:
+            return self.batcher
+        with self._batchers_lock:
+            if policy.head_blocks not in self._trunk_batchers:
+                self._trunk_batchers[policy.head_blocks] = ImageBatcher(
+                    functools.partial(trunk_inputs, self.encoder, policy.head_blocks))
+            return self._trunk_batchers[policy.head_blocks]
 
     def predict(
         self,

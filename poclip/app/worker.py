@@ -31,7 +31,15 @@ from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_po
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.engine.starter import load_starter
-from poclip.engine.train import CleanImage, Preference, TrainConfig, styled_preference, synth_clean, train_head
+from poclip.engine.train import (
+    DEFAULT_HEAD,
+    CleanImage,
+    Preference,
+    TrainConfig,
+    styled_preference,
+    synth_clean,
+    train_head,
+)
 from poclip.settings import Settings
 from poclip.world.attacks import TextAttack
 
@@ -182,6 +190,8 @@ class Trainer:
     def __init__(self, settings: Settings, repo: Repository, encoder: ClipEncoder, live: LiveHead | None = None,
                  *, clock: Callable[[], float] | None = None, beat_every_s: float = BEAT_EVERY_S) -> None:
         self.settings = settings
+        self.head = settings.head or DEFAULT_HEAD
+        Policy(encoder, self.head)  # a head kind this backbone cannot take fails at start, not at the first run
         self.repo = repo
         self.encoder = encoder
         self.live_head = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
@@ -303,7 +313,8 @@ class Trainer:
     def _execute(self, run: RunInfo, beat: _Heartbeat) -> RunInfo:
         self.progress = Progress(run.id, "loading pairs")
         prefs, clean, watermark = self._preferences(run)
-        config = TrainConfig(loss=str(run.config.get("loss", "dpo")), seed=int(run.config.get("seed", 0)))
+        config = TrainConfig(head=self.head, loss=str(run.config.get("loss", "dpo")),
+                             seed=int(run.config.get("seed", 0)))
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
             self.progress.phase, self.progress.step, self.progress.total = "training", step, total

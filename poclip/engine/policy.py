@@ -83,6 +83,13 @@ def _copy_tail(visual: torch.nn.Module, blocks: int) -> torch.nn.Module:
     return copy.deepcopy(visual, memo=shared)
 
 
+@torch.no_grad()
+def trunk_inputs(encoder: ClipEncoder, blocks: int, pixels: torch.Tensor) -> torch.Tensor:
+    """A tower head's inputs for preprocessed ``pixels``: the frozen trunk's activations at the cut of a tail of
+    ``blocks`` residual blocks (float32, CPU)."""
+    return tower.trunk(encoder.model.visual, pixels.to(encoder.device), blocks).float().cpu()
+
+
 class LinearHead(torch.nn.Module):
     """f(x) = W x on both modalities; W starts at the identity so the head starts as the base model."""
 
@@ -156,8 +163,7 @@ class Policy(torch.nn.Module):
         """Head inputs for pictures (no cache): embeddings, or the trunk's activations at the cut."""
         if self.split is None:
             return self.encoder.encode_images(images)
-        pixels = self.encoder.pixels(images)
-        return tower.trunk(self.encoder.model.visual, pixels, self.head_blocks).float().cpu()
+        return trunk_inputs(self.encoder, self.head_blocks, self.encoder.pixels(images))
 
     def image_features(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`); ``training`` lets a tower
@@ -273,8 +279,17 @@ class Policy(torch.nn.Module):
         """
         if self.linear is not None:
             return self.log_probs_for(self.encoder.encode_images(images), labels, template, t)
-        x = self.inputs(images)
+        return self.compare_inputs(self.inputs(images), labels, template, t)
+
+    @torch.no_grad()
+    def compare_inputs(
+        self, x: torch.Tensor, labels: Sequence[str], template: str = DEFAULT_TEMPLATE, t: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base and aligned ``log pi(y|x)`` ``[N, L]`` from head inputs ``x`` (:meth:`inputs`, e.g. computed in a
+        shared batch): a tower head runs its tail at base and at aligned weights."""
         text = self.encoder.classifier(list(labels), (template,))
+        if self.linear is not None:
+            return self.encoder.log_probs(x, text), torch.log_softmax(self.at_strength(t).logits(x, text), dim=-1)
         base = torch.log_softmax(self.at_strength(0.0).logits(x, text), dim=-1)
         return base, torch.log_softmax(self.at_strength(t).logits(x, text), dim=-1)
 
