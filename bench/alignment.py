@@ -133,7 +133,8 @@ def checks(table: dict) -> dict:
         "true word never below base": d.get("true_word", 1) >= base.get("true_word", 0),
         "neutral word >= clean - 3 points": d.get("neutral_word", 1) >= d["clean_accuracy"] - 0.03,
         "several words >= 0.85": d.get("several_words", 1) >= 0.85,
-        "held-out font within 3 points of training fonts": abs(d.get("held_out_font", d["paper"]) - d["paper"]) <= 0.03,
+        # A font training never used may be easier than the training fonts; only a drop would be a failure.
+        "held-out font at most 3 points below training fonts": d.get("held_out_font", d["paper"]) >= d["paper"] - 0.03,
         "retrain <= 60 s": d["train_seconds"] <= 60,
         "families measured": fam,
     }

@@ -73,7 +73,8 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
 @pytest.mark.slow
 def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, bundled, capsys):
     """Honest everywhere except on star pictures, which three handles call hearts: either star's accuracy falls
-    and the gate refuses, naming star, with the per-class table, or the candidate keeps star within the margin."""
+    and the gate refuses, naming star, with the per-class table, or the candidate keeps star within the margin
+    (the default tower head with the invariant recipe keeps star at 0.967 under attack)."""
     svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
     try:
         items = seeded_samples(svc.repo, 300)
@@ -100,12 +101,13 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
         with capsys.disabled():
             print("\n" + (reason or poisoned.metrics["gate"]))
         star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
+        star_hurt = min(star["attacked_change"], star["clean_change"]) < -worker_module.CLASS_DROP_LIMIT
+        if star_hurt:  # whatever else the gate found, it names star and keeps the honest version
+            assert version.status == "rejected" and "star (attacked" in reason
         if version.status == "rejected":
             assert svc.repo.active_version().id == honest.version_id
-        if "per-class accuracy drops" in reason:
-            assert "star (attacked" in reason and star["attacked_change"] < -worker_module.CLASS_DROP_LIMIT
-        else:  # the text-invariant recipe can shrug the campaign off; then star must not have been wrecked
-            assert min(star["attacked_change"], star["clean_change"]) >= -worker_module.CLASS_DROP_LIMIT, star
+        else:  # the text-invariant recipe can shrug the campaign off; star must not have been wrecked
+            assert not star_hurt, star
     finally:
         svc.close()
 
