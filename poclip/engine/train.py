@@ -579,11 +579,11 @@ def train(
                          f"{policy.cut}: use policy.make_cache()")
     data = prepare(policy, preferences, clean_items, cache, clean_selves=cfg.invariance > 0 and cfg.loss != "ce")
     threads = torch.get_num_threads()
-    if policy.encoder.device.type == "cpu":
-        # On CPU the loop runs on one thread. The trainer shares its cores with serving, and threaded ops wait on
-        # each other when cores are busy: the linear head took 0.65 s on one thread vs 28-71 s on two, the
-        # last_blocks:1 starter (2,000 pairs) 1,000 s on two threads of a loaded machine vs 72 s for 1,000
-        # pairs on one; a d x d head's matmuls are too small to gain from threads anyway.
+    if policy.linear is not None:
+        # A d x d head's matmuls are too small to gain from threads, and when the cores are shared with
+        # other work, threaded tiny ops wait on each other: measured 0.65 s on one thread vs 28-71 s on two.
+        # A tower tail does gain: last_blocks:1 on 1,000 pairs, quiet 2 cores, 34 s on two threads vs 64 s on
+        # one (on an oversubscribed machine two threads can be far slower; set torch's threads there).
         torch.set_num_threads(1)
     started = time.perf_counter()
     try:
