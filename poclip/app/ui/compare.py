@@ -24,6 +24,7 @@ from poclip.app.ui.identity import annotator_handle
 from poclip.settings import ASSETS_DIR
 from poclip.world import photos, synth
 from poclip.world.attacks import ATTACK_COLOURS, FONTS, TextAttack, random_attack, render, to_hex
+from poclip.world.decode_budget import ServerBusy
 from poclip.world.images import open_image
 from poclip.world.labels import PRESETS, parse_labels
 
@@ -327,6 +328,8 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         except USER_ERRORS as exc:  # shown beside the upload; the previous picture is cleared
             message = refused("upload", exc)
             gr.Warning(message)
+            if isinstance(exc, ServerBusy):  # nothing is wrong with the file: it can be sent again
+                return None, None, f"**Not opened yet.** {message}"
             return None, None, f"**This file cannot be used.** {message}"
         return (gr.update(), gr.update(), "") if loaded is None else (loaded, shown_file(loaded.image), "")
 
