@@ -253,3 +253,22 @@ def test_learning_rate_and_epochs_default_per_head_kind():
     assert TrainConfig(head="linear").resolved_lr == 0.05 and TrainConfig(head="projection").resolved_lr == 1e-3
     assert TrainConfig(head="last_blocks:2").resolved_epochs < TrainConfig(head="linear").resolved_epochs
     assert TrainConfig(head="linear", lr=0.1).resolved_lr == 0.1
+
+
+def test_clean_pictures_with_text_add_invariance_rows_without_a_label(tiny, prefs, clean):
+    # Pairs given as cache keys have no clean self, so any invariance comes from the texted clean pictures alone.
+    from poclip.engine.policy import Policy
+    from poclip.engine.train import Objective, prepare
+
+    policy, cache = Policy(tiny, "linear"), EmbeddingCache(tiny)
+    cache.embed([p.image for p in prefs], [p.attack for p in prefs])
+    keyed = [dataclasses.replace(p, image=entry_key(p.image, p.attack), attack=None) for p in prefs]
+    assert all(c.attack is not None for c in clean)  # synth_clean writes text from the style family
+    bare = [dataclasses.replace(c, attack=None) for c in clean]
+    with torch.no_grad():
+        policy.linear.weight.add_(0.2 * torch.randn_like(policy.linear.weight))  # text now moves the answer
+    for items, expected in ((clean, len(clean)), (bare, 0)):
+        data = prepare(policy, keyed, items, cache)
+        assert int(data.pairs["inv"].sum()) == 0 and int(data.clean["inv"].sum()) == expected
+        invariance = Objective(policy, FAST, data.text_bank).terms(data.pairs, data.clean)["invariance"]
+        assert (float(invariance) > 0) == (expected > 0)
