@@ -64,23 +64,28 @@ def test_a_failed_pass_fails_its_callers_only():
         batcher.encode(torch.ones(3, 2, 2))
 
 
+def all_at_once(ask, n: int) -> dict:
+    """``ask(k)`` for k < n from n threads released together; their results by k."""
+    start, results = threading.Barrier(n), {}
+
+    def run(k: int) -> None:
+        start.wait()
+        results[k] = ask(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    return results
+
+
 def test_batched_predictions_equal_one_at_a_time(tmp_path, bundled):
     service = make_service(tmp_path, bundled, seed_items=0)
     try:
         pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(12)]
         alone = [service.compare(p, list(synth.SHAPES)).base.probs for p in pictures]
-        start = threading.Barrier(len(pictures))
-        together: dict[int, dict] = {}
-
-        def ask(k: int) -> None:
-            start.wait()
-            together[k] = service.compare(pictures[k], list(synth.SHAPES)).base.probs
-
-        threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(pictures))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        together = all_at_once(lambda k: service.compare(pictures[k], list(synth.SHAPES)).base.probs, len(pictures))
         for k, probs in enumerate(alone):
             assert together[k].keys() == probs.keys()
             assert max(abs(together[k][label] - p) for label, p in probs.items()) < 1e-4
@@ -97,19 +102,8 @@ def test_a_tower_head_shares_trunk_batches_and_answers_as_it_does_alone(tmp_path
         policy = service.live.policy
         assert policy is not None and policy.linear is None
         pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(8)]
-        start = threading.Barrier(len(pictures))
-        together: dict[int, tuple[dict, dict]] = {}
-
-        def ask(k: int) -> None:
-            start.wait()
-            result = service.compare(pictures[k], list(synth.SHAPES), t=0.5)
-            together[k] = (result.base.probs, result.aligned.probs)
-
-        threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(pictures))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        compared = all_at_once(lambda k: service.compare(pictures[k], list(synth.SHAPES), t=0.5), len(pictures))
+        together = {k: (c.base.probs, c.aligned.probs) for k, c in compared.items()}
         for k, picture in enumerate(pictures):
             base, aligned = policy.predict([picture], list(synth.SHAPES), t=0.5)
             for got, want in zip(together[k], (base[0], aligned[0]), strict=True):
