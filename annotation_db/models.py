@@ -101,6 +101,12 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+def _only_one(name: str, status: str) -> Index:
+    """A partial unique index on ``status``: at most one row may have this status (SQLite and PostgreSQL)."""
+    where = text(f"status = '{status}'")
+    return Index(name, "status", unique=True, sqlite_where=where, postgresql_where=where)
+
+
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
     # Stored as checked VARCHAR rather than a native PostgreSQL enum, so adding a value is a plain migration.
     return Enum(
@@ -216,13 +222,7 @@ class ModelVersion(Base):
 
     __tablename__ = "model_versions"
     __table_args__ = (
-        Index(
-            "uq_model_versions_one_active",
-            "status",
-            unique=True,
-            sqlite_where=text("status = 'active'"),
-            postgresql_where=text("status = 'active'"),
-        ),
+        _only_one("uq_model_versions_one_active", "active"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -246,20 +246,8 @@ class TrainingRun(Base):
 
     __tablename__ = "training_runs"
     __table_args__ = (
-        Index(
-            "uq_training_runs_one_running",
-            "status",
-            unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
-        ),
-        Index(
-            "uq_training_runs_one_queued",
-            "status",
-            unique=True,
-            sqlite_where=text("status = 'queued'"),
-            postgresql_where=text("status = 'queued'"),
-        ),
+        _only_one("uq_training_runs_one_running", "running"),
+        _only_one("uq_training_runs_one_queued", "queued"),
         Index("ix_training_runs_status_created", "status", "created_at"),
     )
 

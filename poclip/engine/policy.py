@@ -59,6 +59,18 @@ def parse_head(head: str) -> tuple[str, int]:
     raise HeadError(f"unknown head {head!r}; choose linear, projection or last_blocks:K (K >= 1)")
 
 
+def check_head(encoder: ClipEncoder, head: str) -> str:
+    """``head`` stripped, if ``encoder``'s image tower can take it; :class:`HeadError` with the reason if not.
+    Cheap: nothing is copied."""
+    kind, blocks = parse_head(head)
+    if kind != "linear":
+        try:
+            tower.split(encoder.model.visual, blocks)
+        except tower.TowerError as exc:
+            raise HeadError(str(exc)) from exc
+    return head.strip()
+
+
 def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
     """``W_t = U S^t V^T`` for the SVD ``W = U S V^T`` (computed in float64, returned in W's dtype).
 
@@ -121,10 +133,7 @@ class Policy(torch.nn.Module):
         if self.head_kind == "linear":
             self.linear = LinearHead(encoder.embed_dim)
             return
-        try:
-            tower.split(encoder.model.visual, self.head_blocks)
-        except tower.TowerError as exc:
-            raise HeadError(str(exc)) from exc
+        check_head(encoder, head)
         # A private copy of the tower's tail, so the base model (the reference) stays untouched; the frozen
         # trunk's tensors are shared with the backbone, not copied (a ViT-B/32 tower is 350 MB).
         self.visual = _copy_tail(encoder.model.visual, self.head_blocks).to(encoder.device)
@@ -263,11 +272,7 @@ class Policy(torch.nn.Module):
         """
         if self.linear is None:
             raise HeadError(f"a {self.head} head changes the image tower; use compare(images, ...) instead")
-        emb = image_emb[None] if image_emb.ndim == 1 else image_emb
-        text = self.encoder.classifier(list(labels), (template,))
-        base = self.encoder.log_probs(emb, text)
-        aligned = torch.log_softmax(self.at_strength(t).logits(emb, text), dim=-1)
-        return base, aligned
+        return self.compare_inputs(image_emb[None] if image_emb.ndim == 1 else image_emb, labels, template, t)
 
     @torch.no_grad()
     def compare(
