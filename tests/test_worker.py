@@ -124,3 +124,23 @@ def test_the_gate_refuses_a_better_overall_candidate_that_drops_one_class():
     assert "circle" not in reason.splitlines()[0]
     ok, reason = worker_module.gate(metrics(0.70, 0.65), live, base)
     assert ok, reason
+
+
+@pytest.mark.parametrize(("head", "message"), [("bogus", "unknown head"),
+                                               ("last_blocks:9", "more blocks than the image tower has")])
+def test_a_head_the_backbone_cannot_take_fails_at_start_with_the_reason(tmp_path, bundled, head, message):
+    from poclip.engine.policy import HeadError
+
+    with pytest.raises(HeadError, match=message):
+        make_service(tmp_path, bundled, head=head)
+
+
+def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_default(tmp_path, bundled):
+    from poclip.engine.train import DEFAULT_HEAD
+
+    for head, expected in (("projection", "projection"), ("", DEFAULT_HEAD)):
+        service = make_service(tmp_path / (head or "default"), bundled, head=head)
+        try:
+            assert service.trainer.head == expected
+        finally:
+            service.close()

@@ -39,7 +39,7 @@ from poclip.app.limits import ClientLimited, ClientLimits, Rate, current_origin
 from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.engine.models import ClipEncoder, load_model
-from poclip.engine.policy import trunk_inputs
+from poclip.engine.policy import check_head, trunk_inputs
 from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 from poclip.world import synth
@@ -188,8 +188,11 @@ class AppService:
         """Open (restore, migrate) the database, load the model, seed annotation items, load the live head."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         DECODE_BUDGET.configure(settings.decode_budget_mp, settings.decode_wait_s)  # the process's uploads
+        encoder = encoder or load_model(settings.model_spec, settings)
+        if settings.head:  # POCLIP_HEAD: refused before anything is opened, whichever process trains
+            check_head(encoder, settings.head)
         repo = open_repository(settings, repository_config(settings))
-        service = cls(settings, encoder or load_model(settings.model_spec, settings), repo)
+        service = cls(settings, encoder, repo)
         service.ensure_label_sets()
         service.seed_items()
         service.live_head.sync()

@@ -29,7 +29,7 @@ from poclip.app.live import LiveHead, LiveModel
 from poclip.engine.embed_cache import StoredPicture
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
-from poclip.engine.policy import Policy
+from poclip.engine.policy import Policy, check_head
 from poclip.engine.starter import load_starter
 from poclip.engine.train import (
     DEFAULT_HEAD,
@@ -190,8 +190,7 @@ class Trainer:
     def __init__(self, settings: Settings, repo: Repository, encoder: ClipEncoder, live: LiveHead | None = None,
                  *, clock: Callable[[], float] | None = None, beat_every_s: float = BEAT_EVERY_S) -> None:
         self.settings = settings
-        self.head = settings.head or DEFAULT_HEAD
-        Policy(encoder, self.head)  # a head kind this backbone cannot take fails at start, not at the first run
+        self.head = check_head(encoder, settings.head or DEFAULT_HEAD)  # fails at start, not at the first run
         self.repo = repo
         self.encoder = encoder
         self.live_head = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
