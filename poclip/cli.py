@@ -113,7 +113,8 @@ def _train(args: argparse.Namespace) -> dict:
     report = {
         "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "recipe": args.recipe, "beta": cfg.resolved_beta,
         "lambda": cfg.resolved_lambda, "invariance": cfg.invariance, "ortho": cfg.ortho, "lr": cfg.resolved_lr,
-        "epochs": cfg.resolved_epochs, "pairs": len(prefs), "clean": len(clean),
+        "epochs": cfg.resolved_epochs, "batch_size": cfg.resolved_batch_size, "pairs": len(prefs),
+        "clean": len(clean),
         "out": str(result.path) if result.path else None, "steps": result.steps,
         "embed_seconds": result.embed_seconds, "train_seconds": result.train_seconds,
         "metrics": {k: round(v, 5) for k, v in result.metrics.items()},

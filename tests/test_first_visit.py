@@ -22,8 +22,9 @@ def example_cases():
 
 @pytest.mark.slow
 def test_a_fresh_app_already_answers_most_of_the_54_example_cases(tmp_path, bundled):
-    """The bar is 54/54; the shipped starter head (last_blocks:1) answers 49/54 (the linear one 37/54, the base
-    model 1/54): the five it misses are the hexagon example, read as "square" under the centred word."""
+    """The bar is 54/54; the shipped starter head (last_blocks:2) answers 50/54 (the last_blocks:1 one 49/54, the
+    linear one 37/54, the base model 1/54): it misses the hexagon example under "triangle", "diamond" and
+    "crescent" and the heart under "crescent"."""
     assert STARTER_HEAD.is_file(), "the starter head is shipped in assets/heads (python -m poclip starter)"
     cases = list(example_cases())
     assert len(cases) == 54
@@ -36,6 +37,6 @@ def test_a_fresh_app_already_answers_most_of_the_54_example_cases(tmp_path, bund
             base_right += result.base.label == truth
             aligned_right += result.aligned.label == truth
         assert base_right <= 5  # the base model falls for nearly all of them
-        assert aligned_right >= 49, aligned_right
+        assert aligned_right >= 50, aligned_right
     finally:
         service.close()

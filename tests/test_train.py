@@ -249,10 +249,17 @@ def test_every_objective_term_is_logged_and_the_paper_recipe_has_no_invariance(t
     assert not torch.equal(inv.policy.linear.weight, paper.policy.linear.weight)
 
 
-def test_learning_rate_and_epochs_default_per_head_kind():
+def test_learning_rate_epochs_and_batch_default_per_head_kind():
     assert TrainConfig(head="linear").resolved_lr == 0.05 and TrainConfig(head="projection").resolved_lr == 1e-3
     assert TrainConfig(head="last_blocks:2").resolved_epochs < TrainConfig(head="linear").resolved_epochs
-    assert TrainConfig(head="linear", lr=0.1).resolved_lr == 0.1
+    assert TrainConfig(head="last_blocks:2").resolved_lr == 3e-4  # the measured default head's settings
+    assert (TrainConfig().head, TrainConfig().resolved_batch_size, TrainConfig().resolved_epochs) == (
+        "last_blocks:2", 64, 8)
+    assert TrainConfig(head="linear").resolved_batch_size == 128
+    assert TrainConfig(head="linear", lr=0.1, batch_size=7).resolved_lr == 0.1
+    assert TrainConfig(head="linear", batch_size=7).resolved_batch_size == 7
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0).check()
 
 
 def test_clean_pictures_with_text_add_invariance_rows_without_a_label(tiny, prefs, clean):
