@@ -1,4 +1,4 @@
-"""Visitors of a running PO-CLIP app, through its public API (``gradio_client``), for the benchmarks.
+"""Visitors of a running PO-CLIP app, through its public API (``gradio_client`` or plain HTTP), for the benchmarks.
 
 What ``serve.py``, ``replicas.py`` and ``app_loop.py`` share: starting an app as its own process and waiting
 until it answers; concurrent clients calling ``/predict`` (latency percentiles, throughput, errors, and what
@@ -79,28 +79,83 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_counts(client) -> dict | None:
+class BrowserVisitor:
+    """One visitor as the page behaves: the picture is uploaded once (``/gradio_api/upload``) when it is chosen,
+    then every Predict is Gradio's two-step HTTP call (``POST /gradio_api/call/predict``, then the event
+    stream of its result) followed by fetching the returned picture, over one kept-alive connection.
+
+    ``gradio_client`` instead uploads the picture again on every call and does several times the client-side
+    work; both share this machine's cores with the server, so the lean visitor is what measures the server.
+    """
+
+    def __init__(self, url: str, picture: Path) -> None:
+        import httpx
+
+        self.url, self.http = url.rstrip("/"), httpx.Client(timeout=120)
+        with open(picture, "rb") as fh:
+            response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (picture.name, fh)})
+        response.raise_for_status()
+        self.picture = {"path": response.json()[0], "orig_name": picture.name, "meta": {"_type": "gradio.FileData"}}
+
+    def predict(self, args: Sequence) -> list:
+        """One /predict with the uploaded picture and ``args``; returns the outputs (raises on an error event)."""
+        import json
+
+        response = self.http.post(f"{self.url}/gradio_api/call/predict", json={"data": [self.picture, *args]})
+        response.raise_for_status()
+        event_id = response.json()["event_id"]
+        event, outputs = None, None
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/predict/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    outputs = json.loads(line.split(":", 1)[1])
+                    break
+        if event != "complete" or not isinstance(outputs, list):
+            raise RuntimeError(f"/predict ended with {event!r}: {str(outputs)[:200]}")
+        shown = outputs[0]
+        if isinstance(shown, dict) and shown.get("url"):  # the page then shows the returned picture
+            self.http.get(shown["url"]).raise_for_status()
+        return outputs
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def batch_counts(url: str) -> dict | None:
     """The app's image-batch counters from /status (None for apps without them: the floor, older code)."""
+    from gradio_client import Client
+
     try:
-        return client.predict(api_name="/status").get("image_batches")
+        return Client(url, verbose=False).predict(api_name="/status").get("image_batches")
     except Exception:  # no /status endpoint
         return None
 
 
 def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tuple[Path, Sequence]],
-                 server_pid: int | None = None) -> dict:
-    """``clients`` threads, each with its own ``gradio_client``, each sending ``requests`` /predict calls.
+                 server_pid: int | None = None, client: str = "gradio_client") -> dict:
+    """``clients`` threads, each one visitor sending ``requests`` /predict calls.
 
     ``call(k)`` gives client ``k``'s picture file and the other /predict inputs (word, font, size, fill, outline,
-    x, y, opacity, rotation, label set, custom labels, strength t, arena mode). Returns requests, errors,
-    requests/s, p50 and p95 latency, a few error messages, the CPU one request cost this process (the
-    clients) and, given ``server_pid``, the server, and the mean image batch when the app reports it.
+    x, y, opacity, rotation, label set, custom labels, strength t, arena mode, share). ``client``: ``gradio_client``
+    (the picture uploaded with every call, as a script does) or ``browser`` (:class:`BrowserVisitor`). Returns
+    requests, errors, requests/s, p50 and p95 latency, a few error messages, the CPU one request cost this
+    process (the clients) and, given ``server_pid``, the server, and the mean image batch when the app reports it.
     """
-    from gradio_client import Client, handle_file
+    if client == "browser":
+        pool = [BrowserVisitor(url, call(k)[0]) for k in range(clients)]
+        send = lambda k, _picture, args: pool[k].predict(args)  # noqa: E731
+    elif client == "gradio_client":
+        from gradio_client import Client, handle_file
 
-    pool = [Client(url, verbose=False) for _ in range(clients)]
+        pool = [Client(url, verbose=False) for _ in range(clients)]
+        send = lambda k, picture, args: pool[k].predict(handle_file(str(picture)), *args,  # noqa: E731
+                                                        api_name="/predict")
+    else:
+        raise ValueError(f"client must be gradio_client or browser, not {client!r}")
     picture, args = call(0)
-    pool[0].predict(handle_file(str(picture)), *args, api_name="/predict")  # warm-up, not counted
+    send(0, picture, args)  # warm-up, not counted
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -112,7 +167,7 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
         for _ in range(requests):
             t = time.perf_counter()
             try:
-                pool[k].predict(handle_file(str(picture)), *args, api_name="/predict")
+                send(k, picture, args)
                 with lock:
                     latencies.append(time.perf_counter() - t)
             except Exception as exc:  # counted and reported, never hidden
@@ -120,7 +175,7 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
                     errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-    before = batch_counts(pool[0])
+    before = batch_counts(url)
     server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else None, time.process_time()
     t0 = time.perf_counter()
     for th in threads:
@@ -131,10 +186,13 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
     client_cpu = time.process_time() - client_cpu
     if server_cpu is not None:
         server_cpu = cpu_seconds(server_pid) - server_cpu
-    after = batch_counts(pool[0])
+    after = batch_counts(url)
+    if client == "browser":
+        for visitor in pool:
+            visitor.close()
     sent = max(1, len(latencies) + len(errors))
     row = {
-        "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
+        "client": client, "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
         "requests_per_s": round(len(latencies) / wall, 2),
         "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
