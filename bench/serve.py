@@ -130,6 +130,38 @@ def row_name(client: str, n: int) -> str:
     return f"{'' if client == 'browser' else client + '_'}predict_{n}_client{'s' if n > 1 else ''}"
 
 
+def ratios_and_bars(result: dict, clients: list[str]) -> tuple[dict, dict]:
+    """A run's derived figures, per backbone and client kind: /predict p50 with 1 client over the floor's (same
+    client), requests/s with 8 clients (and the server-bound rate) over the batch-32 encoder's; and the bars."""
+    ratios, bars = {}, {}
+    for spec, row in result["backbones"].items():
+        ratios[spec] = {}
+        encoder_rate = row["encoder"]["batch32_images_per_s"]
+        for client in clients:
+            tag = "" if client == "browser" else f"{client}_"
+            floor_p50 = result.get("floor", {}).get(row_name(client, 1), {}).get("p50_ms")
+            for prefix, rows in (("", row), ("baseline_", row.get("baseline"))):
+                one, eight = (rows or {}).get(row_name(client, 1)), (rows or {}).get(row_name(client, 8))
+                if one and floor_p50:
+                    ratios[spec][f"{prefix}{tag}p50_1_client_over_floor"] = round(one["p50_ms"] / floor_p50, 2)
+                if eight:
+                    ratios[spec][f"{prefix}{tag}rps_8_clients_over_encoder_batch32"] = round(
+                        eight["requests_per_s"] / encoder_rate, 3)
+                    if "server_bound_requests_per_s" in eight:
+                        ratios[spec][f"{prefix}{tag}server_bound_rps_8_clients_over_encoder_batch32"] = round(
+                            eight["server_bound_requests_per_s"] / encoder_rate, 3)
+            if row_name(client, 32) in row:
+                errors = row[row_name(client, 32)]["errors"]
+                bars[f"{spec}: 0 errors with 32 {client} clients, same picture"] = errors == 0
+            p50, rate = ratios[spec].get(f"{tag}p50_1_client_over_floor"), ratios[spec].get(
+                f"{tag}rps_8_clients_over_encoder_batch32")
+            if spec == "bundled" and p50 is not None:
+                bars[f"bundled /predict p50 (1 {client} client) <= 1.3x floor"] = p50 <= 1.3
+            if spec == "ViT-B-32" and rate is not None:
+                bars[f"ViT-B-32 requests/s (8 {client} clients) >= 0.8x encoder at batch 32"] = rate >= 0.8
+    return ratios, bars
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundled,ViT-B-32", help="backbone specs, comma-separated")
@@ -164,30 +196,7 @@ def main() -> int:
             row["baseline"] = serve_rows("app", spec, args, work, Path(args.baseline).resolve())
         row.update(serve_rows("app", spec, args, work))
         result["backbones"][spec] = row
-    floor_p50 = result.get("floor", {}).get("predict_1_client", {}).get("p50_ms")
-    ratios, bars = {}, {}
-    for spec, row in result["backbones"].items():
-        ratios[spec] = {}
-        for prefix, rows in (("", row), ("baseline_", row.get("baseline"))):
-            if rows and floor_p50 and "predict_1_client" in rows:
-                ratios[spec][f"{prefix}p50_1_client_over_floor"] = round(
-                    rows["predict_1_client"]["p50_ms"] / floor_p50, 2)
-            if rows and "predict_8_clients" in rows:
-                ratios[spec][f"{prefix}rps_8_clients_over_encoder_batch32"] = round(
-                    rows["predict_8_clients"]["requests_per_s"] / row["encoder"]["batch32_images_per_s"], 3)
-                if "server_bound_requests_per_s" in rows["predict_8_clients"]:
-                    ratios[spec][f"{prefix}server_bound_rps_8_clients_over_encoder_batch32"] = round(
-                        rows["predict_8_clients"]["server_bound_requests_per_s"]
-                        / row["encoder"]["batch32_images_per_s"], 3)
-        for client in args.client:
-            if row_name(client, 32) in row:
-                bars[f"{spec}: 0 errors with 32 {client} clients, same picture"] = (
-                    row[row_name(client, 32)]["errors"] == 0)
-    if "p50_1_client_over_floor" in ratios.get("bundled", {}):
-        bars["bundled /predict p50 (1 client) <= 1.3x floor"] = ratios["bundled"]["p50_1_client_over_floor"] <= 1.3
-    if "rps_8_clients_over_encoder_batch32" in ratios.get("ViT-B-32", {}):
-        bars["ViT-B-32 requests/s (8 clients) >= 0.8x encoder at batch 32"] = (
-            ratios["ViT-B-32"]["rps_8_clients_over_encoder_batch32"] >= 0.8)
+    ratios, bars = ratios_and_bars(result, args.client)
     result["ratios"], result["bars"] = ratios, bars
     result["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=None if args.json else 2))

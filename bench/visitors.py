@@ -7,6 +7,7 @@ one request cost in CPU); and a careful annotator who answers ``/next_item`` ite
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -99,8 +100,6 @@ class BrowserVisitor:
 
     def predict(self, args: Sequence) -> list:
         """One /predict with the uploaded picture and ``args``; returns the outputs (raises on an error event)."""
-        import json
-
         response = self.http.post(f"{self.url}/gradio_api/call/predict", json={"data": [self.picture, *args]})
         response.raise_for_status()
         event_id = response.json()["event_id"]
