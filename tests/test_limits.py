@@ -104,7 +104,7 @@ def test_the_app_sets_the_process_budget_and_a_busy_upload_gets_a_clear_message(
     import gradio as gr
 
     from poclip.app.ui.boundary import user_errors
-    from poclip.app.ui.compare import upload_handler
+    from poclip.app.ui.compare import upload_handler, upload_refusal
 
     svc = make_service(tmp_path / "data", bundled, decode_budget_mp=30, decode_wait_s=0.05)
     try:
@@ -114,7 +114,17 @@ def test_the_app_sets_the_process_budget_and_a_busy_upload_gets_a_clear_message(
         with process_budget.reserve(20_000_000):  # other uploads are being decoded
             with pytest.raises(gr.Error, match="The server is busy opening other large pictures"):
                 user_errors(upload_handler)(str(path))
+            # The Compare tab's note says the file is fine and can be sent again, not that it is unusable.
+            with pytest.raises(ServerBusy) as busy:
+                upload_handler(str(path))
+            message, note = upload_refusal(busy.value)
+            assert note.startswith("**Not opened yet.**") and "try again" in note and message in note
         assert user_errors(upload_handler)(str(path)).image.size == (1024, 683)
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"not a picture")
+        with pytest.raises(images.ImageError) as bad:
+            upload_handler(str(broken))
+        assert upload_refusal(bad.value)[1].startswith("**This file cannot be used.**")
         assert process_budget.in_flight == 0
     finally:
         svc.close()

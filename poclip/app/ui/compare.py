@@ -158,6 +158,15 @@ def upload_handler(path: str | None) -> Picture | None:
     return Picture(open_image(path), "upload")
 
 
+def upload_refusal(exc: BaseException) -> tuple[str, str]:
+    """The warning and the note beside the upload for a refused file (logged on one line): a busy server means
+    nothing is wrong with the file, which can be sent again; anything else means this file cannot be used."""
+    message = refused("upload", exc)
+    if isinstance(exc, ServerBusy):
+        return message, f"**Not opened yet.** {message}"
+    return message, f"**This file cannot be used.** {message}"
+
+
 def example_handler(index: int, examples: Sequence[Example] | None = None) -> Picture:
     """Example picture number ``index`` of ``examples`` (default: the synthetic ones); bundled with the app, so no
     consent is needed. A real photo's note comes with it as the attack."""
@@ -326,11 +335,9 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
         try:
             loaded = upload_handler(path)
         except USER_ERRORS as exc:  # shown beside the upload; the previous picture is cleared
-            message = refused("upload", exc)
+            message, note = upload_refusal(exc)
             gr.Warning(message)
-            if isinstance(exc, ServerBusy):  # nothing is wrong with the file: it can be sent again
-                return None, None, f"**Not opened yet.** {message}"
-            return None, None, f"**This file cannot be used.** {message}"
+            return None, None, note
         return (gr.update(), gr.update(), "") if loaded is None else (loaded, shown_file(loaded.image), "")
 
     @user_errors
