@@ -77,6 +77,10 @@ def test_head_checkpoint_roundtrip_with_metadata(trained_like, tiny, embeddings,
     loaded = load_head(path, tiny)
     assert torch.equal(loaded.linear.weight, trained_like.linear.weight)
     assert not list(tmp_path.glob(".*tmp"))
+    # The same permissions as any file the process writes (safetensors' own writer gives owner-only 0600, which a
+    # replica running as another user cannot read).
+    (tmp_path / "plain").write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def test_loading_a_head_onto_other_backbone_weights_is_refused(trained_like, tmp_path):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from poclip.engine import tower
 from poclip.engine.models import ClipEncoder
@@ -336,9 +336,13 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
         state = policy.head_state()
         if dtype is not None:
             state = {k: v.to(dtype) for k, v in state.items()}
-        save_file(state, str(tmp), metadata=meta)
-        with open(tmp, "rb") as fh:  # on disk before the rename, and before any row names the file
-            os.fsync(fh.fileno())
+        # Serialised in memory and written with open(), so the file gets the usual permissions (safetensors'
+        # save_file makes it readable by its owner only: a replica running as another user could not load it).
+        data = save(state, metadata=meta)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename, and before any row names the file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
