@@ -249,10 +249,20 @@ def test_the_abuse_defaults_are_on_and_a_space_trusts_its_proxy(tmp_path):
         Settings(data_dir=tmp_path, max_annotator_share=0)
 
 
-def test_limit_settings_are_checked():
+def test_limit_settings_are_checked(tmp_path):
+    from poclip.app.service import repository_config
+    from poclip.settings import Settings
+
     with pytest.raises(ValueError, match="POCLIP_CLIENT_RATE_LIMIT must look like 300/60"):
         Rate.parse("lots", "POCLIP_CLIENT_RATE_LIMIT")
     assert Rate.parse("off", "x") is None and Rate.parse("300/60", "x") == Rate(300, 60.0)
+    # The per-annotator limit reads the same format: a negative count is refused with the variable's name.
+    for bad in ("-5/60", "lots", "10/0"):
+        with pytest.raises(ValueError, match="POCLIP_RATE_LIMIT must look like"):
+            repository_config(Settings(data_dir=tmp_path, rate_limit=bad))
+    config = repository_config(Settings(data_dir=tmp_path, rate_limit="30/10"))
+    assert (config.rate_limit_count, config.rate_limit_window_s) == (30, 10.0)
+    assert repository_config(Settings(data_dir=tmp_path, rate_limit="off")).rate_limit_count is None
     with pytest.raises(ValueError, match="proxy_hops"):
         ClientLimits(None, None, proxy_hops=-1)
 

@@ -117,20 +117,10 @@ def judgment_for(record: Comparison, verdict: str, correct_label: str | None) ->
     return left.label, rejected
 
 
-def parse_rate_limit(text: str) -> tuple[int | None, float]:
-    """``"60/60"`` -> (60, 60.0); ``"off"`` -> (None, 60.0)."""
-    if text.strip().lower() in ("off", "none", "0", ""):
-        return None, 60.0
-    count, _, window = text.partition("/")
-    try:
-        return int(count), float(window or 60)
-    except ValueError as exc:
-        raise ValueError(f"POCLIP_RATE_LIMIT must look like 60/60 or off, got {text!r}") from exc
-
-
 def repository_config(settings: Settings) -> RepositoryConfig:
     """The store's policies from the app's settings (rate limit; pseudonyms salted with the server secret)."""
-    count, window = parse_rate_limit(settings.rate_limit)
+    rate = Rate.parse(settings.rate_limit, "POCLIP_RATE_LIMIT")  # COUNT/SECONDS, as the per-address limits
+    count, window = (rate.count, rate.window_s) if rate is not None else (None, 60.0)
     secret = server_secret(settings.data_dir)
     pseudonym_secret = hmac.new(secret, b"poclip-pseudonym", hashlib.sha256).hexdigest()
     return RepositoryConfig(rate_limit_count=count, rate_limit_window_s=window, pseudonym_secret=pseudonym_secret,
