@@ -385,10 +385,10 @@ class AppService:
         Idempotent: the pictures and attacks are a fixed stream, and samples are unique by image and attack.
         """
         n = self.settings.seed_items if n is None else n
-        if n > 0 and self.encoder.model_spec.name != "bundled":
-            return self.seed_photo_items()
-        if "bundled" not in self.encoder.spec or n <= 0:
+        if n <= 0:
             return 0
+        if self.encoder.model_spec.name != "bundled":
+            return self.seed_photo_items()
         self._gold_items = sum(self._is_gold_item(i) for i in range(n))
         with self._seed_lock:
             if self.repo.counts()["samples"] >= n:
