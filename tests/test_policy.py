@@ -125,3 +125,36 @@ def test_tower_heads_train_only_their_part_and_start_at_the_base(tiny, head):
     _, back = policy.predict(imgs, LABELS, t=0.0)
     assert not torch.allclose(moved, base, atol=1e-4)
     assert torch.allclose(back, base, atol=1e-5)
+
+
+def test_strength_copies_are_bounded_and_shared_by_concurrent_requests(tiny):
+    # Visitors drag the slider through many values: the policy keeps the most recent few copies, not one per value.
+    import threading
+
+    from poclip.engine.policy import STRENGTH_CACHE
+
+    policy = Policy(tiny, "last_blocks:1")
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01)
+    ts = [round(0.1 * k, 1) for k in range(-10, 10) if k != 10]
+    errors = []
+
+    def slide(offset):
+        try:
+            for t in ts[offset:] + ts[:offset]:
+                policy.at_strength(t)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slide, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(policy._strength_cache) == STRENGTH_CACHE
+    again = policy.at_strength(ts[-1])
+    assert again is policy.at_strength(ts[-1])  # a recent value is served from the cache
+    fresh = policy.with_strength(ts[-1])
+    x = policy.inputs(pictures(2, seed=4))
+    assert torch.equal(again.image_features(x), fresh.image_features(x))

@@ -26,7 +26,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from poclip.world.synth import DEFAULT_TEMPLATE
 
 HEAD_FORMAT = "poclip-head/1"
 _MIN_SINGULAR = 1e-6  # S^t with t < 0 needs S > 0; a collapsed direction is treated as tiny, not zero
+STRENGTH_CACHE = 8  # strength copies a policy keeps (see Policy._strength_cached)
 
 
 class HeadError(ValueError):
@@ -246,14 +249,24 @@ class Policy(torch.nn.Module):
         return clone
 
     def _strength_cached(self, t: float) -> Policy:
-        # A slider moves through a few values repeatedly; an SVD or a tower copy per request would dominate.
+        # A slider moves through a few values repeatedly; an SVD or a tower copy per request would dominate. The
+        # most recently used STRENGTH_CACHE of them are kept: a tower head's copy is its tail (about 56 MB for two
+        # ViT-B/32 blocks), so the bound is what keeps memory flat however many values visitors try. Concurrent
+        # requests share the cache, hence the lock; a copy is made outside it.
         key = (float(t), sum(p._version for p in self.trainable_parameters()))
-        cache = self.__dict__.setdefault("_strength_cache", {})
-        if key not in cache:
-            if len(cache) > 32:
-                cache.clear()
-            cache[key] = self.with_strength(t)
-        return cache[key]
+        cache: OrderedDict = self.__dict__.setdefault("_strength_cache", OrderedDict())
+        lock: threading.Lock = self.__dict__.setdefault("_strength_lock", threading.Lock())
+        with lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        made = self.with_strength(t)
+        with lock:
+            cache[key] = made
+            cache.move_to_end(key)
+            while len(cache) > STRENGTH_CACHE:
+                cache.popitem(last=False)
+        return made
 
     def at_strength(self, t: float) -> Policy:
         """This policy at strength ``t`` (itself at 1, a cached copy otherwise)."""
