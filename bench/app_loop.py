@@ -18,12 +18,11 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from visitors import REPO, Annotator, free_port, predict_load, seeded_truth  # noqa: E402
+from visitors import REPO, Annotator, free_port, predict_load, scratch_dir, seeded_truth  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -49,8 +48,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    with scratch_dir("poclip-bench-") as data_dir:
+        return measure(args, data_dir)
 
-    data_dir = Path(tempfile.mkdtemp(prefix="poclip-bench-"))
+
+def measure(args: argparse.Namespace, data_dir: Path) -> int:
     # One simulated person labels everything, from one address: the per-person and per-address limits and the
     # abuse defaults (labels count after 3 gold items, one person decides at most a quarter) are off here.
     settings = Settings(data_dir=data_dir, model_spec="bundled", admin_token=TOKEN, rate_limit="off",

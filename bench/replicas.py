@@ -27,14 +27,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from visitors import REPO, Annotator, seeded_truth, start_app, stop  # noqa: E402
+from visitors import REPO, Annotator, scratch_dir, seeded_truth, start_app, stop  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -94,14 +93,17 @@ def main() -> int:
     args = parser.parse_args()
     if not args.database_url.startswith("postgresql"):
         raise SystemExit('needs PostgreSQL: eval "$(bash .ci/start_postgres.sh)" or --database-url')
+    with scratch_dir("poclip-replicas-") as work:
+        return measure(args, work)
 
+
+def measure(args: argparse.Namespace, work: Path) -> int:
     from gradio_client import Client
 
     from annotation_db import open_repository
     from poclip.settings import Settings
 
     url = create_database(args.database_url)
-    work = Path(tempfile.mkdtemp(prefix="poclip-replicas-"))
     env = {**os.environ, "DATABASE_URL": url, "POCLIP_DATA_DIR": str(work / "shared"), "POCLIP_MODEL": "bundled",
            "POCLIP_TRAINER": "off", "POCLIP_ADMIN_TOKEN": TOKEN, "POCLIP_RATE_LIMIT": "off",
            "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_SEED_ITEMS": str(4 * args.labels), "POCLIP_GATE_N": "300",

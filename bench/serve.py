@@ -33,12 +33,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from visitors import REPO, predict_load, start_app, stop  # noqa: E402
+from visitors import REPO, predict_load, scratch_dir, start_app, stop  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -185,7 +184,11 @@ def main() -> int:
         serve_trivial(int(os.environ["GRADIO_SERVER_PORT"]))
         return 0
 
-    work = Path(tempfile.mkdtemp(prefix="poclip-serve-"))
+    with scratch_dir("poclip-serve-") as work:
+        return measure(args, work)
+
+
+def measure(args: argparse.Namespace, work: Path) -> int:
     result: dict = {"cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
                     "picture": PICTURE.name, "backbones": {}}
     if args.floor:
