@@ -82,6 +82,9 @@ class Settings:
             (``POCLIP_SEED_ITEMS``).
         augment_attacks: extra pairs the trainer derives from each typographic judgment by writing other
             wrong labels on the same picture (``POCLIP_AUGMENT``; 0 trains on the judgments alone).
+        replay_pairs: synthetic pairs, and as many clean synthetic pictures, mixed into every retrain: the
+            starter head's own kind of data, so that a few hundred crowd labels refine what it learned instead of
+            wearing it away (``POCLIP_REPLAY_PAIRS``; 0 trains on the crowd's pairs alone).
         starter_head: serve the shipped starter head (``assets/heads``) until a version is promoted, so a fresh
             app already shows the aligned model (``POCLIP_STARTER_HEAD``; 0 serves the base model instead).
         space_id: set by Hugging Face Spaces (``SPACE_ID``); enables the Hugging Face login button.
@@ -118,6 +121,7 @@ class Settings:
     space_id: str = ""
     seed_items: int = 600
     augment_attacks: int = 4
+    replay_pairs: int = 1000
     starter_head: bool = True
 
     def __post_init__(self) -> None:
@@ -125,8 +129,8 @@ class Settings:
             raise ValueError(f"POCLIP_STORAGE must be one of {', '.join(STORAGE_MODES)}, got {self.storage!r}")
         if not 0 < self.max_annotator_share <= 1:
             raise ValueError(f"POCLIP_MAX_ANNOTATOR_SHARE must be in (0, 1], got {self.max_annotator_share!r}")
-        if self.min_gold_seen < 0 or self.proxy_hops < 0:
-            raise ValueError("POCLIP_MIN_GOLD_SEEN and POCLIP_PROXY_HOPS must be 0 or more")
+        if self.min_gold_seen < 0 or self.proxy_hops < 0 or self.replay_pairs < 0:
+            raise ValueError("POCLIP_MIN_GOLD_SEEN, POCLIP_PROXY_HOPS and POCLIP_REPLAY_PAIRS must be 0 or more")
         if not self.decode_budget_mp > 0 or not self.decode_wait_s >= 0:
             raise ValueError("POCLIP_DECODE_BUDGET_MP must be positive and POCLIP_DECODE_WAIT_S 0 or more")
 
@@ -182,5 +186,6 @@ class Settings:
             space_id=env.get("SPACE_ID", ""),
             seed_items=int(env.get("POCLIP_SEED_ITEMS", defaults.seed_items)),
             augment_attacks=int(env.get("POCLIP_AUGMENT", defaults.augment_attacks)),
+            replay_pairs=int(env.get("POCLIP_REPLAY_PAIRS", defaults.replay_pairs)),
             starter_head=env.get("POCLIP_STARTER_HEAD", "1").strip().lower() not in ("0", "false", "off", "no"),
         )

@@ -144,3 +144,32 @@ def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_defaul
             assert service.trainer.head == expected
         finally:
             service.close()
+
+
+def test_replay_keeps_a_retrain_to_the_steps_of_its_larger_part():
+    from poclip.app.worker import replay_epochs
+
+    assert replay_epochs(8, 1000, 1000) == 4  # the measured setting: 200 labels with the augmentation
+    assert replay_epochs(8, 60, 200) == 6
+    assert replay_epochs(8, 5000, 1000) == 7
+    assert replay_epochs(8, 100, 0) == 8 and replay_epochs(8, 0, 1000) == 8
+
+
+def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled, seed_items=30, replay_pairs=200)
+    try:
+        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        judged = len(svc.repo.training_pairs(None).pairs)  # the 12 judged items and the gold ones among the 30
+        svc.trainer.request()
+        run = svc.trainer.run_pending()
+        assert run.status == "succeeded", run.error
+        m = run.metrics
+        # Each typographic judgment gives 4 augmented pairs more; 200 replayed pairs and 200 clean pictures.
+        assert (m["crowd_pairs"], m["replay_pairs"], m["pairs"]) == (5 * judged, 200, 5 * judged + 200)
+        assert m["clean"] == 300  # the judged pictures + 200 replayed, topped up to 300
+        assert m["epochs"] == round(8 * 200 / (5 * judged + 200))
+    finally:
+        svc.close()
+    with pytest.raises(ValueError, match="POCLIP_REPLAY_PAIRS"):
+        make_service(tmp_path / "bad", bundled, replay_pairs=-1)
