@@ -9,6 +9,13 @@ then refine it (the trainer continues from the live head). Rebuild it with::
 which trains the default head and recipe (:class:`~poclip.engine.train.TrainConfig`) on :data:`PAIRS`
 synthetic pairs and :data:`CLEAN` clean pictures (seed 0) and stores its tensors in float16 (half the
 size; the metadata's figures are measured on the stored weights). The recipe is in the file's metadata.
+
+It trains on 8,000 pairs, not the 1,000 of a crowd retrain, because data is what the recipe was short of:
+measured on 1,000 held-out pictures, the same head and recipe give paper-style typographic accuracy 0.904 on
+1,000 pairs, 0.916 on 2,000, 0.954 on 4,000 and 0.976 on 8,000, and the six example pictures with every wrong
+word written on them go from 50 to 54 of 54. Building it took 22 minutes (16 of them training) and 12 GB of
+memory on a busy 2-core machine (the trunk activations of 32,000 pictures are held for training); it is built
+once and shipped.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from poclip.settings import ASSETS_DIR
 log = logging.getLogger(__name__)
 
 STARTER_HEAD = ASSETS_DIR / "heads" / "starter.safetensors"
-PAIRS, CLEAN, SEED = 2000, 1000, 0
+PAIRS, CLEAN, SEED = 8000, 8000, 0
 
 
 def load_starter(encoder: ClipEncoder, path: Path = STARTER_HEAD) -> Policy | None:
