@@ -1,6 +1,7 @@
 """Helpers shared by the app tests (imported by test modules; pytest puts tests/ on sys.path)."""
 
 import socket
+import threading
 from pathlib import Path
 
 from poclip.app.identity import SECRET_FILE
@@ -55,3 +56,19 @@ def truth_by_attack(n: int) -> dict[str, str]:
         scene, attack = annotation_item(i)
         truth[attack.to_json()] = scene.shape
     return truth
+
+
+def all_at_once(ask, n: int) -> dict:
+    """``ask(k)`` for k < n from n threads released together; their results by k."""
+    start, results = threading.Barrier(n), {}
+
+    def run(k: int) -> None:
+        start.wait()
+        results[k] = ask(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    return results

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from apphelpers import make_service
+from apphelpers import all_at_once, make_service
 
 from poclip.app.batching import ImageBatcher
 from poclip.world import synth
@@ -62,22 +62,6 @@ def test_a_failed_pass_fails_its_callers_only():
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.encode(torch.ones(3, 2, 2))
-
-
-def all_at_once(ask, n: int) -> dict:
-    """``ask(k)`` for k < n from n threads released together; their results by k."""
-    start, results = threading.Barrier(n), {}
-
-    def run(k: int) -> None:
-        start.wait()
-        results[k] = ask(k)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    return results
 
 
 def test_batched_predictions_equal_one_at_a_time(tmp_path, bundled):

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from apphelpers import all_at_once
 
 from poclip.engine.policy import HeadError, Policy, load_head, read_head_metadata, save_head, strength_matrix
 from poclip.world import synth
@@ -129,8 +130,6 @@ def test_tower_heads_train_only_their_part_and_start_at_the_base(tiny, head):
 
 def test_strength_copies_are_bounded_and_shared_by_concurrent_requests(tiny):
     # Visitors drag the slider through many values: the policy keeps the most recent few copies, not one per value.
-    import threading
-
     from poclip.engine.policy import STRENGTH_CACHE
 
     policy = Policy(tiny, "last_blocks:1")
@@ -138,21 +137,14 @@ def test_strength_copies_are_bounded_and_shared_by_concurrent_requests(tiny):
         for p in policy.trainable_parameters():
             p.add_(0.01)
     ts = [round(0.1 * k, 1) for k in range(-10, 10) if k != 10]
-    errors = []
 
     def slide(offset):
-        try:
-            for t in ts[offset:] + ts[:offset]:
-                policy.at_strength(t)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for t in ts[offset:] + ts[:offset]:
+            policy.at_strength(t)
+        return True
 
-    threads = [threading.Thread(target=slide, args=(k,)) for k in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors and len(policy._strength_cache) == STRENGTH_CACHE
+    finished = all_at_once(slide, 4)  # a thread that raised leaves no result
+    assert finished == {k: True for k in range(4)} and len(policy._strength_cache) == STRENGTH_CACHE
     again = policy.at_strength(ts[-1])
     assert again is policy.at_strength(ts[-1])  # a recent value is served from the cache
     fresh = policy.with_strength(ts[-1])
