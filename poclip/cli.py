@@ -169,10 +169,12 @@ def _disentangle(args: argparse.Namespace) -> dict:
 
 def _starter(args: argparse.Namespace) -> dict:
     from poclip.engine.models import load_model
-    from poclip.engine.starter import build_starter
+    from poclip.engine.starter import CLEAN, PAIRS, SEED, build_starter
 
     encoder = load_model(args.model)
-    result = build_starter(encoder, args.out, args.pairs, args.clean, args.seed, args.cache_dir)
+    result = build_starter(encoder, args.out, PAIRS if args.pairs is None else args.pairs,
+                           CLEAN if args.clean is None else args.clean, SEED if args.seed is None else args.seed,
+                           args.cache_dir)
     return {"model": encoder.spec, **result}
 
 
@@ -322,10 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("starter", help="train the starter head a fresh app serves (default head and recipe)")
     p.add_argument("--model", default="bundled")
     p.add_argument("--out", default="assets/heads/starter.safetensors")
-    # The shipped head's figures (poclip.engine.starter.PAIRS, CLEAN, SEED; not imported here, it loads torch)
-    p.add_argument("--pairs", type=int, default=8000)
-    p.add_argument("--clean", type=int, default=8000)
-    p.add_argument("--seed", type=int, default=0)
+    # Unset: the shipped head's own (poclip.engine.starter.PAIRS, CLEAN, SEED: 8,000, 8,000, 0).
+    p.add_argument("--pairs", type=int, default=None)
+    p.add_argument("--clean", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=_starter)
 

@@ -92,3 +92,22 @@ def test_disentangle_prints_the_sweep_and_the_neutral_point(capsys, tmp_path):
     assert zero["attribute_accuracy"] == result["base"]["attribute_accuracy"]
     assert 0.0 <= result["neutral"]["t"] <= 1.0 and plot.is_file()
     assert set(result["checks"]) >= {"neutral_t", "reversed_attribute_accuracy_at_1", "max_shape_drop_on_0_1"}
+
+
+def test_starter_builds_a_loadable_head_and_the_shipped_one_matches_the_defaults(capsys, tmp_path, bundled):
+    from poclip.engine.policy import load_head, read_head_metadata
+    from poclip.engine.starter import CLEAN, PAIRS, SEED, STARTER_HEAD
+
+    out = tmp_path / "starter.safetensors"
+    code, result, err = run_main(capsys, "starter", "--pairs", "40", "--clean", "40", "--out", str(out))
+    assert code == 0, err
+    assert (result["pairs"], result["clean"], result["out"]) == (40, 40, str(out))
+    assert 0 <= result["eval"]["typographic_accuracy"] <= 1 and result["eval"]["n"] == 1000
+    meta = read_head_metadata(out)
+    assert (meta["n_pairs"], meta["n_clean"], meta["dtype"]) == ("40", "40", "float16")
+    assert load_head(out, bundled).head == result["head"]
+    # `python -m poclip starter` with no numbers rebuilds the shipped head: its metadata names the same data.
+    shipped = read_head_metadata(STARTER_HEAD)
+    assert (int(shipped["n_pairs"]), int(shipped["n_clean"]), shipped["command"]) == (
+        PAIRS, CLEAN, "python -m poclip starter --out assets/heads/starter.safetensors")
+    assert json.loads(shipped["config"])["seed"] == SEED
