@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from poclip.errors import UserError
 
-class AnnotationDBError(Exception):
+
+class AnnotationDBError(UserError):
     """Base class of every error raised on purpose by :mod:`annotation_db`."""
 
 

@@ -346,14 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
-    from poclip.engine.models import ModelUnavailable
-    from poclip.engine.policy import HeadError
-    from poclip.engine.train import TrainingDataError
-    from poclip.world.attacks import AttackError
+    from poclip.errors import UserError
 
     try:
         result = args.func(args)
-    except (ModelUnavailable, HeadError, TrainingDataError, AttackError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=None))

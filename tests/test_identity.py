@@ -8,7 +8,7 @@ from apphelpers import make_service
 
 from annotation_db.catalog import pseudonym_for
 from poclip.app.identity import Identity, IdentityError, check_display_name, server_secret
-from poclip.app.service import UserError
+from poclip.errors import UserError
 from poclip.world import synth
 from poclip.world.attacks import TextAttack
 

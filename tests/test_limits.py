@@ -13,7 +13,7 @@ from PIL import Image
 
 from poclip.app.identity import server_secret
 from poclip.app.limits import ClientLimits, Rate, RateLimiter, RequestOrigin, client_address, request_origin
-from poclip.app.service import UserError
+from poclip.errors import UserError
 from poclip.world import images, synth
 from poclip.world.attacks import TextAttack
 from poclip.world.decode_budget import DECODE_BUDGET, DecodeBudget, ServerBusy

@@ -7,8 +7,9 @@ import torch
 from apphelpers import ADMIN_TOKEN, ONE_PERSON, ONE_PERSON_ENV, footprint, make_service, truth_by_attack
 
 from annotation_db import ValidationError
-from poclip.app.service import AdminRequired, AppService, UserError
+from poclip.app.service import AdminRequired, AppService
 from poclip.app.worker import gate
+from poclip.errors import UserError
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack
 

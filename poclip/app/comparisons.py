@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from poclip.errors import UserError
 from poclip.world.attacks import TextAttack
 
 SIDES = ("base", "aligned")
@@ -26,7 +27,7 @@ SOURCES = ("upload", "synthetic", "example")
 EXPIRED_MESSAGE = "This comparison has expired (or the server restarted): press Predict again, then vote."
 
 
-class ComparisonExpired(ValueError):
+class ComparisonExpired(UserError):
     """The id names no comparison this server still holds; the person should predict again."""
 
 

@@ -20,6 +20,8 @@ import secrets
 import unicodedata
 from pathlib import Path
 
+from poclip.errors import UserError
+
 ANON_PREFIX = "anon-"
 HF_PREFIX = "hf:"
 RESERVED = frozenset({"poclip-gold", "poclip-synthetic", "poclip", "admin", "administrator", "root", "system",
@@ -31,7 +33,7 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 SECRET_FILE = "server-secret.key"
 
 
-class IdentityError(ValueError):
+class IdentityError(UserError):
     """An identity or name that may not be used; the message says why."""
 
 

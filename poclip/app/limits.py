@@ -30,10 +30,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from poclip.errors import UserError
+
 MAX_CLIENTS = 100_000  # per limit: about 10 MB of state at most
 
 
-class ClientLimited(ValueError):
+class ClientLimited(UserError):
     """One address sent more than its share; the message says what and for how long to wait."""
 
 

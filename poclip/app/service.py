@@ -41,6 +41,7 @@ from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.engine.models import ClipEncoder, load_model
 from poclip.engine.policy import check_head, trunk_inputs
 from poclip.engine.starter import load_starter
+from poclip.errors import UserError
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack, random_attack, render
@@ -57,10 +58,6 @@ SYNTH_LABEL_SET = "Synthetic shapes"
 GOLD_SHARE = 0.1
 GOLD_HANDLE = "poclip-gold"  # the pseudo-annotator that holds gold answers; not a person
 VERDICTS = ("left", "right", "both", "neither")
-
-
-class UserError(ValueError):
-    """Something the person can fix; the message says what."""
 
 
 class AdminRequired(UserError):

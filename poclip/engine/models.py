@@ -24,6 +24,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR, PACKAGE_DIR, Settings
 from poclip.world.synth import DEFAULT_TEMPLATE
 
@@ -38,7 +39,7 @@ _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 open_clip.add_model_config(PACKAGE_DIR / "model_configs")
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserError):
     """A model spec that cannot be loaded here; the message says what to do instead."""
 
 

@@ -40,6 +40,7 @@ from safetensors.torch import save
 
 from poclip.engine import tower
 from poclip.engine.models import ClipEncoder
+from poclip.errors import UserError
 from poclip.world.synth import DEFAULT_TEMPLATE
 
 HEAD_FORMAT = "poclip-head/1"
@@ -47,7 +48,7 @@ _MIN_SINGULAR = 1e-6  # S^t with t < 0 needs S > 0; a collapsed direction is tre
 STRENGTH_CACHE = 8  # strength copies a policy keeps (see Policy._strength_cached)
 
 
-class HeadError(ValueError):
+class HeadError(UserError):
     """A head spec or checkpoint that cannot be used; the message says why."""
 
 

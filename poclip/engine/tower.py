@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from poclip.errors import UserError
 
-class TowerError(ValueError):
+
+class TowerError(UserError):
     """An image tower or cut this module cannot split; the message says why."""
 
 

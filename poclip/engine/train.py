@@ -45,6 +45,7 @@ from poclip.engine.losses import (
 )
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, parse_head, save_head
+from poclip.errors import UserError
 from poclip.world import synth
 from poclip.world.attacks import TextAttack
 from poclip.world.styles import STYLE_WEIGHTS, sample_style, styled_attack
@@ -72,7 +73,7 @@ DEFAULT_RECIPE = "invariant"
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError):
     """Preference data that cannot be trained on; the message says which item and why."""
 
 

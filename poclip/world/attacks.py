@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR
 
 FONT_DIR = ASSETS_DIR / "fonts"
@@ -55,7 +56,7 @@ _AUTO_FIT_WIDTH = 0.9  # auto-fit fills at most this share of the image width
 _MIN_FONT_PX = 4
 
 
-class AttackError(ValueError):
+class AttackError(UserError):
     """A text attack that cannot be rendered as asked; the message says what to change."""
 
 

@@ -17,11 +17,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from poclip.errors import UserError
+
 DEFAULT_MEGAPIXELS = 100.0
 DEFAULT_WAIT_S = 10.0
 
 
-class ServerBusy(RuntimeError):
+class ServerBusy(UserError):
     """The server is decoding as many pictures as it may hold right now; the message asks to retry."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from poclip.errors import UserError
 from poclip.world.decode_budget import DECODE_BUDGET, DecodeBudget
 
 MAX_SIDE = 1024  # larger uploads are downscaled; CLIP sees 224 px or less anyway
@@ -26,7 +27,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 Image.init()  # register every plugin, so each name in FORMATS is known when the first upload arrives
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An upload that is not a usable picture; the message is meant for the user."""
 
 

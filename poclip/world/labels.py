@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from poclip.errors import UserError
 from poclip.world.synth import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported: the template is defined once
 from poclip.world.synth import SHAPES
 
@@ -19,7 +20,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class LabelSetError(ValueError):
+class LabelSetError(UserError):
     """A label set the user typed that cannot be used; the message says why."""
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from poclip.app.display import display_file
-from poclip.app.service import AppService, Item, UserError
+from poclip.app.service import AppService, Item
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.identity import annotator_handle
+from poclip.errors import UserError
 from poclip.world.photos import CREDIT, is_photo_label_set
 
 # Room for the largest label set of the real photos (25 labels); a larger custom set shows its first 32.

@@ -14,20 +14,12 @@ import logging
 import gradio as gr
 from gradio.context import LocalContext
 
-from annotation_db import AnnotationDBError
-from poclip.app.comparisons import ComparisonExpired
 from poclip.app.limits import RequestOrigin, request_origin
-from poclip.app.service import UserError
-from poclip.engine.policy import HeadError
-from poclip.world.attacks import AttackError
-from poclip.world.decode_budget import ServerBusy
-from poclip.world.images import ImageError
-from poclip.world.labels import LabelSetError
+from poclip.errors import UserError
 
 log = logging.getLogger("poclip.app.ui")
 
-USER_ERRORS = (AttackError, ImageError, LabelSetError, UserError, AnnotationDBError, HeadError, ComparisonExpired,
-               ServerBusy)
+USER_ERRORS = (UserError,)
 
 
 def message_of(exc: BaseException) -> str:

@@ -18,9 +18,10 @@ from PIL import Image
 
 from poclip.app.comparisons import Comparison
 from poclip.app.display import display_file
-from poclip.app.service import AppService, UserError
+from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, USER_ERRORS, refused, user_errors
 from poclip.app.ui.identity import annotator_handle
+from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR
 from poclip.world import photos, synth
 from poclip.world.attacks import ATTACK_COLOURS, FONTS, TextAttack, random_attack, render, to_hex

@@ -7,7 +7,8 @@ import secrets
 
 import gradio as gr
 
-from poclip.app.service import AppService, UserError
+from poclip.app.service import AppService
+from poclip.errors import UserError
 
 
 def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from poclip.app.service import AppService, UserError
+from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
 from poclip.app.ui.identity import hf_orgs
 from poclip.engine.losses import PREFERENCE_LOSSES
+from poclip.errors import UserError
 
 EVAL_KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
 VERSION_COLUMNS = ["id", "status", "loss", "parent", "created", "typographic acc", "clean acc", "pairs", "reason"]
