@@ -13,6 +13,7 @@ are in :mod:`annotation_db.export` (not imported here: ``datasets`` takes a seco
 """
 
 from annotation_db.agreement import krippendorff_alpha_nominal
+from annotation_db.annotators import AnnotatorInfo
 from annotation_db.backup import (
     list_snapshots,
     restore_if_missing,
@@ -20,7 +21,7 @@ from annotation_db.backup import (
     snapshot_sqlite,
     take_snapshot,
 )
-from annotation_db.catalog import DEFAULT_TEMPLATE, AnnotatorInfo, ImageInfo, LabelSetInfo, SampleInfo
+from annotation_db.catalog import DEFAULT_TEMPLATE, LabelSetInfo, SampleInfo
 from annotation_db.engine import Database, DatabaseConfig, Location, StoreLocation, create_db_engine
 from annotation_db.errors import (
     AnnotationDBError,
@@ -36,6 +37,7 @@ from annotation_db.errors import (
     StorageError,
     ValidationError,
 )
+from annotation_db.images import ImageInfo
 from annotation_db.judgments import JudgmentInfo
 from annotation_db.migrations import upgrade_schema
 from annotation_db.pairs import PairBatch, TrainingPair

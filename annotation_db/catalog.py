@@ -1,45 +1,33 @@
-"""Annotators, images, label sets and samples: what judgments are about and who makes them."""
+"""Label sets and samples: what judgments are about (annotators and images have their own modules)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import io
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 from sqlalchemy import exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotation_db.annotators import AnnotatorsMixin
 from annotation_db.counters import bump
 from annotation_db.errors import NotFoundError, ValidationError
+from annotation_db.images import ImagesMixin
 from annotation_db.models import (
-    HANDLE_MAX,
-    HF_USERNAME_MAX,
     LABEL_MAX,
     LABEL_SET_NAME_MAX,
     TEMPLATE_MAX,
-    Annotator,
     Image,
-    ImageSource,
     Judgment,
     JudgmentKind,
     LabelSet,
     Sample,
 )
-from annotation_db.store import StoreBase
 from annotation_db.validation import (
-    check_choice,
     check_id,
     check_json_object,
     check_labels,
-    check_optional_text,
     check_sha256,
     check_template,
     check_text,
@@ -48,44 +36,6 @@ from annotation_db.validation import (
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 MAX_ATTACK_BYTES = 16 * 1024
-
-
-def pseudonym_for(handle: str, secret: str = "") -> str:
-    """The stable pseudonym exported instead of a handle: 32 hex digits of HMAC-SHA256(secret, handle).
-
-    With the deployment's secret (``RepositoryConfig.pseudonym_secret``) nobody can test a guessed handle
-    against a published pseudonym; without one (tests, old rows) a fixed public salt is used.
-    """
-    if secret:
-        return hmac.new(secret.encode(), b"poclip-annotator\0" + handle.encode(), hashlib.sha256).hexdigest()[:32]
-    return hashlib.sha256(b"poclip-annotator\0" + handle.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class AnnotatorInfo:
-    id: int
-    handle: str
-    hf_username: str | None
-    pseudonym: str
-    trust: float
-    gold_seen: int
-    gold_correct: int
-
-    @classmethod
-    def of(cls, row: Annotator) -> AnnotatorInfo:
-        return cls(
-            row.id, row.handle, row.hf_username, row.pseudonym, row.trust, row.gold_seen, row.gold_correct
-        )
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    sha256: str
-    path: Path  # absolute
-    width: int
-    height: int
-    n_bytes: int
-    source: str
 
 
 @dataclass(frozen=True)
@@ -122,182 +72,8 @@ def _is_gold(sample_id: Any) -> Any:
     )
 
 
-class CatalogMixin(StoreBase):
-    """Annotators, images, label sets and samples."""
-
-    # -- annotators -------------------------------------------------------------------------------------
-
-    def ensure_annotator(
-        self, handle: str, hf_username: str | None = None, *, pseudonym: str | None = None
-    ) -> AnnotatorInfo:
-        """Return the annotator with ``handle``, creating it on first sight. Idempotent and race-safe.
-
-        Args:
-            handle: the name the app knows the person by (1..64 characters, stored verbatim).
-            hf_username: their Hugging Face username when they logged in with it; updated when it changes.
-            pseudonym: only for imports: reuse the pseudonym of an exported dataset instead of deriving one.
-        """
-        handle = check_text(handle, "handle", HANDLE_MAX)
-        hf_username = check_optional_text(hf_username, "Hugging Face username", HF_USERNAME_MAX)
-        if pseudonym is not None:
-            pseudonym = check_text(pseudonym, "pseudonym", 32)
-        for attempt in range(2):
-            try:
-                with self.db.writing() as s:
-                    row = s.scalar(select(Annotator).where(Annotator.handle == handle))
-                    if row is None and pseudonym is not None:
-                        row = s.scalar(select(Annotator).where(Annotator.pseudonym == pseudonym))
-                    if row is None:
-                        row = Annotator(
-                            handle=handle,
-                            hf_username=hf_username,
-                            pseudonym=pseudonym or pseudonym_for(handle, self.config.pseudonym_secret),
-                            trust=self._prior_trust(),
-                            gold_seen=0,
-                            gold_correct=0,
-                            created_at=self.now(),
-                        )
-                        s.add(row)
-                        s.flush()
-                        bump(s, annotators=1)
-                    elif hf_username is not None and row.hf_username != hf_username:
-                        row.hf_username = hf_username
-                    return AnnotatorInfo.of(row)
-            except IntegrityError:
-                # Another replica created the same handle between our select and insert: read theirs.
-                if attempt == 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    def get_annotator(self, handle: str) -> AnnotatorInfo:
-        """The annotator with ``handle``; :class:`NotFoundError` if there is none."""
-        handle = check_text(handle, "handle", HANDLE_MAX)
-        with self.db.reading() as s:
-            return AnnotatorInfo.of(self._annotator(s, handle))
-
-    def _annotator(self, s: Session, handle: str) -> Annotator:
-        row = s.scalar(select(Annotator).where(Annotator.handle == handle))
-        if row is None:
-            raise NotFoundError(f"unknown annotator {handle!r}: sign in first")
-        return row
-
-    def _prior_trust(self) -> float:
-        return self.config.trust_prior_correct / self.config.trust_prior_seen
-
-    # -- images -----------------------------------------------------------------------------------------
-
-    def store_image(
-        self, image: bytes | PIL.Image.Image, source: str = "upload", uploader: str | None = None
-    ) -> ImageInfo:
-        """Store a normalised PNG once, by content hash, and record it.
-
-        The file goes to ``data_dir/images/<first two hex>/<sha256>.png`` through a temporary file and a
-        rename, so a crash never leaves a truncated image behind; the row is inserted only after the file
-        is in place, and storing the same bytes again returns the existing row.
-
-        Args:
-            image: PNG bytes (already normalised by the caller), or a PIL image that is encoded to PNG here.
-            source: ``upload``, ``synthetic`` or ``example``.
-            uploader: handle of the annotator who uploaded it, if any.
-        Returns:
-            The stored image; ``sha256`` is its identity everywhere else in the API.
-        """
-        data = self._png_bytes(image)
-        source_value = check_choice(source, ImageSource, "image source")
-        uploader = check_optional_text(uploader, "uploader", HANDLE_MAX)
-        width, height = self._probe_png(data)
-
-        uploader_id = None
-        if uploader is not None:
-            with self.db.reading() as s:
-                uploader_id = self._annotator(s, uploader).id
-
-        sha = hashlib.sha256(data).hexdigest()
-        relative = Path("images") / sha[:2] / f"{sha}.png"
-        self._write_atomically(self.data_dir / relative, data)
-
-        values = dict(
-            sha256=sha,
-            path=relative.as_posix(),
-            width=width,
-            height=height,
-            n_bytes=len(data),
-            source=source_value,
-            uploader_id=uploader_id,
-            created_at=self.now(),
-        )
-        with self.db.writing() as s:
-            insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-            added = s.scalar(
-                insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.sha256)
-            )
-            if added is not None:  # RETURNING, not rowcount: drivers disagree on rowcount for upserts
-                bump(s, images=1)
-            row = s.get_one(Image, sha)
-            return self._image_info(row)
-
-    @staticmethod
-    def _probe_png(data: bytes) -> tuple[int, int]:
-        """(width, height) of PNG bytes; ValidationError when they are not a readable PNG."""
-        try:
-            with PIL.Image.open(io.BytesIO(data)) as probe:
-                if probe.format != "PNG":
-                    raise ValidationError(f"image must be PNG bytes, got {probe.format}")
-                width, height = probe.size
-                probe.verify()
-        except ValidationError:
-            raise
-        except Exception as exc:  # PIL raises many types for corrupt data; all mean the same to the user
-            raise ValidationError(f"not a readable PNG image: {exc}") from exc
-        return width, height
-
-    def get_image(self, sha256: str) -> ImageInfo:
-        """The stored image with this hash; :class:`NotFoundError` if unknown."""
-        sha256 = check_sha256(sha256)
-        with self.db.reading() as s:
-            row = s.get(Image, sha256)
-            if row is None:
-                raise NotFoundError(f"unknown image {sha256[:12]}...")
-            return self._image_info(row)
-
-    def _image_info(self, row: Image) -> ImageInfo:
-        return ImageInfo(
-            row.sha256, self.data_dir / row.path, row.width, row.height, row.n_bytes, row.source.value
-        )
-
-    def _png_bytes(self, image: Any) -> bytes:
-        if isinstance(image, PIL.Image.Image):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue()
-        if isinstance(image, bytearray | memoryview):
-            image = bytes(image)
-        if not isinstance(image, bytes):
-            raise ValidationError(f"image must be PNG bytes or a PIL image, got {type(image).__name__}")
-        if not image:
-            raise ValidationError("image is empty")
-        if len(image) > self.config.max_image_bytes:
-            raise ValidationError(
-                f"image is too large: {len(image):,} bytes, at most {self.config.max_image_bytes:,}"
-            )
-        return image
-
-    @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> bool:
-        """Write ``data`` to ``path`` through a temporary file and a rename; False when it was already there."""
-        if path.exists() and path.stat().st_size == len(data):
-            return False  # content-addressed: same name, same bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return True
+class CatalogMixin(AnnotatorsMixin, ImagesMixin):
+    """Label sets and samples, over annotators and images."""
 
     # -- label sets -------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Recording judgments, undoing them, and choosing what an annotator sees next."""
+"""Recording judgments and undoing them (what an annotator sees next: :mod:`annotation_db.serving`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Float, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from annotation_db.catalog import MAX_ATTACK_BYTES, CatalogMixin, SampleInfo, pseudonym_for
+from annotation_db.annotators import pseudonym_for
+from annotation_db.catalog import MAX_ATTACK_BYTES, CatalogMixin, SampleInfo
 from annotation_db.counters import bump
 from annotation_db.errors import DuplicateJudgmentError, NotFoundError, RateLimitedError, ValidationError
 from annotation_db.models import (
@@ -30,6 +31,7 @@ from annotation_db.models import (
     Sample,
     ServedItem,
 )
+from annotation_db.trust import move_trust
 from annotation_db.validation import (
     check_choice,
     check_id,
@@ -75,36 +77,8 @@ _OTHER_GOLD = select(Judgment.id).where(
     Judgment.undone_at.is_(None),
     Judgment.annotator_id != bindparam("annotator_id"),
 )
-_GOLD_CHOSEN = select(Judgment.chosen).where(
-    Judgment.sample_id == bindparam("sample_id"),
-    Judgment.kind == JudgmentKind.GOLD,
-    Judgment.undone_at.is_(None),
-)
-_HUMANS_ON = (
-    select(Judgment.annotator_id, Judgment.chosen)
-    .where(
-        Judgment.sample_id == bindparam("sample_id"),
-        Judgment.kind == JudgmentKind.HUMAN,
-        Judgment.undone_at.is_(None),
-    )
-    .order_by(Judgment.annotator_id)  # ascending: the lock order of annotator rows
-)
 _SERVED = select(ServedItem.sample_id).where(
     ServedItem.annotator_id == bindparam("annotator_id"), ServedItem.sample_id == bindparam("sample_id")
-)
-# trust = (correct + prior_correct) / (seen + prior_seen), moved by one gold answer; SET reads the old values.
-_TRUST = (
-    update(Annotator)
-    .where(Annotator.id == bindparam("annotator_id"))
-    .values(
-        gold_seen=Annotator.gold_seen + bindparam("d_seen"),
-        gold_correct=Annotator.gold_correct + bindparam("d_correct"),
-        trust=(Annotator.gold_correct + bindparam("d_correct") + bindparam("prior_c", type_=Float))
-        / (Annotator.gold_seen + bindparam("d_seen") + bindparam("prior_n", type_=Float)),
-    )
-)
-_VOTES = (
-    update(Sample).where(Sample.id == bindparam("sample_id")).values(votes=Sample.votes + bindparam("delta"))
 )
 _PREVIOUS = select(Judgment.id, Judgment.undone_at).where(
     Judgment.sample_id == bindparam("sample_id"), Judgment.annotator_id == bindparam("annotator_id")
@@ -140,7 +114,7 @@ def _clear_undone(conn, sample_id: int, annotator_id: int, annotator: str):
 
 
 class JudgmentsMixin(CatalogMixin):
-    """Judgments: record (validated, rate limited), undo, and next sample to show."""
+    """Judgments: record (validated, rate limited) and undo."""
 
     def record_judgment(
         self,
@@ -205,13 +179,8 @@ class JudgmentsMixin(CatalogMixin):
                     if label not in labels:
                         raise ValidationError(f"{role} label {label!r} is not in label set {set_name!r}")
 
-                limit = self.config.rate_limit_count
-                if enforce_rate_limit and kind_value is JudgmentKind.HUMAN and limit is not None:
-                    since = now - timedelta(seconds=self.config.rate_limit_window_s)
-                    if conn.scalar(_RECENT_COUNT, {"annotator_id": annotator_id, "since": since}) >= limit:
-                        raise RateLimitedError(
-                            f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s"
-                        )
+                if enforce_rate_limit and kind_value is JudgmentKind.HUMAN:
+                    self._check_rate_conn(conn, annotator_id, now)
 
                 if kind_value is JudgmentKind.GOLD and conn.scalar(
                     _OTHER_GOLD, {"sample_id": sample_id, "annotator_id": annotator_id}
@@ -239,7 +208,7 @@ class JudgmentsMixin(CatalogMixin):
                         "created_at": created,
                     },
                 )
-                self._move_trust(conn, sample_id, annotator_id, kind_value, chosen, +1)
+                move_trust(conn, self.config, sample_id, annotator_id, kind_value, chosen, +1)
                 bump(conn, judgments=1, undone=-int(previous is not None))  # counters last: the lock order
         except IntegrityError as exc:
             # Only a concurrent duplicate from the same annotator gets past the checks above.
@@ -349,7 +318,7 @@ class JudgmentsMixin(CatalogMixin):
                     {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
                      "kind": JudgmentKind.HUMAN, "shown_left": left, "said_right": verdict, "created_at": now},
                 )
-                self._move_trust(conn, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
+                move_trust(conn, self.config, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
                 bump(conn, annotators=int(new_annotator), images=int(added_image), judgments=1,
                      samples=int(new_sample), undone=-int(previous is not None))
         except BaseException as exc:
@@ -385,28 +354,6 @@ class JudgmentsMixin(CatalogMixin):
         if conn.scalar(_RECENT_COUNT, {"annotator_id": annotator_id, "since": since}) >= limit:
             raise RateLimitedError(f"slow down: at most {limit} judgments per {self.config.rate_limit_window_s:g} s")
 
-    def _move_trust(
-        self, conn: Connection, sample_id: int, annotator_id: int, kind: JudgmentKind, chosen: str, sign: int
-    ) -> None:
-        """The sample's vote count and trust follow the write that changes them, one annotator row at a time
-        (ascending ids).
-
-        A human answer on a gold item (or its undo, ``sign=-1``) moves that annotator's counts; a new gold
-        answer moves the counts of everyone who already answered the item. O(votes on the sample).
-        """
-        prior = {"prior_c": self.config.trust_prior_correct, "prior_n": self.config.trust_prior_seen}
-        if kind is not JudgmentKind.GOLD:  # the sample row, before any annotator row: the lock order
-            conn.execute(_VOTES, {"sample_id": sample_id, "delta": sign})
-        if kind is JudgmentKind.HUMAN:
-            gold = conn.scalar(_GOLD_CHOSEN, {"sample_id": sample_id})
-            if gold is not None:
-                conn.execute(_TRUST, {"annotator_id": annotator_id, "d_seen": sign,
-                                      "d_correct": sign * int(chosen == gold), **prior})
-        elif kind is JudgmentKind.GOLD:
-            for other, their_choice in conn.execute(_HUMANS_ON, {"sample_id": sample_id}).all():
-                conn.execute(_TRUST, {"annotator_id": other, "d_seen": sign,
-                                      "d_correct": sign * int(their_choice == chosen), **prior})
-
     def undo_last_judgment(self, annotator: str) -> JudgmentInfo | None:
         """Undo ``annotator``'s latest human judgment if it is younger than the undo window.
 
@@ -436,66 +383,9 @@ class JudgmentsMixin(CatalogMixin):
             row.undone_at = now
             s.flush()
             conn = s.connection()
-            self._move_trust(conn, row.sample_id, annotator_id, JudgmentKind.HUMAN, row.chosen, -1)
+            move_trust(conn, self.config, row.sample_id, annotator_id, JudgmentKind.HUMAN, row.chosen, -1)
             bump(conn, judgments=-1, undone=1)
             return _info(row, annotator)
-
-    def next_sample(self, annotator: str, *, label_set: str | None = None) -> SampleInfo | None:
-        """Choose the sample ``annotator`` should judge next, or None when they have judged everything.
-
-        Never a sample they already judged. With probability ``gold_rate`` a gold item (one with a gold
-        answer) they have not seen; otherwise a regular item: those with fewer than k = ``target_votes``
-        votes first, and among them the closest to k, so that items reach k votes (and give a pair) instead
-        of all sitting at one vote; then items at or past k, fewest votes first. Ties are broken at random.
-
-        Args:
-            annotator: handle from :meth:`ensure_annotator`.
-            label_set: only samples of this label set, if given.
-        """
-        annotator = check_text(annotator, "annotator", HANDLE_MAX)
-        label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
-        want_gold = self._rng.random() < self.config.gold_rate
-        k = self.config.target_votes
-        with self.db.reading() as s:
-            annotator_id = self._annotator(s, annotator).id
-            gold_ids = select(Judgment.sample_id).where(
-                Judgment.kind == JudgmentKind.GOLD, Judgment.undone_at.is_(None)
-            )
-            mine = select(Judgment.sample_id).where(
-                Judgment.annotator_id == annotator_id, Judgment.undone_at.is_(None)
-            )
-            # The vote count is kept on the sample row: O(samples), not O(judgments).
-            n = Sample.votes
-            base = select(Sample.id).where(Sample.id.not_in(mine))
-            if label_set is not None:
-                base = base.join(LabelSet, LabelSet.id == Sample.label_set_id).where(
-                    LabelSet.name == label_set
-                )
-            regular = base.where(Sample.id.not_in(gold_ids)).order_by(
-                case((n < k, 0), else_=1),
-                case((n < k, -n), else_=n),
-                func.random(),
-            )
-            gold = base.where(Sample.id.in_(gold_ids)).order_by(func.random())
-            for query in (gold, regular) if want_gold else (regular, gold):
-                sample_id = s.scalar(query.limit(1))
-                if sample_id is not None:
-                    info = self._sample_info(s, sample_id)
-                    break
-            else:
-                return None
-        self._mark_served(annotator_id, sample_id)
-        return info
-
-    def _mark_served(self, annotator_id: int, sample_id: int) -> None:
-        # Its own short write after the read: the choice above never holds the write lock.
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        with self.db.write_connection() as conn:
-            conn.execute(
-                dialect_insert(ServedItem)
-                .values(annotator_id=annotator_id, sample_id=sample_id, served_at=self.now())
-                .on_conflict_do_nothing(index_elements=["annotator_id", "sample_id"])
-            )
 
     def judgments_of(self, annotator: str, *, include_undone: bool = False) -> list[JudgmentInfo]:
         """All judgments of one annotator, oldest first (for their history page and for tests)."""

@@ -11,21 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from annotation_db.models import Image, ModelVersion
-
-if TYPE_CHECKING:
-    from annotation_db.repository import Repository
+from annotation_db.store import StoreBase
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_AGE_S = 3600.0  # far longer than any write takes, so a replica mid-write is never swept
 
 
-def orphan_files(repo: Repository, min_age_s: float = DEFAULT_MIN_AGE_S, now: float | None = None) -> list[Path]:
+def orphan_files(repo: StoreBase, min_age_s: float = DEFAULT_MIN_AGE_S, now: float | None = None) -> list[Path]:
     """Image and head files (and leftover temporary files) under the data dir that no row names.
 
     Only files last modified at least ``min_age_s`` seconds ago are listed. A maintenance pass, not a request:
@@ -49,7 +46,7 @@ def orphan_files(repo: Repository, min_age_s: float = DEFAULT_MIN_AGE_S, now: fl
     return sorted(out)
 
 
-def sweep_orphan_files(repo: Repository, min_age_s: float = DEFAULT_MIN_AGE_S, now: float | None = None
+def sweep_orphan_files(repo: StoreBase, min_age_s: float = DEFAULT_MIN_AGE_S, now: float | None = None
                        ) -> list[Path]:
     """Delete :func:`orphan_files`; returns what was deleted."""
     removed = []

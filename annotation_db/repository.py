@@ -7,18 +7,20 @@ from annotation_db.engine import Database, DatabaseConfig, StoreLocation, create
 from annotation_db.migrations import upgrade_schema
 from annotation_db.orphans import sweep_orphan_files
 from annotation_db.runs import RunsMixin
+from annotation_db.serving import ServingMixin
 from annotation_db.stats import StatsMixin
 from annotation_db.store import RepositoryConfig
 from annotation_db.versions import VersionsMixin
 
 
-class Repository(StatsMixin, RunsMixin, VersionsMixin):
+class Repository(StatsMixin, ServingMixin, RunsMixin, VersionsMixin):
     """Annotators, images, label sets, samples, judgments, pairs, stats, training runs and model versions.
 
     Every method is one short unit of work with its own session, so one instance is shared by all of
     Gradio's worker threads. Methods return plain frozen dataclasses, never ORM objects, and raise
     :class:`annotation_db.ValidationError` (with a message for people) for input a user can get wrong.
-    Method groups live in :mod:`~annotation_db.catalog`, :mod:`~annotation_db.judgments`,
+    Method groups live in :mod:`~annotation_db.annotators`, :mod:`~annotation_db.images`, :mod:`~annotation_db.catalog`,
+    :mod:`~annotation_db.judgments`, :mod:`~annotation_db.serving`,
     :mod:`~annotation_db.pairs`, :mod:`~annotation_db.stats`, :mod:`~annotation_db.runs` and
     :mod:`~annotation_db.versions`.
     """

@@ -68,11 +68,6 @@ class StatsMixin(PairsMixin):
         with self.db.reading() as s:
             return int(s.scalar(select(func.count()).select_from(fresh.subquery())) or 0)
 
-    def max_judgment_id(self) -> int:
-        """The newest judgment's id (0 when there is none): the end of the primary-key index."""
-        with self.db.reading() as s:
-            return int(s.scalar(select(func.max(Judgment.id))) or 0)
-
     def stats(self) -> Stats:
         """Counts, per-annotator figures and agreement between people, for the maintainer's dashboard.
 

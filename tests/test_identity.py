@@ -6,7 +6,7 @@ import random
 import pytest
 from apphelpers import make_service
 
-from annotation_db.catalog import pseudonym_for
+from annotation_db.annotators import pseudonym_for
 from poclip.app.identity import Identity, IdentityError, check_display_name, server_secret
 from poclip.errors import UserError
 from poclip.world import synth

@@ -40,10 +40,6 @@ class BatchStats:
     largest: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
 
-    @property
-    def mean_batch(self) -> float:
-        return self.items / self.batches if self.batches else 0.0
-
 
 class ImageBatcher:
     """Stack concurrent single-picture requests into one forward pass of the image tower.

@@ -94,10 +94,6 @@ def _names(label: str, word: str) -> bool:
     return bool(_words(word)) and _words(word) <= _words(label)
 
 
-def _read_json(round_name: str) -> dict:
-    return json.loads((PHOTOS_DIR / ROUNDS[round_name]).read_text())
-
-
 def _classes(round_name: str, obj: str, published: dict[str, dict]) -> list[str]:
     """The ImageNet classes listed for ``obj``: this round's, else another round's, else our fallback."""
     for name in (round_name, *ROUNDS):
