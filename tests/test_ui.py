@@ -171,7 +171,7 @@ def test_annotate_buttons_answer_and_undo(service):
     shown = next_item_handler(service, handle="kbd", anon_id="")
     assert shown.picture.size == (224, 224) and "**0** labels from you" in shown.counter
     assert shown.labels == list(synth.SHAPES)
-    buttons = shown.outputs()[5:]
+    buttons = shown.outputs()[4:]
     labels = [b["value"] for b in buttons if b.get("visible")]
     assert labels[0].startswith("1  ") and labels[9].startswith("0  ") and len(labels) == 10
     answered = answer_handler(service, sample_id=shown.sample_id, chosen=labels[2], handle="kbd", anon_id="")

@@ -49,26 +49,22 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
     data_message = gr.Markdown()
 
     @user_errors
-    def export(token, oauth_token: gr.OAuthToken | None = None):
+    def on_export(token, oauth_token: gr.OAuthToken | None = None):
         return service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))
 
     @user_errors
-    def push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
+    def on_push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
         return f"Pushed to {service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}."
 
     @user_errors
-    def backup(token, oauth_token: gr.OAuthToken | None = None):
+    def on_backup(token, oauth_token: gr.OAuthToken | None = None):
         return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
 
-    api_token = gr.Textbox("", visible=False, label="admin token")
+    # The token comes from the page's sign-in state; API clients pass theirs to /export, /push_to_hub, /backup.
     private = {"api_visibility": "private", **QUIET}
-    export_btn.click(export, [admin_token], export_file, api_name="export_click", **private)
-    push_btn.click(push, [admin_token, hub_repo], data_message, api_name="push_click", **private)
-    backup_btn.click(backup, [admin_token], data_message, api_name="backup_click", **private)
-    api_export, api_push, api_backup = (gr.Button(visible=False) for _ in range(3))
-    api_export.click(export, [api_token], export_file, api_name="export", **QUIET)
-    api_push.click(push, [api_token, hub_repo], data_message, api_name="push_to_hub", **QUIET)
-    api_backup.click(backup, [api_token], data_message, api_name="backup", **QUIET)
+    export_btn.click(on_export, [admin_token], export_file, **private)
+    push_btn.click(on_push, [admin_token, hub_repo], data_message, **private)
+    backup_btn.click(on_backup, [admin_token], data_message, **private)
 
     def refresh(token, oauth_token: gr.OAuthToken | None = None):
         text, people_, recent_ = data_view(service, token, oauth_token)
