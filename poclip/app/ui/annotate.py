@@ -9,6 +9,7 @@ import gradio as gr
 from poclip.app.display import display_file
 from poclip.app.service import AppService, Item
 from poclip.app.ui.boundary import QUIET, user_errors
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import annotator_handle
 from poclip.errors import UserError
 from poclip.world.photos import CREDIT, is_photo_label_set
@@ -62,11 +63,11 @@ def counter_text(service: AppService, who: str) -> str:
     """The person's own labels, everyone's, and what a training pair is."""
     status = service.status()
     mine = service.labelled_by(who)
-    text = (f"**{mine}** labels from you · **{status['judgments']}** from {status['annotators']} "
-            f"{'person' if status['annotators'] == 1 else 'people'} · **{status['pairs']}** training pairs "
-            "(an item gives a pair once its labels agree)")
+    text = (f"{counted(mine, 'label', bold=True)} from you · **{status['judgments']}** from "
+            f"{counted(status['annotators'], 'person', 'people')} · "
+            f"{counted(status['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)")
     if status["next_retrain_at"] is not None:
-        text += f" · next retrain after **{status['next_retrain_at']}** more new pairs"
+        text += f" · next retrain after {counted(status['next_retrain_at'], 'more new pair', bold=True)}"
     return text
 
 

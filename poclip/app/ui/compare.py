@@ -21,6 +21,7 @@ from poclip.app.comparisons import Comparison
 from poclip.app.display import display_file
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import refused
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import annotator_handle
 from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR
@@ -218,7 +219,7 @@ def vote_handler(service: AppService, comparison_id: str | None, verdict: str, c
     mine = service.labelled_by(who)
     return {**stored, "message": f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*.",
             "left_title": left_title, "right_title": right_title,
-            "counter": f"You have given {mine} label{'s' if mine != 1 else ''}."}
+            "counter": f"You have given {counted(mine, 'label')}."}
 
 
 def random_attack_handler(preset: str, custom: str, seed: int | None = None) -> tuple:

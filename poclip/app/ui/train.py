@@ -8,6 +8,7 @@ import pandas as pd
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import hf_orgs
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.errors import UserError
@@ -23,7 +24,7 @@ def progress_text(service: AppService) -> str:
     if p.phase == "training" and p.total:
         text = f"**Trainer:** training{run}: step {p.step} of {p.total}"
     elif p.phase in ("promoted", "rejected") and p.history:
-        text = f"**Trainer:**{run} {p.phase} after {int(p.history[-1]['step'])} steps"
+        text = f"**Trainer:**{run} {p.phase} after {counted(int(p.history[-1]['step']), 'step')}"
     else:
         text = f"**Trainer:** {p.phase}{run}"
     if p.message:
