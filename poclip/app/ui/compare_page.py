@@ -80,6 +80,17 @@ def out_of_date(comparison_id: str | None) -> tuple:
     return None, *voting(False), (STALE if comparison_id else gr.update())
 
 
+def random_restyle(comparison_id: str | None, preset: str, custom: str) -> tuple:
+    """"Random attack" on the page: new text, style and place for the label set, and the answers on screen out of
+    date in the same response, exactly as a typed change makes them (the change events the new values fire
+    arrive later, and the answers must not stay votable meanwhile).
+
+    Returns:
+        The nine styled controls (text to rotation), then :func:`out_of_date`'s outputs.
+    """
+    return (*random_attack_handler(preset, custom), *out_of_date(comparison_id))
+
+
 def picture_column(examples: list[Example], credit: str, presets: list[str]) -> dict:
     """The left column: where the picture comes from, the text on it, the label set and Predict."""
     c = {"upload": gr.File(label="Upload a picture (PNG, JPEG, WebP, GIF)", file_count="single", type="filepath",
@@ -211,12 +222,6 @@ def staleness_events(view: CompareView) -> None:
         except USER_ERRORS:  # e.g. text still being typed past the limit: Predict will say what is wrong
             return gr.update()
 
-    @user_errors
-    def on_random(record_id, preset, custom):
-        # The new controls and the stale answers in one response: the change events the new values fire
-        # arrive later, and the answers on screen must not stay votable meanwhile.
-        return (*random_attack_handler(preset, custom), *out_of_date(record_id))
-
     changes = [view.picture.change, *(c.change for c in view.controls)]
     gr.on(changes, mark_stale, [view.comparison_id, view.shown, view.picture, *view.controls], stale_out,
           queue=False, api_visibility="private", show_progress="hidden")
@@ -224,8 +229,9 @@ def staleness_events(view: CompareView) -> None:
           api_visibility="private", show_progress="hidden")
     styled = [view.control(name) for name in ("text", "font", "size", "fill", "stroke", "x", "y", "opacity",
                                                "rotation")]
-    view.random_btn.click(on_random, [view.comparison_id, view.control("preset"), view.control("custom")],
-                          [*styled, *stale_out], **PRIVATE)
+    label_set = [view.control("preset"), view.control("custom")]
+    view.random_btn.click(user_errors(random_restyle), [view.comparison_id, *label_set], [*styled, *stale_out],
+                          **PRIVATE)
 
 
 def predict_events(service: AppService, view: CompareView) -> None:
