@@ -119,7 +119,7 @@ def picture_column(examples: list[Example], credit: str, presets: list[str]) -> 
     with gr.Row():
         c["preset"] = gr.Dropdown([*presets, CUSTOM], value=presets[0], label="Label set", elem_id="preset")
         c["custom"] = gr.Textbox(Controls.custom, label="Custom labels (comma-separated)",
-                                 placeholder="dog, cat, car", max_lines=1, elem_id="custom-labels")
+                                 placeholder="dog, cat, car", elem_id="custom-labels")
     with gr.Row():
         c["t"] = gr.Slider(-2, 2, value=Controls.t, step=0.05, label="Alignment strength t (0 = base, 1 = trained)",
                            scale=2)
