@@ -6,7 +6,9 @@ pictures' predictions through /predict flip to the true label.
 """
 
 import random
+import re
 import time
+from contextlib import contextmanager
 
 import pytest
 from apphelpers import ADMIN_TOKEN, ONE_PERSON, free_port, make_service, truth_by_attack
@@ -42,9 +44,9 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
         assert service.repo.training_pairs().pairs.__len__() >= 200
 
         with pytest.raises(Exception, match="admin"):
-            client.predict(token="wrong-token", loss_="dpo", api_name="/retrain")
+            client.predict(token="wrong-token", loss="dpo", api_name="/retrain")
         assert service.repo.list_runs() == []
-        assert "queued" in client.predict(token=ADMIN_TOKEN, loss_="dpo", api_name="/retrain")
+        assert "queued" in client.predict(token=ADMIN_TOKEN, loss="dpo", api_name="/retrain")
 
         deadline = time.time() + 300
         status = client.predict(api_name="/status")
@@ -111,8 +113,6 @@ def test_votes_through_the_api_name_a_comparison_and_nothing_else(tmp_path, bund
 
 
 def test_readmes_client_example_runs_as_printed(tmp_path, bundled, monkeypatch, capsys):
-    import re
-
     from poclip.app.ui import build_demo
     from poclip.settings import REPO_DIR
 
@@ -131,4 +131,107 @@ def test_readmes_client_example_runs_as_printed(tmp_path, bundled, monkeypatch, 
         assert [j.chosen for j in service.repo.judgments_of("me")][0] == "star"
     finally:
         demo.close()
+        service.close()
+
+
+# ----- the API is what README says it is ------------------------------------------------------------------------
+
+
+def readme_api_table() -> dict[str, dict]:
+    """README's "### API" table: endpoint -> {"parameters": [(name, optional)], "returns": [names]}.
+
+    In the arguments cell a parameter is a backticked name, in italics when optional; what stands in parentheses
+    or brackets describes it. A returns cell that says "as `/x`" returns what /x returns.
+    """
+    from poclip.settings import REPO_DIR
+
+    readme = (REPO_DIR / "README.md").read_text()
+    section = readme[readme.index("### API\n"):]
+    section = section[:section.index("\n### ", 1)]
+
+    def names(cell: str) -> list[tuple[str, bool]]:
+        cell = re.sub(r"\[[^\]]*\]", "", re.sub(r"\([^()]*\)", "", cell))
+        return [(name, bool(star)) for star, name in re.findall(r"(\*?)`(\w+)`", cell)]
+
+    table = {}
+    for row in re.findall(r"^\| `(/\w+)` \|(.*)\|(.*)\|$", section, re.M):
+        endpoint, arguments, returns = row
+        same = re.search(r"as `(/\w+)`", returns)
+        table[endpoint] = {"parameters": names(arguments),
+                           "returns": table[same.group(1)]["returns"] if same else [n for n, _ in names(returns)]}
+    return table
+
+
+@contextmanager
+def launched(service):
+    """The app of ``service`` served on a free local port; yields a client of it."""
+    from poclip.app.ui import build_demo
+
+    demo = build_demo(service)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_the_api_has_exactly_the_endpoints_parameters_and_outputs_readme_lists(tmp_path, bundled):
+    table = readme_api_table()
+    assert len(table) == 14
+    service = make_service(tmp_path / "data", bundled, seed_items=0)
+    try:
+        with launched(service) as client:
+            api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    finally:
+        service.close()
+    assert sorted(api) == sorted(table)
+    for endpoint, documented in table.items():
+        parameters = [(p["parameter_name"], p["parameter_has_default"]) for p in api[endpoint]["parameters"]]
+        assert parameters == documented["parameters"], endpoint
+        assert [r["label"] for r in api[endpoint]["returns"]] == documented["returns"], endpoint
+
+
+def test_every_endpoint_answers_a_call_by_name_or_says_what_is_wrong(tmp_path, bundled):
+    """Each endpoint called by its README names: it answers, or refuses with the app's own message."""
+    from gradio_client.exceptions import AppError
+
+    service = make_service(tmp_path / "data", bundled, seed_items=20)
+    picture = tmp_path / "star.png"
+    synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224).save(picture)
+    try:
+        with launched(service) as client:
+            def refused(message: str, **kwargs) -> None:
+                with pytest.raises(AppError, match=message):
+                    client.predict(**kwargs)
+
+            attack = client.predict(label_set="Custom (type below)", custom_labels="kite, doughnut",
+                                    api_name="/random_attack")
+            assert len(attack) == 9 and attack[0] in ("kite", "doughnut")
+            seen, left, right, _, _, comparison_id, labels = client.predict(
+                picture=handle_file(str(picture)), text=attack[0], label_set="Custom (type below)",
+                custom_labels="star, kite, doughnut", x=0.3, api_name="/predict")
+            assert labels == ["star", "kite", "doughnut"] and left["confidences"][0]["label"] == left["label"]
+            refused("tick 'Others may see", comparison_id=comparison_id, verdict="left", handle="api",
+                    api_name="/vote")  # an upload without consent
+            refused("not a picture", picture=handle_file(__file__), api_name="/predict")
+
+            picture_file, sample_id, labels, prompt, counters = client.predict(handle="api", api_name="/next_item")
+            assert picture_file and sample_id is not None and "**0** labels from you" in counters
+            skipped = client.predict(sample_id=sample_id, handle="api", api_name="/skip")
+            answered = client.predict(sample_id=skipped[1], label=skipped[2][0], handle="api", api_name="/answer")
+            assert "**1** label from you" in answered[4]
+            assert client.predict(handle="api", api_name="/undo")[1] == skipped[1]
+            refused("sample", sample_id=10**6, label="star", handle="api", api_name="/answer")
+
+            assert client.predict(api_name="/status")["live_version"] is None
+            refused("admin", token="wrong", api_name="/backup")
+            assert "queued" in client.predict(token=ADMIN_TOKEN, loss="ipo", api_name="/retrain")
+            assert "Snapshot written" in client.predict(token=ADMIN_TOKEN, api_name="/backup")
+            refused("version", token=ADMIN_TOKEN, version_id=999, api_name="/promote")
+            refused("[Nn]othing to roll back", token=ADMIN_TOKEN, api_name="/rollback")
+            refused("Name the Hub dataset", token=ADMIN_TOKEN, api_name="/push_to_hub")
+            exported = client.predict(token=ADMIN_TOKEN, api_name="/export")
+            assert str(exported).endswith(".parquet")
+    finally:
         service.close()

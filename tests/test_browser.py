@@ -177,6 +177,39 @@ def test_changing_the_word_after_predict_disables_voting_until_predict(app):
     page.close()
 
 
+def test_random_attack_after_predict_marks_the_answers_out_of_date(app):
+    """Random attack changes the controls as typing does: the note shows and voting stops until Predict."""
+    from playwright.sync_api import expect
+
+    page = open_page(app)
+    upload_and_predict(page, app["star"], "circle")
+    settle(page)
+    page.locator("#random-btn").click()
+    expect(page.locator("#stale-note")).to_contain_text("press Predict", timeout=TIMEOUT)
+    for verdict in ("left", "right", "both", "neither"):
+        expect(page.locator(f"#vote-{verdict}")).to_be_disabled(timeout=TIMEOUT)
+    settle(page)  # every change event the new values fired has been answered: the note is still there
+    expect(page.locator("#stale-note")).to_contain_text("press Predict", timeout=TIMEOUT)
+    expect(page.locator("#vote-left")).to_be_disabled(timeout=TIMEOUT)
+    page.close()
+
+
+def test_at_1280x900_predict_and_the_vote_buttons_fit_on_one_screen(app):
+    """With the Compare tab scrolled to its top, Predict and every vote button are on screen at once, none cut
+    off at the side, and the page never scrolls sideways. Screenshot: compare-layout-1280x900.png."""
+    page = open_page(app)
+    upload_and_predict(page, app["star"], "circle")
+    page.evaluate("document.getElementById('compare-tab').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "compare-layout-1280x900.png"))
+    for element in ("predict-btn", "vote-left", "vote-right", "vote-both", "vote-neither"):
+        box = page.locator(f"#{element}").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= DESKTOP["width"], (element, box)
+        assert box["y"] >= 0 and box["y"] + box["height"] <= DESKTOP["height"], (element, box)
+    assert page.evaluate("document.documentElement.scrollWidth") <= DESKTOP["width"]
+    page.close()
+
+
 def test_custom_labels_and_neither_store_the_chosen_custom_label(app):
     from playwright.sync_api import expect
 

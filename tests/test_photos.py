@@ -161,7 +161,7 @@ def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_p
         assert shown.labels == list(app_labels(photo)) and CREDIT in shown.prompt
         assert _pixels(shown.picture) == _pixels(open_image(photo.path))  # the photo itself, nothing drawn
         assert sample.attack is None if photo.kind == "blank" else sample.attack["physical"] is True
-        visible = [b["value"] for b in shown.outputs()[5:] if b.get("visible")]
+        visible = [b["value"] for b in shown.outputs()[4:] if b.get("visible")]
         assert len(visible) == len(photo.labels)  # a button for every label of the object
 
         answer_handler(service, sample_id=shown.sample_id, chosen=visible[shown.labels.index(photo.right[0])],

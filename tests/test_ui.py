@@ -15,6 +15,7 @@ from poclip.app.ui.boundary import user_errors
 from poclip.app.ui.chart import chart_svg
 from poclip.app.ui.compare import (
     CUSTOM,
+    STALE,
     Controls,
     Picture,
     place_text_handler,
@@ -24,10 +25,13 @@ from poclip.app.ui.compare import (
     upload_handler,
     vote_handler,
 )
+from poclip.app.ui.compare_page import out_of_date, random_restyle
+from poclip.app.ui.counts import counted
 from poclip.app.ui.data import data_view
 from poclip.app.ui.identity import sign_in_handler
 from poclip.app.ui.train import progress_text, retrain_handler, versions_table
 from poclip.world import synth
+from poclip.world.labels import PRESETS, presets_for
 
 predict = user_errors(predict_handler)
 vote = user_errors(vote_handler)
@@ -147,7 +151,7 @@ def test_admin_signs_in_once_and_only_admins_see_who_labelled_what(service):
     item = service.next_item("dora")
     service.answer_item("dora", item.sample.id, item.labels[0])
     text, people, recent = data_view(service, token="")
-    assert "**1** labels from **1** person" in text and people is None and recent is None
+    assert "**1** label from **1** person" in text and people is None and recent is None
     assert "admins only" in text
     with pytest.raises(gr.Error, match="admin token"):
         user_errors(sign_in_handler)(service, "wrong")
@@ -171,11 +175,11 @@ def test_annotate_buttons_answer_and_undo(service):
     shown = next_item_handler(service, handle="kbd", anon_id="")
     assert shown.picture.size == (224, 224) and "**0** labels from you" in shown.counter
     assert shown.labels == list(synth.SHAPES)
-    buttons = shown.outputs()[5:]
+    buttons = shown.outputs()[4:]
     labels = [b["value"] for b in buttons if b.get("visible")]
     assert labels[0].startswith("1  ") and labels[9].startswith("0  ") and len(labels) == 10
     answered = answer_handler(service, sample_id=shown.sample_id, chosen=labels[2], handle="kbd", anon_id="")
-    assert answered.sample_id != shown.sample_id and "**1** labels from you" in answered.counter
+    assert answered.sample_id != shown.sample_id and "**1** label from you" in answered.counter
     again = undo_handler(service, handle="kbd", anon_id="")
     assert again.sample_id == shown.sample_id and "Undone" in again.prompt and "**0** labels from you" in again.counter
 
@@ -186,6 +190,36 @@ def test_random_attack_and_click_to_place():
     assert first[0] in synth.SHAPES and first[3] != first[4]
     event = gr.SelectData(None, {"index": [56, 168], "value": None})
     assert place_text_handler(star(), event) == (0.25, 0.75)
+
+
+def test_training_chart_text_is_readable_on_a_phone():
+    """The chart scales to its column: on a 390 px phone (a column of about 350 px) no text is under 10 px."""
+    import re
+
+    history = [{"step": s, "loss": 0.7, "rewards/margins": 0.1, "kl/clean": 0.0, "rewards/accuracies": 0.5}
+               for s in range(1, 50)]
+    svg = chart_svg(history)
+    width = float(re.search(r'<svg[^>]*\bwidth="([\d.]+)pt"', svg).group(1))
+    sizes = [float(px) for px in re.findall(r"font-size: ([\d.]+)px", svg)]
+    assert len(sizes) > 10 and min(sizes) * 350 / width >= 10, (min(sizes), width)
+
+
+def test_counters_say_1_label_and_2_labels():
+    assert [counted(n, "label") for n in (0, 1, 2)] == ["0 labels", "1 label", "2 labels"]
+    assert counted(1, "person", "people", bold=True) == "**1** person" and counted(3, "person", "people") == "3 people"
+
+
+def test_random_attack_marks_the_answers_out_of_date_like_a_typed_change():
+    restyled = random_restyle("comparison-on-screen", "Synthetic shapes", "")
+    assert restyled[0] in synth.SHAPES
+    comparison_id, *votes, note = restyled[9:]
+    assert comparison_id is None and note == STALE and [v["interactive"] for v in votes] == [False] * 4
+    assert restyled[9:] == out_of_date("comparison-on-screen")
+
+
+def test_only_presets_the_live_backbone_recognises_are_offered():
+    assert list(presets_for("bundled")) == ["Synthetic shapes"]
+    assert list(presets_for("ViT-B-32")) == list(PRESETS)
 
 
 def test_training_chart_has_a_numeric_step_axis_a_legend_and_units():

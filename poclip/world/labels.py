@@ -20,6 +20,24 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The bundled model was trained on the synthetic world only: it cannot recognise dogs or cars, so offering those
+# presets would only show it failing. Any real backbone recognises every preset.
+SYNTHETIC_PRESETS = ("Synthetic shapes",)
+
+
+def presets_for(backbone: str) -> dict[str, tuple[str, ...]]:
+    """The label-set presets the backbone named ``backbone`` (a model spec's name, e.g. ``bundled``) can recognise.
+
+    Args:
+        backbone: the loaded model spec's name; ``bundled`` is the small model of the synthetic world.
+    Returns:
+        Preset name -> labels, in :data:`PRESETS` order: the synthetic shapes for ``bundled``, all presets otherwise.
+    """
+    if backbone == "bundled":
+        return {name: PRESETS[name] for name in SYNTHETIC_PRESETS}
+    return dict(PRESETS)
+
+
 class LabelSetError(UserError):
     """A label set the user typed that cannot be used; the message says why."""
 

@@ -1,8 +1,8 @@
 """The Gradio page: Compare, Annotate, Train and Data tabs (one module each) over :class:`AppService`.
 
 Handlers are plain functions of the service and the component values, so tests call them directly; they
-call the service only. Every event a client may call has an explicit ``api_name``; every handler goes
-through the one error boundary (:mod:`poclip.app.ui.boundary`).
+call the service only. The public API is declared in one place (:mod:`poclip.app.ui.api`); the page's own
+events are private. Every handler goes through the one error boundary (:mod:`poclip.app.ui.boundary`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import gradio as gr
 
 from poclip.app.service import AppService
 from poclip.app.ui.annotate import SHORTCUTS_JS, build_annotate
+from poclip.app.ui.api import register_api
 from poclip.app.ui.boundary import QUIET, user_errors
-from poclip.app.ui.compare import build_compare
+from poclip.app.ui.compare_page import build_compare
 from poclip.app.ui.data import build_data
 from poclip.app.ui.identity import browser_storage_key, sign_in_handler
 from poclip.app.ui.train import build_train
@@ -38,6 +39,7 @@ def build_demo(service: AppService) -> gr.Blocks:
     on_space = bool(service.settings.space_id)
     # Uploaded files are deleted from Gradio's cache after an hour (checked hourly).
     with gr.Blocks(title="PO-CLIP: typographic attacks on CLIP", delete_cache=(3600, 3600)) as demo:
+        register_api(service)  # first, so the public endpoints keep their plain names
         gr.Markdown("# PO-CLIP\nWrite a word on a picture and watch CLIP change its mind; help it learn not to.",
                     elem_id="page-intro")
         model_line = gr.Markdown(f"**Live model:** {service.model_info()}", elem_id="model-line")

@@ -9,6 +9,7 @@ import gradio as gr
 from poclip.app.display import display_file
 from poclip.app.service import AppService, Item
 from poclip.app.ui.boundary import QUIET, user_errors
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import annotator_handle
 from poclip.errors import UserError
 from poclip.world.photos import CREDIT, is_photo_label_set
@@ -45,23 +46,28 @@ class ItemView:
     prompt: str
     counter: str
 
+    def picture_file(self) -> str:
+        """The picture as a finished display file (one per picture, shared by every client that shows it)."""
+        return display_file(self.picture)
+
     def outputs(self) -> tuple:
+        """What the Annotate tab's components show: picture, sample id, prompt, counters, the label buttons."""
         buttons = [gr.update(value=f"{k + 1 if k < 9 else 0}  {label}" if k < 10 else label, visible=True)
                    for k, label in enumerate(self.labels[:MAX_LABEL_BUTTONS])]
         buttons += [gr.update(visible=False)] * (MAX_LABEL_BUTTONS - len(buttons))
-        shown = None if self.picture is None else display_file(self.picture)  # one finished file per picture
-        return (shown, self.sample_id, self.labels, self.prompt, self.counter, *buttons)
+        shown = None if self.picture is None else self.picture_file()
+        return (shown, self.sample_id, self.prompt, self.counter, *buttons)
 
 
 def counter_text(service: AppService, who: str) -> str:
     """The person's own labels, everyone's, and what a training pair is."""
     status = service.status()
     mine = service.labelled_by(who)
-    text = (f"**{mine}** labels from you · **{status['judgments']}** from {status['annotators']} "
-            f"{'person' if status['annotators'] == 1 else 'people'} · **{status['pairs']}** training pairs "
-            "(an item gives a pair once its labels agree)")
+    text = (f"{counted(mine, 'label', bold=True)} from you · **{status['judgments']}** from "
+            f"{counted(status['annotators'], 'person', 'people')} · "
+            f"{counted(status['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)")
     if status["next_retrain_at"] is not None:
-        text += f" · next retrain after **{status['next_retrain_at']}** more new pairs"
+        text += f" · next retrain after {counted(status['next_retrain_at'], 'more new pair', bold=True)}"
     return text
 
 
@@ -115,17 +121,16 @@ def undo_handler(service: AppService, handle: str | None, anon_id: str | None,
     return item_view(service, who, service.item(undone["sample_id"]), note="\n\n_Undone: answer this one again._")
 
 
-def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> list:
-    """The Annotate tab's components and events (inside an open ``gr.Tab``); returns the item outputs."""
+def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> None:
+    """The Annotate tab's components and events (inside an open ``gr.Tab``); the public API's /next_item,
+    /answer, /skip and /undo call the same handlers (:mod:`poclip.app.ui.api`)."""
     with gr.Column(elem_id="annotate-panel"):
         gr.Markdown("Number keys pick a label, **S** skips, **U** undoes.", elem_id="annotate-help")
         item_counter = gr.Markdown(elem_id="item-counter")
         item_prompt = gr.Markdown(elem_id="item-prompt")
         item_image = gr.Image(type="filepath", label="Item", interactive=False, height=250, elem_id="item-image",
                               show_label=False)
-        item_id = gr.Number(visible=False, precision=0, label="sample id")
-        item_labels = gr.JSON(visible=False, label="label set")
-        chosen = gr.Textbox("", visible=False, label="label")
+        item_id = gr.State(None)  # the sample on screen: what a label button answers
         with gr.Row(elem_id="label-grid"):
             label_buttons = [gr.Button(visible=False, elem_id=f"label-btn-{k + 1}", min_width=0, size="sm")
                              for k in range(MAX_LABEL_BUTTONS)]
@@ -133,32 +138,27 @@ def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brow
             start_btn = gr.Button("Start / next item", variant="primary", elem_id="next-btn", min_width=0)
             skip_btn = gr.Button("Skip (S)", elem_id="skip-btn", min_width=0)
             undo_btn = gr.Button("Undo (U)", elem_id="undo-btn", min_width=0)
-        answer_api = gr.Button(visible=False)
 
     @user_errors
-    def next_item(handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
-        """API: the next item -> (picture, sample id, label set, prompt, counters, label buttons...)."""
-        return next_item_handler(service, handle, anonymous_id, profile).outputs()
+    def on_next_item(handle, anon, profile: gr.OAuthProfile | None = None):
+        return next_item_handler(service, handle, anon, profile).outputs()
 
     @user_errors
-    def answer(sample_id, label, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
-        """API: the right label for the sample on screen -> the next item (as /next_item)."""
-        return answer_handler(service, sample_id, label, handle, anonymous_id, profile).outputs()
+    def on_answer(sample_id, label, handle, anon, profile: gr.OAuthProfile | None = None):
+        return answer_handler(service, sample_id, label, handle, anon, profile).outputs()
 
     @user_errors
-    def skip(sample_id, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
-        return skip_handler(service, sample_id, handle, anonymous_id, profile).outputs()
+    def on_skip(sample_id, handle, anon, profile: gr.OAuthProfile | None = None):
+        return skip_handler(service, sample_id, handle, anon, profile).outputs()
 
     @user_errors
-    def undo(handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
-        return undo_handler(service, handle, anonymous_id, profile).outputs()
+    def on_undo(handle, anon, profile: gr.OAuthProfile | None = None):
+        return undo_handler(service, handle, anon, profile).outputs()
 
-    item_out = [item_image, item_id, item_labels, item_prompt, item_counter, *label_buttons]
-    start_btn.click(next_item, [handle_box, anon_id], item_out, api_name="next_item", **QUIET)
-    answer_api.click(answer, [item_id, chosen, handle_box, anon_id], item_out, api_name="answer", **QUIET)
-    for k, button in enumerate(label_buttons):
-        button.click(answer, [item_id, button, handle_box, anon_id], item_out, api_visibility="private",
-                     api_name=f"answer_button_{k + 1}", **QUIET)
-    skip_btn.click(skip, [item_id, handle_box, anon_id], item_out, api_name="skip", **QUIET)
-    undo_btn.click(undo, [handle_box, anon_id], item_out, api_name="undo", **QUIET)
-    return item_out
+    private = {"api_visibility": "private", **QUIET}
+    item_out = [item_image, item_id, item_prompt, item_counter, *label_buttons]
+    start_btn.click(on_next_item, [handle_box, anon_id], item_out, **private)
+    for button in label_buttons:  # a button's text is its label (after the shortcut number)
+        button.click(on_answer, [item_id, button, handle_box, anon_id], item_out, **private)
+    skip_btn.click(on_skip, [item_id, handle_box, anon_id], item_out, **private)
+    undo_btn.click(on_undo, [handle_box, anon_id], item_out, **private)

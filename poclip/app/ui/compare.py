@@ -1,4 +1,5 @@
-"""The Compare tab: a picture, a word written on it, base and aligned CLIP side by side, and a vote.
+"""The Compare tab's values and handlers: a picture, a word written on it, base and aligned CLIP side by side,
+and a vote. The layout and its events are in :mod:`poclip.app.ui.compare_page`.
 
 Predict keeps a comparison record on the server (:meth:`AppService.predict`) and the page keeps only its
 id in ``gr.State``. Changing any control afterwards marks the answers out of date and disables voting until
@@ -19,12 +20,13 @@ from PIL import Image
 from poclip.app.comparisons import Comparison
 from poclip.app.display import display_file
 from poclip.app.service import AppService
-from poclip.app.ui.boundary import QUIET, USER_ERRORS, refused, user_errors
+from poclip.app.ui.boundary import refused
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import annotator_handle
 from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR
 from poclip.world import photos, synth
-from poclip.world.attacks import ATTACK_COLOURS, FONTS, TextAttack, random_attack, render, to_hex
+from poclip.world.attacks import ATTACK_COLOURS, TextAttack, random_attack, render, to_hex
 from poclip.world.decode_budget import ServerBusy
 from poclip.world.images import open_image
 from poclip.world.labels import PRESETS, parse_labels
@@ -32,6 +34,9 @@ from poclip.world.labels import PRESETS, parse_labels
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 CUSTOM = "Custom (type below)"
 STALE = "_The controls changed since Predict: press **Predict** to see the answers for what is set now._"
+# Up to 32 predictions at once (the page's and the API's together): they wait for the shared image-tower batch
+# (poclip.app.batching), not for each other.
+MANY_PREDICTIONS = {"concurrency_limit": 32, "concurrency_id": "predict"}
 CONSENT = ("Others may see and label my picture. A vote stores the picture and may show it to other "
            "annotators; upload only pictures you have the right to share.")
 
@@ -214,7 +219,7 @@ def vote_handler(service: AppService, comparison_id: str | None, verdict: str, c
     mine = service.labelled_by(who)
     return {**stored, "message": f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*.",
             "left_title": left_title, "right_title": right_title,
-            "counter": f"You have given {mine} label{'s' if mine != 1 else ''}."}
+            "counter": f"You have given {counted(mine, 'label')}."}
 
 
 def random_attack_handler(preset: str, custom: str, seed: int | None = None) -> tuple:
@@ -237,215 +242,3 @@ def shown_file(picture: Image.Image) -> str:
     pictures from many clients never race on one file. Full size (the app normalises to at most 1024 px),
     so a click on it maps to the picture's own coordinates."""
     return display_file(picture, max_side=1024)
-
-
-# ----- layout and events -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class CompareTab:
-    upload: gr.File
-    preview: gr.Image
-    predict_btn: gr.Button
-    vote_buttons: dict[str, gr.Button]
-    correct: gr.Dropdown
-    vote_message: gr.Markdown
-    vote_counter: gr.Markdown
-    comparison_id: gr.State
-
-
-def _voting(enabled: bool) -> list:
-    return [gr.update(interactive=enabled) for _ in range(4)]
-
-
-def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> CompareTab:
-    """The Compare tab's components and events (inside an open ``gr.Tab``)."""
-    picture = gr.State(None)  # Picture: the normalised picture and where it came from
-    comparison_id = gr.State(None)  # the id of the comparison on screen; None while it is out of date
-    shown = gr.State(None)  # shown_key() of what the answers on screen were computed from
-    with gr.Row(equal_height=False):
-        with gr.Column():
-            upload = gr.File(label="Upload a picture (PNG, JPEG, WebP, GIF)", file_count="single", type="filepath",
-                             elem_id="upload", height=90)
-            upload_note = gr.Markdown(elem_id="upload-note")
-            share = gr.Checkbox(label=CONSENT, value=False, elem_id="share")
-            with gr.Row():
-                synth_btn = gr.Button("New synthetic object", elem_id="synth-btn")
-                random_btn = gr.Button("Random attack", elem_id="random-btn")
-            examples, credit = compare_examples(service.encoder.model_spec.name)
-            gallery = gr.Gallery([(e.path, e.caption) for e in examples], label="Examples (click one)", columns=6,
-                                 height=110 if len(examples) <= 6 else 220, allow_preview=False,
-                                 visible=bool(examples), elem_id="examples")
-            gr.Markdown(f"<small>{credit}</small>", visible=bool(credit), elem_id="photo-credit")
-            text = gr.Textbox("", label="Text to write on the picture", placeholder="e.g. star", max_lines=4,
-                              elem_id="attack-text")
-            with gr.Accordion("Text style and position", open=False):
-                font = gr.Dropdown(list(FONTS), value="sans-bold", label="Font")
-                size = gr.Slider(0, 0.5, value=0.15, step=0.005, label="Size (fraction of the picture; 0 = fit)")
-                with gr.Row():
-                    fill = gr.ColorPicker(value=ATTACK_COLOURS["white"], label="Text colour")
-                    stroke = gr.ColorPicker(value=ATTACK_COLOURS["black"], label="Outline colour")
-                x = gr.Slider(0, 1, value=0.5, step=0.01, label="Horizontal position")
-                y = gr.Slider(0, 1, value=0.5, step=0.01, label="Vertical position")
-                opacity = gr.Slider(0, 1, value=1, step=0.05, label="Opacity")
-                rotation = gr.Slider(-90, 90, value=0, step=1, label="Rotation (degrees)")
-            preset = gr.Dropdown([*PRESETS, CUSTOM], value="Synthetic shapes", label="Label set", elem_id="preset")
-            custom = gr.Textbox("", label="Custom labels (comma-separated)", placeholder="dog, cat, car",
-                                elem_id="custom-labels")
-            with gr.Row():
-                t = gr.Slider(-2, 2, value=1, step=0.05, label="Alignment strength t (0 = base, 1 = trained)")
-                arena = gr.Checkbox(label="Arena mode (hide which side is which until I vote)")
-            predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
-        with gr.Column():
-            preview = gr.Image(type="filepath", label="What the models see (click to place the text)",
-                               interactive=False,
-                               height=320, elem_id="preview")
-            stale = gr.Markdown(elem_id="stale-note")
-            with gr.Row():
-                with gr.Column(min_width=150):
-                    left_title = gr.Markdown("### Base CLIP")
-                    left = gr.Label(num_top_classes=5, label="Left", elem_id="left-answer")
-                with gr.Column(min_width=150):
-                    right_title = gr.Markdown("### PO-CLIP")
-                    right = gr.Label(num_top_classes=5, label="Right", elem_id="right-answer")
-            gr.Markdown("**Which answer is right?**")
-            with gr.Row():
-                vote_buttons = {v: gr.Button(name, elem_id=f"vote-{v}", interactive=False, min_width=80)
-                                for v, name in (("left", "Left is right"), ("right", "Right is right"),
-                                                ("both", "Both"))}
-            with gr.Row():
-                correct = gr.Dropdown([], value=None, label="Neither: the object is ...", scale=3,
-                                      elem_id="neither-label", allow_custom_value=False)
-                vote_buttons["neither"] = gr.Button("Neither", elem_id="vote-neither", interactive=False,
-                                                    min_width=80)
-            vote_message = gr.Markdown(elem_id="vote-message")
-            vote_counter = gr.Markdown(elem_id="vote-counter")
-    # The public API: /predict takes the raw file and returns the comparison id that /vote names.
-    with gr.Row(visible=False):
-        api_id = gr.Textbox("", label="comparison id")
-        api_verdict = gr.Textbox("", label="verdict")
-        api_label = gr.Textbox("", label="neither label")
-        api_labels = gr.JSON(label="label set")
-        predict_api = gr.Button()
-        vote_api = gr.Button()
-
-    controls = [text, font, size, fill, stroke, x, y, opacity, rotation, preset, custom, t, arena, share]
-    buttons = list(vote_buttons.values())
-
-    def on_upload(path):
-        try:
-            loaded = upload_handler(path)
-        except USER_ERRORS as exc:  # shown beside the upload; the previous picture is cleared
-            message, note = upload_refusal(exc)
-            gr.Warning(message)
-            return None, None, note
-        return (gr.update(), gr.update(), "") if loaded is None else (loaded, shown_file(loaded.image), "")
-
-    @user_errors
-    def on_example(evt: gr.SelectData):
-        loaded = example_handler(int(evt.index), examples)
-        chosen = examples[int(evt.index)]
-        if chosen.labels is None:  # a synthetic shape: the label set and the text stay as they are
-            return loaded, shown_file(loaded.image), None, gr.update(), gr.update(), gr.update()
-        # A real photo: its object's label set, and no typed text (the note on the photo is the attack).
-        return loaded, shown_file(loaded.image), None, CUSTOM, ", ".join(chosen.labels), ""
-
-    @user_errors
-    def on_synthetic():
-        loaded = synthetic_object_handler()
-        return loaded, shown_file(loaded.image), None
-
-    upload.upload(on_upload, upload, [picture, preview, upload_note], api_visibility="private", **QUIET)
-    gallery.select(on_example, None, [picture, preview, upload, preset, custom, text], api_visibility="private",
-                   **QUIET)
-    synth_btn.click(on_synthetic, None, [picture, preview, upload], api_visibility="private", **QUIET)
-
-    def mark_stale(record_id, shown_from, pic, *values):
-        # Change events can arrive after a Predict that already used the new values: only a real difference
-        # from what the answers on screen were computed from makes them stale.
-        if shown_from is not None and shown_key(pic, Controls(*values)) == shown_from:
-            return gr.update(), *[gr.update()] * 4, gr.update()
-        return None, *_voting(False), (STALE if record_id else "")
-
-    def on_preview(pic, *values):
-        try:
-            seen = preview_handler(pic, Controls(*values))
-            return None if seen is None else shown_file(seen)
-        except USER_ERRORS:  # e.g. text still being typed past the limit: Predict will say what is wrong
-            return gr.update()
-
-    # Any change to the picture or a control: the answers on screen no longer match, so voting stops at once;
-    # the preview follows, debounced (only the newest pending preview runs).
-    gr.on([picture.change, *(c.change for c in controls)], mark_stale, [comparison_id, shown, picture, *controls],
-          [comparison_id, *buttons, stale], queue=False, api_visibility="private", show_progress="hidden")
-    gr.on([picture.change, *(c.change for c in controls)], on_preview, [picture, *controls], preview,
-          trigger_mode="always_last", api_visibility="private", show_progress="hidden")
-
-    @user_errors
-    def on_predict(pic, *values):
-        result = predict_handler(service, pic, Controls(*values))
-        return (shown_file(result.seen), result.left, result.right, result.left_title, result.right_title,
-                result.comparison_id, shown_key(pic, Controls(*values)), *_voting(True),
-                gr.update(choices=list(result.labels), value=None),
-                "", "")
-
-    predict_out = [preview, left, right, left_title, right_title, comparison_id, shown, *buttons, correct, stale,
-                   vote_message]
-    # Up to 32 predictions at once: they wait for the shared image-tower batch (poclip.app.batching), not for
-    # each other.
-    many = {"concurrency_limit": 32, "concurrency_id": "predict"}
-    predict_btn.click(on_predict, [picture, *controls], predict_out, api_visibility="private",
-                      api_name="predict_click", **QUIET, **many)
-    text.submit(on_predict, [picture, *controls], predict_out, api_visibility="private", api_name="predict_enter",
-                **QUIET, **many)
-
-    @user_errors
-    def predict(picture, text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
-                arena, share):
-        """API: the raw picture file and the controls -> what the models saw, both answers, titles, the
-        comparison id for /vote and the label set."""
-        controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
-                            arena, share)
-        shown = predict_handler(service, upload_handler(picture), controls)
-        return (shown_file(shown.seen), shown.left, shown.right, shown.left_title, shown.right_title,
-                shown.comparison_id,
-                list(shown.labels))
-
-    predict_api.click(predict, [upload, *controls], [preview, left, right, left_title, right_title, api_id,
-                                                     api_labels], api_name="predict", **many)
-
-    def on_vote(verdict: str):
-        @user_errors
-        def vote_click(record_id, label, handle_, anon, profile: gr.OAuthProfile | None = None):
-            result = vote_handler(service, record_id, verdict, label, handle_, anon, profile)
-            return (result["message"], result["left_title"], result["right_title"], result["counter"],
-                    *_voting(False))
-
-        return vote_click
-
-    vote_out = [vote_message, left_title, right_title, vote_counter, *buttons]
-    for verdict, button in vote_buttons.items():
-        button.click(on_vote(verdict), [comparison_id, correct, handle_box, anon_id], vote_out,
-                     api_visibility="private", api_name=f"vote_{verdict}", **QUIET)
-
-    @user_errors
-    def vote(comparison_id, verdict, neither_label, handle, anonymous_id=None, profile: gr.OAuthProfile | None = None):
-        """API: a verdict (left, right, both, neither + the right label) on the comparison /predict returned."""
-        result = vote_handler(service, comparison_id, verdict, neither_label, handle, anonymous_id, profile)
-        keep = ("judgment_id", "sample_id", "comparison_id", "chosen", "rejected", "verdict", "shown_left",
-                "version", "t")
-        return {k: result[k] for k in keep}, result["counter"]
-
-    vote_json = gr.JSON(visible=False)
-    vote_api.click(vote, [api_id, api_verdict, api_label, handle_box, anon_id], [vote_json, vote_counter],
-                   api_name="vote")
-
-    @user_errors
-    def random_style(preset_, custom_):
-        return random_attack_handler(preset_, custom_)
-
-    random_btn.click(random_style, [preset, custom], [text, font, size, fill, stroke, x, y, opacity, rotation],
-                     api_name="random_attack", **QUIET)
-    preview.select(place_text_handler, picture, [x, y], api_visibility="private")
-    return CompareTab(upload, preview, predict_btn, vote_buttons, correct, vote_message, vote_counter,
-                      comparison_id)

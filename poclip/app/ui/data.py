@@ -7,6 +7,7 @@ import pandas as pd
 
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import hf_orgs
 
 PEOPLE_COLUMNS = ["annotator", "labels", "undone", "gold seen", "gold correct", "trust"]
@@ -17,14 +18,15 @@ def data_view(service: AppService, token: str | None, oauth_token: gr.OAuthToken
     """(summary text, per-annotator table or None, recent judgments or None): the tables for admins only."""
     admin = service.is_admin(token or None, hf_orgs(oauth_token))
     s = service.data_summary(admin=admin)
-    text = (f"**{s['judgments']}** labels from **{s['annotators']}** "
-            f"{'person' if s['annotators'] == 1 else 'people'} ({s['undone']} undone) on **{s['items']}** items "
-            f"({s['gold_items']} gold items with a reference answer)")
+    text = (f"{counted(s['judgments'], 'label', bold=True)} from "
+            f"{counted(s['annotators'], 'person', 'people', bold=True)} ({s['undone']} undone) on "
+            f"{counted(s['items'], 'item', bold=True)} "
+            f"({counted(s['gold_items'], 'gold item')} with a reference answer)")
     if not admin:  # counters only: O(1) whatever the database size, and nothing that identifies anyone
         return text + "\n\n_Who labelled what, agreement and training pairs are shown to admins only._", None, None
     alpha = "n/a (needs items with two or more human labels)" if s["alpha"] is None else f"{s['alpha']:.3f}"
-    text += (f" · **{s['pairs']}** training pairs (an item gives a pair once its labels agree) · agreement "
-             f"(Krippendorff's alpha): **{alpha}**")
+    text += (f" · {counted(s['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)"
+             f" · agreement (Krippendorff's alpha): **{alpha}**")
     people = pd.DataFrame([{"annotator": a.handle, "labels": a.judgments, "undone": a.undone,
                             "gold seen": a.gold_seen, "gold correct": a.gold_correct, "trust": round(a.trust, 3)}
                            for a in s["per_annotator"]], columns=PEOPLE_COLUMNS)
@@ -49,26 +51,22 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
     data_message = gr.Markdown()
 
     @user_errors
-    def export(token, oauth_token: gr.OAuthToken | None = None):
+    def on_export(token, oauth_token: gr.OAuthToken | None = None):
         return service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))
 
     @user_errors
-    def push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
+    def on_push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
         return f"Pushed to {service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}."
 
     @user_errors
-    def backup(token, oauth_token: gr.OAuthToken | None = None):
+    def on_backup(token, oauth_token: gr.OAuthToken | None = None):
         return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
 
-    api_token = gr.Textbox("", visible=False, label="admin token")
+    # The token comes from the page's sign-in state; API clients pass theirs to /export, /push_to_hub, /backup.
     private = {"api_visibility": "private", **QUIET}
-    export_btn.click(export, [admin_token], export_file, api_name="export_click", **private)
-    push_btn.click(push, [admin_token, hub_repo], data_message, api_name="push_click", **private)
-    backup_btn.click(backup, [admin_token], data_message, api_name="backup_click", **private)
-    api_export, api_push, api_backup = (gr.Button(visible=False) for _ in range(3))
-    api_export.click(export, [api_token], export_file, api_name="export", **QUIET)
-    api_push.click(push, [api_token, hub_repo], data_message, api_name="push_to_hub", **QUIET)
-    api_backup.click(backup, [api_token], data_message, api_name="backup", **QUIET)
+    export_btn.click(on_export, [admin_token], export_file, **private)
+    push_btn.click(on_push, [admin_token, hub_repo], data_message, **private)
+    backup_btn.click(on_backup, [admin_token], data_message, **private)
 
     def refresh(token, oauth_token: gr.OAuthToken | None = None):
         text, people_, recent_ = data_view(service, token, oauth_token)

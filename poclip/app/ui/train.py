@@ -8,6 +8,7 @@ import pandas as pd
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
+from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import hf_orgs
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.errors import UserError
@@ -23,7 +24,7 @@ def progress_text(service: AppService) -> str:
     if p.phase == "training" and p.total:
         text = f"**Trainer:** training{run}: step {p.step} of {p.total}"
     elif p.phase in ("promoted", "rejected") and p.history:
-        text = f"**Trainer:**{run} {p.phase} after {int(p.history[-1]['step'])} steps"
+        text = f"**Trainer:**{run} {p.phase} after {counted(int(p.history[-1]['step']), 'step')}"
     else:
         text = f"**Trainer:** {p.phase}{run}"
     if p.message:
@@ -101,34 +102,24 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
         promote_btn = gr.Button("Promote")
         rollback_btn = gr.Button("Roll back (to this id, or to the version live before the current one)")
     admin_message = gr.Markdown(elem_id="admin-message")
-    status_json = gr.JSON(label="Status", visible=False)
-    status_btn = gr.Button(visible=False)
 
     @user_errors
-    def retrain(token, loss_, oauth_token: gr.OAuthToken | None = None):
-        return retrain_handler(service, token, loss_, oauth_token)
+    def on_retrain(token, loss_name, oauth_token: gr.OAuthToken | None = None):
+        return retrain_handler(service, token, loss_name, oauth_token)
 
     @user_errors
-    def promote(token, version, oauth_token: gr.OAuthToken | None = None):
+    def on_promote(token, version, oauth_token: gr.OAuthToken | None = None):
         return promote_handler(service, token, version, oauth_token)
 
     @user_errors
-    def rollback(token, version, oauth_token: gr.OAuthToken | None = None):
+    def on_rollback(token, version, oauth_token: gr.OAuthToken | None = None):
         return rollback_handler(service, token, version, oauth_token)
 
-    # The token comes from the page's sign-in state; API clients pass it as the first argument.
-    api_token = gr.Textbox("", visible=False, label="admin token")
+    # The token comes from the page's sign-in state; API clients pass theirs to /retrain, /promote, /rollback.
     private = {"api_visibility": "private", **QUIET}
-    retrain_btn.click(retrain, [admin_token, loss], progress, api_name="retrain_click", **private)
-    promote_btn.click(promote, [admin_token, version_id], [admin_message, versions], api_name="promote_click",
-                      **private)
-    rollback_btn.click(rollback, [admin_token, version_id], [admin_message, versions], api_name="rollback_click",
-                       **private)
-    api_retrain, api_promote, api_rollback = (gr.Button(visible=False) for _ in range(3))
-    api_retrain.click(retrain, [api_token, loss], progress, api_name="retrain", **QUIET)
-    api_promote.click(promote, [api_token, version_id], [admin_message, versions], api_name="promote", **QUIET)
-    api_rollback.click(rollback, [api_token, version_id], [admin_message, versions], api_name="rollback", **QUIET)
-    status_btn.click(lambda: service.status(), None, status_json, api_name="status")
+    retrain_btn.click(on_retrain, [admin_token, loss], progress, **private)
+    promote_btn.click(on_promote, [admin_token, version_id], [admin_message, versions], **private)
+    rollback_btn.click(on_rollback, [admin_token, version_id], [admin_message, versions], **private)
 
     def refresh():
         text, svg, table = progress_view(service)

@@ -1,0 +1,259 @@
+"""The app's public API: one typed function per endpoint, registered with ``gr.api`` (no page component involved).
+
+Each endpoint is a method of :class:`PublicApi`: its parameters are the endpoint's parameters (a default makes one
+optional) and its return type, a ``NamedTuple``, names the endpoint's outputs; :func:`expose` derives the endpoint
+from both, so a client calls it by those names and README's "### API" table lists the same ones (a test compares
+them). The page's own buttons use private events and the same handlers.
+
+A file parameter arrives as Gradio's record of the raw upload (its ``path``; nothing has decoded it), so the app's
+validator (:func:`poclip.world.images.open_image`) is the first to read it. Every endpoint goes through the UI's
+error boundary (:func:`poclip.app.ui.boundary.user_errors`): a person's mistake comes back as the app's message,
+and the service sees the request's origin for the per-address limits.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypedDict, get_type_hints
+
+import gradio as gr
+from gradio.context import get_blocks_context
+from gradio.data_classes import FileData
+
+from poclip.app.service import VERDICTS, AppService
+from poclip.app.ui.annotate import ItemView, answer_handler, next_item_handler, skip_handler, undo_handler
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.compare import (
+    MANY_PREDICTIONS,
+    Controls,
+    predict_handler,
+    random_attack_handler,
+    shown_file,
+    upload_handler,
+    vote_handler,
+)
+from poclip.app.ui.identity import hf_orgs
+from poclip.engine.losses import PREFERENCE_LOSSES
+
+Verdict = Literal[VERDICTS]  # type: ignore[valid-type]  # the service's vocabulary, once
+Loss = Literal[tuple(PREFERENCE_LOSSES)]  # type: ignore[valid-type]
+
+
+class Confidence(TypedDict):
+    label: str
+    confidence: float
+
+
+class Answer(TypedDict):
+    """One model's top-5 answer, shaped as Gradio's Label payload (what clients of this API always read)."""
+
+    label: str
+    confidences: list[Confidence]
+
+
+class Stored(TypedDict):
+    """The judgment a vote stored."""
+
+    judgment_id: int
+    sample_id: int
+    comparison_id: str
+    chosen: str
+    rejected: str
+    verdict: str
+    shown_left: str
+    version: str
+    t: float
+
+
+class Prediction(NamedTuple):
+    seen: FileData  # the picture with the text, as both models saw it
+    left: Answer  # base CLIP unless arena mode shuffled the sides
+    right: Answer
+    left_title: str
+    right_title: str
+    comparison_id: str  # what /vote names
+    labels: list[str]
+
+
+class Vote(NamedTuple):
+    stored: Stored
+    counter: str
+
+
+class ItemShown(NamedTuple):
+    picture: FileData | None  # None when nothing is left to label
+    sample_id: int | None
+    labels: list[str]
+    prompt: str
+    counters: str
+
+
+class Attack(NamedTuple):
+    text: str
+    font: str
+    size: float
+    fill: str
+    stroke: str
+    x: float
+    y: float
+    opacity: float
+    rotation: float
+
+
+class Message(NamedTuple):
+    message: str
+
+
+class Status(NamedTuple):
+    status: dict[str, Any]
+
+
+class Export(NamedTuple):
+    file: FileData
+
+
+def top5(probs: dict[str, float]) -> Answer:
+    """``label -> probability`` (at most five, highest first) as Gradio's Label payload."""
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    return {"label": ranked[0][0], "confidences": [{"label": k, "confidence": v} for k, v in ranked]}
+
+
+def item_shown(view: ItemView) -> ItemShown:
+    picture = None if view.picture is None else FileData(path=view.picture_file())
+    return ItemShown(picture, view.sample_id, view.labels, view.prompt, view.counter)
+
+
+class PublicApi:
+    """Every public endpoint, in README's order; a method's name is its ``api_name``."""
+
+    ENDPOINTS = ("predict", "vote", "next_item", "answer", "skip", "undo", "random_attack", "retrain", "status",
+                 "promote", "rollback", "export", "push_to_hub", "backup")
+
+    def __init__(self, service: AppService) -> None:
+        self.service = service
+
+    # The defaults are the Compare tab's (Controls), so a call that leaves a control out gets what the page shows.
+    def predict(self, picture: FileData, text: str = Controls.text, font: str = Controls.font,
+                size: float = Controls.size, fill: str = Controls.fill, stroke: str = Controls.stroke,
+                x: float = Controls.x, y: float = Controls.y, opacity: float = Controls.opacity,
+                rotation: float = Controls.rotation, label_set: str = Controls.preset,
+                custom_labels: str = Controls.custom, t: float = Controls.t, arena: bool = Controls.arena,
+                share: bool = Controls.share) -> Prediction:
+        """The raw picture file and the text to write on it -> what both models answered, kept for /vote.
+
+        Args:
+            picture: the picture file (PNG, JPEG, WebP, GIF), checked by the app's validator.
+            size: text height as a fraction of the picture's short side; 0 fits the text to the picture.
+            label_set: a preset name, or "Custom (type below)" to use custom_labels (comma-separated).
+            t: alignment strength (0 = the base model, 1 = the trained head).
+            share: the uploader's consent: the picture may be stored with a vote and shown to annotators.
+        """
+        controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
+                            arena, share)
+        # Gradio hands the upload over as its file record (a dict): the raw file's path, not yet decoded.
+        shown = predict_handler(self.service, upload_handler(picture["path"]), controls)
+        return Prediction(FileData(path=shown_file(shown.seen)), top5(shown.left), top5(shown.right),
+                          shown.left_title, shown.right_title, shown.comparison_id, list(shown.labels))
+
+    def vote(self, comparison_id: str, verdict: Verdict, neither_label: str = "", handle: str = "",
+             anonymous_id: str | None = None, profile: gr.OAuthProfile | None = None) -> Vote:
+        """Which side of comparison ``comparison_id`` (from /predict) was right; ``neither`` needs neither_label.
+
+        Args:
+            neither_label: for ``neither``: the right label, one of the comparison's labels.
+            anonymous_id: the server-signed anonymous id the page keeps (when no handle is given).
+        """
+        result = vote_handler(self.service, comparison_id, verdict, neither_label, handle, anonymous_id, profile)
+        return Vote(Stored(**{key: result[key] for key in Stored.__annotations__}), result["counter"])
+
+    def next_item(self, handle: str = "", anonymous_id: str | None = None,
+                  profile: gr.OAuthProfile | None = None) -> ItemShown:
+        """The next attacked picture for this annotator to label."""
+        return item_shown(next_item_handler(self.service, handle, anonymous_id, profile))
+
+    def answer(self, sample_id: int, label: str, handle: str = "", anonymous_id: str | None = None,
+               profile: gr.OAuthProfile | None = None) -> ItemShown:
+        """The right label for item ``sample_id`` (as /next_item served it) -> the next item."""
+        return item_shown(answer_handler(self.service, sample_id, label, handle, anonymous_id, profile))
+
+    def skip(self, sample_id: int | None = None, handle: str = "", anonymous_id: str | None = None,
+             profile: gr.OAuthProfile | None = None) -> ItemShown:
+        """Another item instead of ``sample_id``, recording nothing."""
+        return item_shown(skip_handler(self.service, sample_id, handle, anonymous_id, profile))
+
+    def undo(self, handle: str = "", anonymous_id: str | None = None,
+             profile: gr.OAuthProfile | None = None) -> ItemShown:
+        """Undo this annotator's last label and show that item again."""
+        return item_shown(undo_handler(self.service, handle, anonymous_id, profile))
+
+    def random_attack(self, label_set: str = Controls.preset, custom_labels: str = Controls.custom) -> Attack:
+        """A paper-style random attack: a label of the set written in a random style and place."""
+        return Attack(*random_attack_handler(label_set, custom_labels))
+
+    def retrain(self, token: str, loss: Loss = "dpo", oauth_token: gr.OAuthToken | None = None) -> Message:
+        """Queue a retrain (admin); the background trainer runs it."""
+        run = self.service.retrain(loss, token=token, hf_orgs=hf_orgs(oauth_token))
+        return Message(f"Run {run['run_id']} is {run['status']}; /status shows its progress.")
+
+    def status(self) -> Status:
+        """The live model, data counts and the trainer's state."""
+        return Status(self.service.status())
+
+    def promote(self, token: str, version_id: int, oauth_token: gr.OAuthToken | None = None) -> Message:
+        """Make version ``version_id`` live (admin)."""
+        live = self.service.promote(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
+        return Message(f"Version {live['active_version']} is live.")
+
+    def rollback(self, token: str, version_id: int | None = None,
+                 oauth_token: gr.OAuthToken | None = None) -> Message:
+        """Return to version ``version_id``, or to the version live before the current one (admin)."""
+        live = self.service.rollback(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
+        return Message(f"Rolled back: version {live['active_version']} is live.")
+
+    def export(self, token: str, oauth_token: gr.OAuthToken | None = None) -> Export:
+        """The preference pairs as a Hugging Face dataset in one parquet file (admin)."""
+        return Export(FileData(path=self.service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))))
+
+    def push_to_hub(self, token: str, repo_id: str = "", oauth_token: gr.OAuthToken | None = None) -> Message:
+        """Push the pairs to a Hub dataset repository (default: POCLIP_EXPORT_REPO) (admin)."""
+        return Message(f"Pushed to {self.service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}.")
+
+    def backup(self, token: str, oauth_token: gr.OAuthToken | None = None) -> Message:
+        """Snapshot the database now (admin)."""
+        return Message(f"Snapshot written: {self.service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}")
+
+
+def expose(method: Callable[..., tuple], **options) -> None:
+    """Register ``method`` as the public endpoint of its name, inside an open ``gr.Blocks``.
+
+    ``gr.api`` takes the parameters from the signature and the output types from a ``tuple[...]`` return
+    annotation, and numbers the outputs; here the return annotation is a ``NamedTuple``, whose fields give the
+    outputs' types and names. An endpoint with one output returns that value alone.
+
+    Args:
+        method: a :class:`PublicApi` method, fully annotated.
+        options: passed on to ``gr.api`` (e.g. a concurrency group).
+    """
+    outputs = get_type_hints(method)["return"]
+    names, types = outputs._fields, tuple(get_type_hints(outputs).values())
+
+    def endpoint(*args, **kwargs):
+        result = method(*args, **kwargs)
+        return result[0] if len(names) == 1 else tuple(result)
+
+    functools.update_wrapper(endpoint, method)
+    endpoint.__signature__ = inspect.signature(method, eval_str=True).replace(
+        return_annotation=types[0] if len(names) == 1 else tuple[types])
+    dependency = gr.api(user_errors(endpoint), api_name=method.__name__, **options)
+    blocks = get_blocks_context().blocks
+    for block_id, name in zip(dependency["outputs"], names, strict=True):
+        blocks[block_id].label = name
+
+
+def register_api(service: AppService) -> None:
+    """Every public endpoint of the app (inside an open ``gr.Blocks``)."""
+    api = PublicApi(service)
+    for name in PublicApi.ENDPOINTS:
+        expose(getattr(api, name), **(MANY_PREDICTIONS if name == "predict" else {}))
