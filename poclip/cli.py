@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
-    from poclip.world.pretrain import PretrainConfig, pretrain
+    from poclip.engine.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
                          pool_size=args.pool_size, seed=args.seed, workers=args.workers)
