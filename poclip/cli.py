@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
-    from poclip.world.pretrain import PretrainConfig, pretrain
+    from poclip.engine.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
                          pool_size=args.pool_size, seed=args.seed, workers=args.workers)
@@ -92,7 +92,8 @@ def _train(args: argparse.Namespace) -> dict:
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
     from poclip.engine.models import load_model
     from poclip.engine.policy import Policy
-    from poclip.engine.train import RECIPES, TrainConfig, synth_clean, synth_preferences, train
+    from poclip.engine.preferences import synth_clean, synth_preferences
+    from poclip.engine.train import RECIPES, TrainConfig, train
 
     if args.data != "synth":
         raise SystemExit(f"--data {args.data!r}: the command line trains on 'synth' pairs; the app trains on "

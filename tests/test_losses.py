@@ -1,4 +1,4 @@
-"""The preference losses against hand-computed values (DESIGN.md's formulas)."""
+"""The preference losses against hand-computed values (the formulas in poclip.engine.losses' docstrings)."""
 
 import math
 
@@ -135,7 +135,7 @@ def test_text_invariance_gradient_pulls_the_texted_picture_to_the_clean_one_and_
     # d/dz KL(p || softmax(z)) = softmax(z) - p: it raises the clean answer's logit and lowers the written one's
     assert torch.allclose(texted.grad, torch.softmax(texted.detach(), -1) - clean.exp(), atol=1e-6)
     z = texted.detach().clone().requires_grad_(True)
-    before = float(text_invariance_loss(clean, torch.log_softmax(z, -1)))
+    before = float(text_invariance_loss(clean, torch.log_softmax(z, -1)).detach())
     for _ in range(50):
         text_invariance_loss(clean, torch.log_softmax(z, -1)).sum().backward()
         with torch.no_grad():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from poclip.engine.models import ModelUnavailable, load_model
+from poclip.engine.pretrain import save_model_folder
 from poclip.world import synth
-from poclip.world.pretrain import save_model_folder
 
 
 def pictures(n=6):

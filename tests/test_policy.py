@@ -107,6 +107,28 @@ def test_bad_head_specs_are_refused(tiny):
         Policy(tiny, "last_blocks:99")
 
 
+def test_a_head_spec_is_read_once_and_written_back_in_its_canonical_form(tiny, tmp_path):
+    from poclip.engine.heads import HeadSpec, check_head
+    from poclip.engine.starter import STARTER_HEAD
+
+    assert HeadSpec.parse(" last_blocks:02 ") == HeadSpec("last_blocks", 2)
+    assert [str(HeadSpec.parse(t)) for t in ("linear", " projection", "last_blocks:02")] == [
+        "linear", "projection", "last_blocks:2"]
+    assert HeadSpec.parse("linear").is_linear and HeadSpec.parse("last_blocks:1").is_tower
+    for bad in ("linear:1", "last_blocks", "last_blocks:²", ""):
+        with pytest.raises(HeadError, match=f"unknown head '{bad}'; choose linear, projection or last_blocks:K"):
+            HeadSpec.parse(bad)
+    with pytest.raises(HeadError, match="unknown head 'last_blocks:0'"):
+        HeadSpec("last_blocks", 0)
+    assert check_head(tiny, "last_blocks:1") == HeadSpec("last_blocks", 1)
+    # A checkpoint names its head as the text it was always written as; the shipped starter head still loads.
+    policy = Policy(tiny, HeadSpec("last_blocks", 1))
+    path = save_head(policy, tmp_path / "head.safetensors")
+    assert read_head_metadata(path)["head"] == policy.head == "last_blocks:1"
+    assert load_head(path, tiny).spec == policy.spec
+    assert read_head_metadata(STARTER_HEAD)["head"] == "last_blocks:2"
+
+
 @pytest.mark.parametrize("head", ["projection", "last_blocks:1"])
 def test_tower_heads_train_only_their_part_and_start_at_the_base(tiny, head):
     policy = Policy(tiny, head)

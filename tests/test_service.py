@@ -326,7 +326,7 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
 
 def test_text_invariance_pairs_write_other_text_from_the_style_family_on_the_same_picture():
     from poclip.app.worker import text_invariance_pairs
-    from poclip.engine.train import Preference
+    from poclip.engine.preferences import Preference
 
     picture = synth.draw_scene(synth.sample_scene(random.Random(1), shape="heart"), 224)
     attack = TextAttack("star", size=0.15)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from poclip.engine.evaluate import ATTACK_FAMILIES, family_attack
-from poclip.engine.train import synth_preferences
+from poclip.engine.preferences import synth_preferences
 from poclip.world import synth
 from poclip.world.attacks import HELD_OUT_FONTS, TRAINING_FONTS, AttackError, TextAttack, render
 from poclip.world.styles import EVAL_NEUTRAL_WORDS, STYLES, TRAIN_NEUTRAL_WORDS, styled_attack

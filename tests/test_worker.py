@@ -1,5 +1,6 @@
 """The trainer loop against a real SQLite file and the bundled model: scheduling, leases and the gate."""
 
+import math
 import types
 
 import pytest
@@ -141,7 +142,7 @@ def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_defaul
     for head, expected in (("projection", "projection"), ("", DEFAULT_HEAD)):
         service = make_service(tmp_path / (head or "default"), bundled, head=head)
         try:
-            assert service.trainer.head == expected
+            assert str(service.trainer.head) == expected
         finally:
             service.close()
 
@@ -173,3 +174,68 @@ def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_p
         svc.close()
     with pytest.raises(ValueError, match="POCLIP_REPLAY_PAIRS"):
         make_service(tmp_path / "bad", bundled, replay_pairs=-1)
+
+
+BEAT_KEYS = {"phase", "step", "total", "message", "history"}
+
+
+def test_a_running_retrain_shows_its_phases_steps_and_curve_in_the_run_row(tmp_path, bundled, monkeypatch):
+    """What a reader in another process sees: every beat is exactly the progress keys, the phases arrive in order
+    without waiting a period, the curve is there by evaluation time, and the row is written at most once a second."""
+    import threading
+    import time
+
+    svc = make_service(tmp_path, bundled, seed_items=30)
+    seen = []  # (thread, time, the run row's metrics right after the write)
+    heartbeat = svc.repo.heartbeat
+
+    def stored(run_id, metrics=None, **kwargs):
+        heartbeat(run_id, metrics, **kwargs)
+        seen.append((threading.current_thread().name, time.monotonic(), svc.repo.get_run(run_id).metrics))
+
+    monkeypatch.setattr(svc.repo, "heartbeat", stored)
+    try:
+        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        trainer = worker_module.Trainer(svc.settings, svc.repo, svc.encoder, svc.live_head, beat_every_s=0.05)
+        trainer.request()
+        run = trainer.run_pending()
+        assert run.status == "succeeded", run.error
+    finally:
+        svc.close()
+    rows = [metrics for _, _, metrics in seen]
+    assert rows and all(set(m) == BEAT_KEYS for m in rows), rows
+    phases = [m["phase"] for m in rows]
+    order = ["loading pairs", "embedding", "training", "evaluating"]
+    assert {"loading pairs", "embedding", "evaluating"} <= set(phases)
+    assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases), phases
+    evaluating = next(m for m in rows if m["phase"] == "evaluating")
+    assert evaluating["step"] == evaluating["total"] > 0 and isinstance(evaluating["message"], str)
+    curve = evaluating["history"]
+    assert 0 < len(curve) <= 200 and curve[-1]["step"] == evaluating["step"]
+    assert all(isinstance(r["step"], int) and {"loss", "rewards/margins", "kl/clean", "rewards/accuracies"} <= set(r)
+               and all(isinstance(r[k], float) for k in ("loss", "rewards/margins")) for r in curve)
+    beats = [t for name, t, _ in seen if name.startswith("poclip-heartbeat")]
+    assert len(beats) >= 2 and min(b - a for a, b in zip(beats, beats[1:], strict=False)) >= 0.95
+
+
+def test_a_beat_thins_a_long_curve_evenly_keeps_the_newest_and_fits_the_store():
+    from annotation_db.validation import MAX_JSON_BYTES, canonical_json
+    from poclip.app.retrain.heartbeat import beat_metrics, thin
+
+    assert thin(list(range(150))) == list(range(150))
+    thinned = thin(list(range(1000)))
+    assert len(thinned) == 200 and thinned[0] == 0 and thinned[-1] == 999
+    assert {b - a for a, b in zip(thinned, thinned[1:], strict=False)} <= {5, 6}  # evenly: 999 / 199 apart
+
+    record = {"epoch": 3, "lr": 2.9e-4, "loss": -0.123456789, "rewards/chosen": 1.23456789e-5,
+              "rewards/rejected": -12.3456789, "rewards/margins": 12.3456789, "rewards/accuracies": 0.984375,
+              "kl/clean": 1.23456789e-7, "loss/preference": 0.5, "loss/kl": 0.1, "loss/invariance": 0.2,
+              "loss/ortho": 0.0}
+    curve = [{"step": s, **record} for s in range(1, 5001)] + [{"step": 5001, "loss": math.nan}]
+    progress = worker_module.Progress(7, "training", 5000, 9000, curve)
+    beat = beat_metrics(progress)
+    assert set(beat) == BEAT_KEYS and (beat["phase"], beat["step"], beat["total"]) == ("training", 5000, 9000)
+    assert len(beat["history"]) == 200 and beat["history"][-1] == {"step": 5001, "loss": None}  # JSON has no NaN
+    assert beat["history"][0]["rewards/margins"] == 12.346
+    assert len(canonical_json(beat).encode()) < MAX_JSON_BYTES

@@ -566,10 +566,10 @@ class AppService:
         if policy.linear is not None:
             return self.batcher
         with self._batchers_lock:
-            if policy.head_blocks not in self._trunk_batchers:
-                self._trunk_batchers[policy.head_blocks] = ImageBatcher(
-                    functools.partial(trunk_inputs, self.encoder, policy.head_blocks))
-            return self._trunk_batchers[policy.head_blocks]
+            if policy.spec.blocks not in self._trunk_batchers:
+                self._trunk_batchers[policy.spec.blocks] = ImageBatcher(
+                    functools.partial(trunk_inputs, self.encoder, policy.spec.blocks))
+            return self._trunk_batchers[policy.spec.blocks]
 
     def predict(
         self,

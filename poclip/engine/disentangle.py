@@ -23,7 +23,8 @@ from poclip.engine.embed_cache import EmbeddingCache
 from poclip.engine.losses import kl_to_reference
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
-from poclip.engine.train import CleanImage, Preference, TrainConfig, train
+from poclip.engine.preferences import CleanImage, Preference, synth_clean
+from poclip.engine.train import TrainConfig, train
 from poclip.world import synth
 
 TONES: tuple[str, ...] = ("warm", "cool")
@@ -140,6 +141,4 @@ def run_disentangle(encoder: ClipEncoder, cfg: DisentangleConfig | None = None,
 
 
 def _clean(n: int, seed: int) -> list[CleanImage]:
-    from poclip.engine.train import synth_clean
-
     return synth_clean(n, seed + 7919)  # a stream apart from the typographic experiment's clean pictures

@@ -22,11 +22,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-# The paper's code starts from these betas (DESIGN.md).
-PAPER_BETA: dict[str, float] = {"dpo": 1.0, "ipo": 0.01, "kto": 1.5}
-# Our defaults, chosen on bench/alignment.py (bundled model, 1,000 pairs) from DPO 0.5/1/2, IPO 0.01-0.25 and
-# KTO 0.3/0.5/1.5. IPO regresses h to 1/(2*beta), so the paper's 0.01 (50 nats) wrecks clean accuracy here.
-# "robust", "conservative" and "hinge" follow DPO's scale.
+# The paper's code starts from DPO 1.0, IPO 0.01 and KTO 1.5. Our defaults, chosen on bench/alignment.py (bundled
+# model, 1,000 pairs) from DPO 0.5/1/2, IPO 0.01-0.25 and KTO 0.3/0.5/1.5. IPO regresses h to 1/(2*beta), so the
+# paper's 0.01 (50 nats) wrecks clean accuracy here. "robust", "conservative" and "hinge" follow DPO's scale.
 DEFAULT_BETA: dict[str, float] = {
     "dpo": 0.5, "ipo": 0.05, "kto": 0.3, "robust": 0.5, "conservative": 0.5, "hinge": 0.5, "ce": 1.0,
 }
@@ -49,7 +47,7 @@ def ipo_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def kto_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float, z0: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """KTO, Ethayarajh et al. 2024 (arXiv 2402.01306), paired form as in DESIGN.md.
+    """KTO, Ethayarajh et al. 2024 (arXiv 2402.01306), in the paired form of Afzali et al. 2025.
 
     ``mean(1 - sigmoid(beta*(r_w - z0)), 1 - sigmoid(beta*(z0 - r_l)))`` per example, where ``z0`` is the
     reference point: the detached mean KL(pi_ref || pi) on the clean batch (clamped at 0, as KTO does).
@@ -122,7 +120,7 @@ def cross_entropy_loss(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 def kl_to_reference(ref_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """KL(pi_ref(.|x) || pi(.|x)) = sum_y pi_ref(y|x) * (log pi_ref(y|x) - log pi(y|x)), per image ``[N]``.
 
-    The regularizer on clean images (DESIGN.md): it keeps the aligned model's whole predictive
+    The regularizer on clean images (Afzali et al. 2025): it keeps the aligned model's whole predictive
     distribution, not just its top label, close to the base model's. ``mask`` (``[N, L]`` bool) marks
     real labels when label sets of different sizes are padded into one tensor.
     """

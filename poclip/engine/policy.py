@@ -39,8 +39,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from poclip.engine import tower
+from poclip.engine.heads import HeadError, HeadSpec, check_head
 from poclip.engine.models import ClipEncoder
-from poclip.errors import UserError
 from poclip.world.synth import DEFAULT_TEMPLATE
 
 HEAD_FORMAT = "poclip-head/1"
@@ -48,31 +48,11 @@ _MIN_SINGULAR = 1e-6  # S^t with t < 0 needs S > 0; a collapsed direction is tre
 STRENGTH_CACHE = 8  # strength copies a policy keeps (see Policy._strength_cached)
 
 
-class HeadError(UserError):
-    """A head spec or checkpoint that cannot be used; the message says why."""
-
-
 def parse_head(head: str) -> tuple[str, int]:
-    """Split a head spec: ``'linear'`` -> ('linear', 0), ``'last_blocks:2'`` -> ('last_blocks', 2)."""
-    head = head.strip()
-    if head in ("linear", "projection"):
-        return head, 0
-    name, _, k = head.partition(":")
-    if name == "last_blocks" and k.isdigit() and int(k) > 0:
-        return name, int(k)
-    raise HeadError(f"unknown head {head!r}; choose linear, projection or last_blocks:K (K >= 1)")
-
-
-def check_head(encoder: ClipEncoder, head: str) -> str:
-    """``head`` stripped, if ``encoder``'s image tower can take it; :class:`HeadError` with the reason if not.
-    Cheap: nothing is copied."""
-    kind, blocks = parse_head(head)
-    if kind != "linear":
-        try:
-            tower.split(encoder.model.visual, blocks)
-        except tower.TowerError as exc:
-            raise HeadError(str(exc)) from exc
-    return head.strip()
+    """``(kind, blocks)`` of a head spec written as text (:meth:`HeadSpec.parse`), for callers that store the spec
+    as text: ``'linear'`` -> ('linear', 0), ``'last_blocks:2'`` -> ('last_blocks', 2)."""
+    spec = HeadSpec.parse(head)
+    return spec.kind, spec.blocks
 
 
 def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
@@ -126,23 +106,21 @@ class Policy(torch.nn.Module):
     The reference policy is ``with_strength(0)``, the base model.
     """
 
-    def __init__(self, encoder: ClipEncoder, head: str = "linear") -> None:
+    def __init__(self, encoder: ClipEncoder, head: HeadSpec | str = "linear") -> None:
         super().__init__()
         self.encoder = encoder
-        self.head_kind, self.head_blocks = parse_head(head)
-        self.head = head.strip()
+        self.spec = check_head(encoder, head)
         self.linear: LinearHead | None = None
         self.visual: torch.nn.Module | None = None
         self.split: tower.TowerSplit | None = None
-        if self.head_kind == "linear":
+        if self.spec.is_linear:
             self.linear = LinearHead(encoder.embed_dim)
             return
-        check_head(encoder, head)
         # A private copy of the tower's tail, so the base model (the reference) stays untouched; the frozen
         # trunk's tensors are shared with the backbone, not copied (a ViT-B/32 tower is 350 MB).
-        self.visual = _copy_tail(encoder.model.visual, self.head_blocks).to(encoder.device)
+        self.visual = _copy_tail(encoder.model.visual, self.spec.blocks).to(encoder.device)
         self.visual.requires_grad_(False)
-        self.split = tower.split(self.visual, self.head_blocks)
+        self.split = tower.split(self.visual, self.spec.blocks)
         for part in self.split.trainable:
             part.requires_grad_(True)
         self.visual.eval()  # batch-norm statistics stay the base model's, in training too
@@ -150,9 +128,9 @@ class Policy(torch.nn.Module):
     # ----- the policy -----------------------------------------------------------------------------------
 
     @property
-    def trains_on_pixels(self) -> bool:
-        """Tower heads change the image tower; the linear head works on embeddings."""
-        return self.visual is not None
+    def head(self) -> str:
+        """The head spec's canonical text (``last_blocks:2``), as checkpoints store it and messages name it."""
+        return str(self.spec)
 
     @property
     def cut(self) -> str:
@@ -169,21 +147,21 @@ class Policy(torch.nn.Module):
 
         if self.split is None:
             return EmbeddingCache(self.encoder, root)
-        return ActivationCache(self.encoder, root, self.head_blocks)
+        return ActivationCache(self.encoder, root, self.spec.blocks)
 
     @torch.no_grad()
     def inputs(self, images: list[Image.Image]) -> torch.Tensor:
         """Head inputs for pictures (no cache): embeddings, or the trunk's activations at the cut."""
         if self.split is None:
             return self.encoder.encode_images(images)
-        return trunk_inputs(self.encoder, self.head_blocks, self.encoder.pixels(images))
+        return trunk_inputs(self.encoder, self.spec.blocks, self.encoder.pixels(images))
 
     def image_features(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`); ``training`` lets a tower
         tail take its faster training path (:func:`poclip.engine.tower.tail`, equal up to rounding)."""
         if self.linear is not None:
             return self.linear(x)
-        out = tower.tail(self.visual, x.to(self.encoder.device), self.head_blocks, query_only=training)
+        out = tower.tail(self.visual, x.to(self.encoder.device), self.spec.blocks, query_only=training)
         return F.normalize(out.float(), dim=-1).cpu()
 
     def text_features(self, text_emb: torch.Tensor) -> torch.Tensor:
@@ -231,16 +209,15 @@ class Policy(torch.nn.Module):
         t = float(t)
         clone = Policy.__new__(Policy)
         torch.nn.Module.__init__(clone)
-        clone.encoder, clone.head_kind, clone.head_blocks, clone.head = (
-            self.encoder, self.head_kind, self.head_blocks, self.head)
+        clone.encoder, clone.spec = self.encoder, self.spec
         clone.linear, clone.visual, clone.split = None, None, None
         if self.linear is not None:
             clone.linear = LinearHead(self.linear.weight.shape[0])
             with torch.no_grad():
                 clone.linear.weight.copy_(strength_matrix(self.linear.weight, t))
         else:
-            clone.visual = _copy_tail(self.visual, self.head_blocks)
-            clone.split = tower.split(clone.visual, self.head_blocks)
+            clone.visual = _copy_tail(self.visual, self.spec.blocks)
+            clone.split = tower.split(clone.visual, self.spec.blocks)
             base = dict(self.encoder.model.visual.named_parameters())
             with torch.no_grad():
                 for name, p in clone.visual.named_parameters():
@@ -340,7 +317,7 @@ def save_head(policy: Policy, path: str | Path, metadata: dict[str, object] | No
         "format": HEAD_FORMAT,
         "backbone": policy.encoder.model_spec.name,
         "backbone_fingerprint": backbone_fingerprint(policy.encoder),
-        "head": policy.head,
+        "head": str(policy.spec),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for key, value in (metadata or {}).items():
@@ -390,7 +367,7 @@ def load_head(path: str | Path, encoder: ClipEncoder, check_backbone: bool = Tru
     if check_backbone and meta.get("backbone_fingerprint") != backbone_fingerprint(encoder):
         raise HeadError(f"{path} was trained on backbone {meta.get('backbone')!r} with other weights than "
                         f"the loaded {encoder.spec!r}; load that backbone or retrain the head")
-    policy = Policy(encoder, meta["head"])
+    policy = Policy(encoder, HeadSpec.parse(meta["head"]))
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
         for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping

@@ -53,7 +53,8 @@ def build_starter(encoder: ClipEncoder, out: str | Path = STARTER_HEAD, pairs: i
     Returns the training figures and the held-out evaluation of the stored (float16) weights.
     """
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
-    from poclip.engine.train import DEFAULT_RECIPE, TrainConfig, checkpoint_metadata, synth_clean, synth_preferences
+    from poclip.engine.preferences import synth_clean, synth_preferences
+    from poclip.engine.train import DEFAULT_RECIPE, TrainConfig, checkpoint_metadata
     from poclip.engine.train import train as train_head
 
     cfg = TrainConfig(seed=seed)

@@ -1,0 +1,101 @@
+"""Step 1 of a retrain: the preference data, from the crowd's judgments and the synthetic world.
+
+The crowd's pairs come from :meth:`annotation_db.Repository.training_pairs` (consensus per sample, held-out
+items excluded). Each typographic judgment is expanded into more pairs with other text on the same picture
+(:func:`text_invariance_pairs`); ``POCLIP_REPLAY_PAIRS`` synthetic pairs are replayed so crowd pairs refine
+the starter head's skills instead of wearing them down; the judged pictures, the replayed scenes and, up to
+:data:`MIN_CLEAN`, more synthetic scenes are the clean pictures of the KL regularizer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotation_db import Repository
+from poclip.engine.embed_cache import StoredPicture
+from poclip.engine.preferences import CleanImage, Preference, styled_preference, synth_clean, synth_preferences
+from poclip.engine.starter import SEED as STARTER_SEED
+from poclip.world.attacks import TextAttack
+
+MIN_PAIRS = 10
+MIN_CLEAN = 300  # top the clean regularization set up to this many pictures with synthetic scenes
+REPLAY_SEED = STARTER_SEED  # replayed synthetic pairs are the starter head's own (the first of them)
+
+
+class NotEnoughData(RuntimeError):
+    """Too few pairs to train on; the run fails with this message."""
+
+
+@dataclass
+class TrainingData:
+    """What a retrain trains on.
+
+    Attributes:
+        prefs: the crowd's pairs with their augmentation, then the replayed synthetic pairs.
+        clean: the clean regularization pictures.
+        crowd_pairs: how many of ``prefs`` come from the crowd (augmentation included).
+        replay_pairs: how many of ``prefs`` are replayed synthetic pairs.
+        watermark: the newest judgment the pairs were built from (None: no judgments yet).
+    """
+
+    prefs: list[Preference]
+    clean: list[CleanImage]
+    crowd_pairs: int
+    replay_pairs: int
+    watermark: int | None
+
+
+def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Preference]:
+    """``k`` more pairs from one typographic judgment: the same picture with other text written on it.
+
+    A person who says the object is ``chosen`` despite the word on the picture has said so for any writing:
+    the object does not change with it. Each extra pair draws its text from the text-style family
+    (:mod:`poclip.world.styles`: other wrong words, the true word, neutral words, several words, other looks;
+    seeded by the sample), so "the written class is never the answer" cannot fit the data. Judgments on
+    pictures without writing are not expanded.
+    """
+    if pref.attack is None or k <= 0 or len(pref.labels) < 2:
+        return []
+    return [styled_preference(pref.image, pref.chosen, pref.labels, random.Random(f"invariance:{sample_id}:{j}"),
+                              template=pref.template) for j in range(k)]
+
+
+def collect(repo: Repository, record_watermark: Callable[[int], None], *, augment_attacks: int,
+            replay_pairs: int) -> TrainingData:
+    """The crowd's pairs (with ``augment_attacks`` extra pairs per typographic judgment), ``replay_pairs``
+    synthetic pairs and as many synthetic clean pictures, and the clean pictures topped up to :data:`MIN_CLEAN`.
+
+    Args:
+        repo: the preference store.
+        record_watermark: called with the judgment watermark before anything can fail, so the scheduler
+            counts only judgments after it even when this run fails.
+        augment_attacks: ``POCLIP_AUGMENT``; replay_pairs: ``POCLIP_REPLAY_PAIRS``.
+    Raises:
+        NotEnoughData: fewer than :data:`MIN_PAIRS` crowd pairs.
+    """
+    batch = repo.training_pairs(None)
+    if batch.watermark:
+        record_watermark(batch.watermark)
+    if len(batch.pairs) < MIN_PAIRS:
+        raise NotEnoughData(f"only {len(batch.pairs)} training pairs; at least {MIN_PAIRS} are needed")
+    # Pictures are named by their stored hash: the trainer's cache opens a file only for what it has not seen.
+    pictures: dict[str, StoredPicture] = {}
+    prefs, clean = [], []
+    for pair in batch.pairs:
+        if pair.image_sha256 not in pictures:
+            pictures[pair.image_sha256] = StoredPicture(pair.image_sha256, Path(pair.image_path))
+            clean.append(CleanImage(pictures[pair.image_sha256], tuple(pair.labels), pair.prompt_template))
+        attack = TextAttack.from_dict(pair.attack) if pair.attack else None
+        prefs.append(Preference(pictures[pair.image_sha256], pair.chosen, pair.rejected, tuple(pair.labels),
+                                pair.prompt_template, attack))
+        prefs += text_invariance_pairs(prefs[-1], pair.sample_id, augment_attacks)
+    crowd = len(prefs)
+    if replay_pairs:
+        prefs += synth_preferences(replay_pairs, REPLAY_SEED)
+        clean += synth_clean(replay_pairs, REPLAY_SEED)
+    if len(clean) < MIN_CLEAN:
+        clean += synth_clean(MIN_CLEAN - len(clean), seed=1)
+    return TrainingData(prefs, clean, crowd, len(prefs) - crowd, batch.watermark)
