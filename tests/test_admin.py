@@ -2,12 +2,16 @@
 promote and rollback change the store and this process's live head at once."""
 
 import random
+from dataclasses import replace
 
+import gradio as gr
 import pytest
 import torch
 from apphelpers import ADMIN_TOKEN, make_service
 
-from poclip.app.admin import AdminRequired
+from poclip.app.admin import Administration, AdminRequired
+from poclip.app.ui.boundary import user_errors
+from poclip.app.ui.identity import sign_in_handler
 from poclip.world import synth
 
 TOKEN = ADMIN_TOKEN
@@ -22,6 +26,38 @@ def service(tmp_path, bundled):
 
 def star_scene():
     return synth.draw_scene(synth.sample_scene(random.Random(4), shape="star"), 224)
+
+
+def test_a_refusal_says_whether_the_token_is_wrong_missing_or_admin_is_off(service):
+    """Three different problems, three different messages: the person can tell what to fix."""
+    missing = "This action needs admin rights: sign in with the admin token \\(POCLIP_ADMIN_TOKEN\\)"
+    wrong = "The admin token is wrong: sign in with the admin token set in POCLIP_ADMIN_TOKEN"
+    for token, message in ((None, missing), ("", missing), ("not-the-token", wrong)):
+        with pytest.raises(AdminRequired, match=message):
+            service.training.retrain(token=token)
+        with pytest.raises(AdminRequired, match=message):
+            service.admin.promote(1, token=token)
+    # The same messages on the page's sign-in (the boundary capitalises nothing away).
+    with pytest.raises(gr.Error, match=wrong):
+        user_errors(sign_in_handler)(service, "not-the-token")
+    with pytest.raises(gr.Error, match="needs admin rights: sign in"):
+        user_errors(sign_in_handler)(service, "")
+    assert service.repo.list_runs() == []  # nothing was queued by the refused clicks
+
+    switched_off = Administration(replace(service.settings, admin_token=""), service.repo, service.live_head,
+                                  service.seeding)
+    for token in (None, "not-the-token", TOKEN):
+        with pytest.raises(AdminRequired, match="switched off on this server: set POCLIP_ADMIN_TOKEN"):
+            switched_off.require_admin(token)
+
+    org_only = Administration(replace(service.settings, admin_token="", admin_org="poclip-maintainers"),
+                              service.repo, service.live_head, service.seeding)
+    with pytest.raises(AdminRequired, match="takes no admin token: log in with Hugging Face as a member of "
+                                            "poclip-maintainers"):
+        org_only.require_admin("some-token")
+    with pytest.raises(AdminRequired, match="needs admin rights: log in with Hugging Face"):
+        org_only.require_admin(None, ["someone-else"])
+    org_only.require_admin(None, ["poclip-maintainers"])  # a member is an admin
 
 
 def test_admin_actions_need_the_token(service):

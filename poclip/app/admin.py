@@ -1,7 +1,8 @@
 """Administration: who is an admin, the model versions (promote, roll back), exports, backups, the data summary.
 
 Admin rights come from the configured ``POCLIP_ADMIN_TOKEN`` or, for a Hugging Face login, membership of
-``POCLIP_ADMIN_ORG``.
+``POCLIP_ADMIN_ORG``. A refusal says which of three things went wrong: admin actions are switched off on this
+server, nobody signed in, or the token given is not the admin token.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from poclip.settings import Settings
 
 SWITCHED_OFF = ("Admin actions are switched off on this server: set POCLIP_ADMIN_TOKEN (or POCLIP_ADMIN_ORG for "
                 "Hugging Face logins) and restart the app.")
+WRONG_TOKEN = "The admin token is wrong: sign in with the admin token set in POCLIP_ADMIN_TOKEN on the server."
 
 
 class AdminRequired(UserError):
@@ -51,13 +53,18 @@ class Administration:
         return bool(self.settings.admin_org and hf_orgs and self.settings.admin_org in hf_orgs)
 
     def require_admin(self, token: str | None = None, hf_orgs: list[str] | None = None) -> None:
-        """Nothing when ``token`` or ``hf_orgs`` give admin rights, else :class:`AdminRequired` saying how to
-        get them."""
+        """Nothing when ``token`` or ``hf_orgs`` give admin rights, else :class:`AdminRequired` saying whether
+        admin actions are switched off, the token is wrong, or nobody signed in (and how to)."""
         if self.is_admin(token, hf_orgs):
             return
         admin_token, admin_org = self.settings.admin_token, self.settings.admin_org
         if not admin_token and not admin_org:
             raise AdminRequired(SWITCHED_OFF)
+        if token and admin_token:
+            raise AdminRequired(WRONG_TOKEN)
+        if token:
+            raise AdminRequired(f"This server takes no admin token: log in with Hugging Face as a member of "
+                                f"{admin_org}.")
         ways = []
         if admin_token:
             ways.append("sign in with the admin token (POCLIP_ADMIN_TOKEN)")
