@@ -21,7 +21,14 @@ sys.setswitchinterval(SWITCH_INTERVAL_S)
 if gr.NO_RELOAD:
     settings = Settings.from_env()
     service = AppService.create(settings)
-    service.start_background()
+    if settings.trainer == "thread":
+        # The trainer runs beside the service and shares its live head; they talk only through the store (the
+        # Train tab queues runs there and reads the heartbeat). Its loop also follows promotions made elsewhere.
+        from poclip.app.worker import Trainer
+
+        Trainer(settings, service.repo, service.encoder, service.live_head).start(train=True)
+    else:  # POCLIP_TRAINER=off: a `python -m poclip worker` process trains, promotes and backs up
+        service.live_head.follow()
 
 demo = build_demo(service)
 

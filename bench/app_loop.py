@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from poclip.app.service import AppService  # noqa: E402
 from poclip.app.ui import build_demo  # noqa: E402
+from poclip.app.worker import Trainer  # noqa: E402
 from poclip.engine.evaluate import embed_synth_eval, evaluate_policy  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
@@ -61,7 +62,8 @@ def measure(args: argparse.Namespace, data_dir: Path) -> int:
                         seed_items=args.labels + 40)
     started = time.perf_counter()
     service = AppService.create(settings, encoder=load_model("bundled"))
-    service.start_background()
+    trainer = Trainer(settings, service.repo, service.encoder, service.live_head)  # as app.py does
+    trainer.start()
     demo = build_demo(service)
     port = free_port()
     demo.queue(default_concurrency_limit=8, max_size=256).launch(
@@ -100,7 +102,7 @@ def measure(args: argparse.Namespace, data_dir: Path) -> int:
 
         held_out = embed_synth_eval(service.encoder, args.eval_n, seed=2024)
         base = evaluate_policy(None, held_out, encoder=service.encoder)
-        live = service.live.policy
+        live = service.live_head.current.policy
         active = evaluate_policy(live, held_out, encoder=service.encoder) if live is not None else base
         keys = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
         result["held_out"] = {"n": args.eval_n, "seed": 2024, "base": {k: base[k] for k in keys},
@@ -129,6 +131,7 @@ def measure(args: argparse.Namespace, data_dir: Path) -> int:
         result["bars_met"] = all(bars.values())
     finally:
         demo.close()
+        trainer.stop()
         service.close()
     print(json.dumps(result, indent=2 if not args.json else None))
     return 0 if result.get("bars_met") else 1

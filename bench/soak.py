@@ -43,7 +43,8 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from annotation_db.counters import bump  # noqa: E402
 from annotation_db.models import Annotator, Judgment, JudgmentKind, Sample  # noqa: E402
-from poclip.app.service import AppService, annotation_item  # noqa: E402
+from poclip.app.seeding import annotation_item  # noqa: E402
+from poclip.app.service import AppService  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
 
@@ -116,10 +117,10 @@ def answer_once(svc: AppService, token: str, item, truth: dict[str, str]) -> tup
 
     chosen = truth[TextAttack.from_dict(item.sample.attack).to_json()]
     t0 = time.perf_counter()
-    stored = svc.answer_item(token, item.sample.id, chosen)
-    following = svc.next_item(token)
+    stored = svc.annotation.answer_item(token, item.sample.id, chosen)
+    following = svc.annotation.next_item(token)
     svc.status()
-    svc.labelled_by(token)
+    svc.annotation.labelled_by(token)
     return (stored, following), (time.perf_counter() - t0) * 1000
 
 
@@ -139,9 +140,9 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
     half = clients * per_client // 2
 
     def client() -> None:
-        token = svc.new_annotator_id()
-        handle = svc.who(token)
-        item = svc.next_item(token)
+        token = svc.identity.issue()
+        handle = svc.visitors.who(token)
+        item = svc.annotation.next_item(token)
         for _ in range(per_client):
             if item is None:
                 return
@@ -161,7 +162,7 @@ def soak(db: Database, encoder, clients: int, per_client: int, seed_items: int, 
                     else:
                         counts["other_errors"] += 1
                 print(f"soak: {message}", file=sys.stderr)
-                item = svc.next_item(token)
+                item = svc.annotation.next_item(token)
             with lock:
                 done[0] += 1
             time.sleep(think_s)  # a person reads the next picture
@@ -250,8 +251,8 @@ def bulk_judgments(svc: AppService, n_annotators: int, per_annotator: int) -> in
 
 
 def probe(svc: AppService, truth: dict[str, str], n: int) -> float:
-    token = svc.new_annotator_id()
-    item = svc.next_item(token)
+    token = svc.identity.issue()
+    item = svc.annotation.next_item(token)
     times = []
     for _ in range(n):
         (_, item), ms = answer_once(svc, token, item, truth)

@@ -228,7 +228,7 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
 
 def seeded_truth(n: int) -> dict[str, str]:
     """attack JSON -> true shape for the app's first ``n`` seeded annotation items: what a careful person answers."""
-    from poclip.app.service import annotation_item
+    from poclip.app.seeding import annotation_item
 
     return {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(n))}
 

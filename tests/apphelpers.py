@@ -5,7 +5,8 @@ import threading
 from pathlib import Path
 
 from poclip.app.identity import SECRET_FILE
-from poclip.app.service import AppService, annotation_item
+from poclip.app.seeding import annotation_item
+from poclip.app.service import AppService
 from poclip.settings import Settings
 
 ADMIN_TOKEN = "s3cret-admin"
@@ -33,6 +34,15 @@ def make_service(data_dir, encoder, **overrides) -> AppService:
         "starter_head": False, "replay_pairs": 0, **overrides,
     })
     return AppService.create(settings, encoder=encoder)
+
+
+def make_trainer(service: AppService, **kwargs):
+    """The trainer as ``app.py`` builds it beside the service: same settings and store, sharing the live head.
+    The service never builds one; tests that train call :meth:`~poclip.app.worker.Trainer.run_pending` on it, or
+    ``start()`` it (then ``stop()`` it before closing the service)."""
+    from poclip.app.worker import Trainer  # only tests that train load it
+
+    return Trainer(service.settings, service.repo, service.encoder, service.live_head, **kwargs)
 
 
 def footprint(service: AppService) -> dict[str, int]:

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from apphelpers import ADMIN_TOKEN, ONE_PERSON, free_port, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, free_port, make_service, make_trainer, truth_by_attack
 from gradio_client import Client, handle_file
 
 from poclip.world import synth
@@ -25,7 +25,8 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
     from poclip.world.attacks import TextAttack
 
     service = make_service(tmp_path / "data", bundled, seed_items=240, **ONE_PERSON)
-    service.start_background()
+    trainer = make_trainer(service)  # the background trainer, beside the service as in app.py
+    trainer.start()
     demo = build_demo(service)
     port = free_port()
     demo.queue(default_concurrency_limit=8).launch(server_name="127.0.0.1", server_port=port,
@@ -73,6 +74,7 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
         assert flipped / fooled >= 0.5, (flipped, fooled)
     finally:
         demo.close()
+        trainer.stop()
         service.close()
 
 

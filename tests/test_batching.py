@@ -68,12 +68,13 @@ def test_batched_predictions_equal_one_at_a_time(tmp_path, bundled):
     service = make_service(tmp_path, bundled, seed_items=0)
     try:
         pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(12)]
-        alone = [service.compare(p, list(synth.SHAPES)).base.probs for p in pictures]
-        together = all_at_once(lambda k: service.compare(pictures[k], list(synth.SHAPES)).base.probs, len(pictures))
+        alone = [service.comparisons.compare(p, list(synth.SHAPES)).base.probs for p in pictures]
+        compare = service.comparisons.compare
+        together = all_at_once(lambda k: compare(pictures[k], list(synth.SHAPES)).base.probs, len(pictures))
         for k, probs in enumerate(alone):
             assert together[k].keys() == probs.keys()
             assert max(abs(together[k][label] - p) for label, p in probs.items()) < 1e-4
-        assert service.batcher.stats.items == 2 * len(pictures)
+        assert service.comparisons.batcher.stats.items == 2 * len(pictures)
     finally:
         service.close()
 
@@ -83,16 +84,18 @@ def test_a_tower_head_shares_trunk_batches_and_answers_as_it_does_alone(tmp_path
     # tail at base and at aligned weights; answers equal the head's own one-picture forward.
     service = make_service(tmp_path, bundled, seed_items=0, starter_head=True)
     try:
-        policy = service.live.policy
+        policy = service.live_head.current.policy
         assert policy is not None and policy.linear is None
         pictures = [synth.draw_scene(synth.sample_scene(random.Random(k)), 224) for k in range(8)]
-        compared = all_at_once(lambda k: service.compare(pictures[k], list(synth.SHAPES), t=0.5), len(pictures))
+        compare = service.comparisons.compare
+        compared = all_at_once(lambda k: compare(pictures[k], list(synth.SHAPES), t=0.5), len(pictures))
         together = {k: (c.base.probs, c.aligned.probs) for k, c in compared.items()}
         for k, picture in enumerate(pictures):
             base, aligned = policy.predict([picture], list(synth.SHAPES), t=0.5)
             for got, want in zip(together[k], (base[0], aligned[0]), strict=True):
                 assert max(abs(got[label] - float(p)) for label, p in zip(synth.SHAPES, want, strict=True)) < 1e-4
-        trunk = service._batcher_for(policy).stats
-        assert trunk.items == len(pictures) and service.batcher.stats.items == 0  # the trunk batcher did the work
+        trunk = service.comparisons.batcher_for(policy).stats
+        embeddings = service.comparisons.batcher.stats
+        assert trunk.items == len(pictures) and embeddings.items == 0  # the trunk batcher did the work
     finally:
         service.close()

@@ -13,7 +13,7 @@ import random
 import time
 
 import pytest
-from apphelpers import ADMIN_TOKEN, ONE_PERSON, footprint, free_port, make_service, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, footprint, free_port, make_service, make_trainer, truth_by_attack
 
 from poclip.settings import REPO_DIR
 from poclip.world import synth
@@ -35,7 +35,8 @@ def app(tmp_path_factory, bundled, chromium):
     data = tmp_path_factory.mktemp("browser")
     # The Train tab's run learns from one simulated person's labels (test_the_training_chart_...).
     service = make_service(data / "data", bundled, seed_items=40, **ONE_PERSON)
-    service.start_background()  # the Train tab's retrain runs in the app's trainer thread
+    trainer = make_trainer(service)  # the Train tab's retrain runs in the trainer thread beside the app
+    trainer.start()
     demo = build_demo(service)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -55,6 +56,7 @@ def app(tmp_path_factory, bundled, chromium):
         finally:
             browser.close()
             demo.close()
+            trainer.stop()
             service.close()
 
 
@@ -219,7 +221,7 @@ def test_custom_labels_and_neither_store_the_chosen_custom_label(app):
     service = app["service"]
     labels = ["starfish", "doughnut", "kite"]
     # Which label the models answer is deterministic; pick one they did not answer.
-    answered = service.compare(open_image(app["star"]), labels, TextAttack("kite")).base.label
+    answered = service.comparisons.compare(open_image(app["star"]), labels, TextAttack("kite")).base.label
     truth = next(label for label in labels if label != answered)
     page = open_page(app)
     choose(page, "preset", "Custom (type below)")
@@ -263,9 +265,9 @@ def test_the_training_chart_shows_a_legend_and_a_numeric_step_axis(app):
     service = app["service"]
     truth = truth_by_attack(40)
     for _ in range(30):  # enough pairs for a run: honest answers on the seeded items (uploads: the first label)
-        item = service.next_item("trainer-feed")
+        item = service.annotation.next_item("trainer-feed")
         key = TextAttack.from_dict(item.sample.attack).to_json() if item.sample.attack else None
-        service.answer_item("trainer-feed", item.sample.id, truth.get(key, item.labels[0]))
+        service.annotation.answer_item("trainer-feed", item.sample.id, truth.get(key, item.labels[0]))
     page = open_page(app)
     page.get_by_role("tab", name="Data").click()
     expect(page.locator("#data-summary")).to_contain_text("admins only", timeout=TIMEOUT)

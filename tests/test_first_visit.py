@@ -30,10 +30,11 @@ def test_a_fresh_app_already_answers_all_54_example_cases(tmp_path, bundled):
     assert len(cases) == 54
     service = make_service(tmp_path, bundled, seed_items=0, starter_head=True)  # the product default
     try:
-        assert service.live.version is None and service.live.policy is not None  # nothing trained here yet
+        live = service.live_head.current
+        assert live.version is None and live.policy is not None  # nothing trained here yet
         base_right = aligned_right = 0
         for path, truth, attack in cases:
-            result = service.compare(Image.open(path), list(synth.SHAPES), attack)
+            result = service.comparisons.compare(Image.open(path), list(synth.SHAPES), attack)
             base_right += result.base.label == truth
             aligned_right += result.aligned.label == truth
         assert base_right <= 5  # the base model falls for nearly all of them

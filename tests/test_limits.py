@@ -191,11 +191,11 @@ def test_rotating_handles_from_one_address_hit_the_client_limit_and_refused_vote
         with request_origin(RequestOrigin("203.0.113.7")):
             for round_ in range(3):
                 for handle in handles:
-                    shown = svc.predict(picture, list(synth.SHAPES), TextAttack(f"w{round_}", size=0.15),
+                    shown = svc.comparisons.predict(picture, list(synth.SHAPES), TextAttack(f"w{round_}", size=0.15),
                                         source="synthetic")
                     before = footprint(svc)
                     try:
-                        svc.vote(handle, shown.id, "left")
+                        svc.comparisons.vote(handle, shown.id, "left")
                         accepted += 1
                     except UserError as exc:
                         refused += 1
@@ -205,10 +205,10 @@ def test_rotating_handles_from_one_address_hit_the_client_limit_and_refused_vote
         assert messages == {"Too many labels from your network address (at most 12 per 60 s)"}
         # Another address, and calls from Python itself (no request), are not held back by this one.
         with request_origin(RequestOrigin("198.51.100.20")):
-            item = svc.next_item("someone-else")
-            svc.answer_item("someone-else", item.sample.id, item.labels[0])
-        item = svc.next_item("a-script")
-        svc.answer_item("a-script", item.sample.id, item.labels[0])
+            item = svc.annotation.next_item("someone-else")
+            svc.annotation.answer_item("someone-else", item.sample.id, item.labels[0])
+        item = svc.annotation.next_item("a-script")
+        svc.annotation.answer_item("a-script", item.sample.id, item.labels[0])
     finally:
         svc.close()
 
@@ -216,20 +216,20 @@ def test_rotating_handles_from_one_address_hit_the_client_limit_and_refused_vote
 def test_one_address_creates_a_bounded_number_of_annotators(tmp_path, bundled):
     svc = make_service(tmp_path, bundled, client_new_annotators="5/3600")
     try:
-        tokens = [svc.new_annotator_id() for _ in range(8)]  # issuing a token writes nothing
+        tokens = [svc.identity.issue() for _ in range(8)]  # issuing a token writes nothing
         with request_origin(RequestOrigin("203.0.113.8")):
             before = svc.repo.counts()["annotators"]
             for token in tokens[:5]:
-                svc.next_item(token)
+                svc.annotation.next_item(token)
             for token in [*tokens[5:], "typed-name"]:
                 with pytest.raises(UserError, match="Too many new annotator names or anonymous ids from your "
                                                     "network address \\(at most 5 per 3600 s\\)"):
-                    svc.next_item(token)
+                    svc.annotation.next_item(token)
             assert svc.repo.counts()["annotators"] == before + 5
-            item = svc.next_item(tokens[0])  # the five already known carry on
-            svc.answer_item(tokens[0], item.sample.id, item.labels[0])
+            item = svc.annotation.next_item(tokens[0])  # the five already known carry on
+            svc.annotation.answer_item(tokens[0], item.sample.id, item.labels[0])
         with request_origin(RequestOrigin("198.51.100.9")):
-            svc.next_item(tokens[5])
+            svc.annotation.next_item(tokens[5])
     finally:
         svc.close()
 
@@ -307,7 +307,7 @@ def test_rotating_handles_over_http_hit_the_per_address_limit(launched):
                 errors.append(str(exc))
     assert accepted == 6 and len(errors) == 3
     assert all("Too many labels from your network address (at most 6 per 60 s)" in e for e in errors), errors
-    assert service.people_counts()["judgments"] == 6
+    assert service.admin.people_counts()["judgments"] == 6
     # A fourth handle from the same address is one new annotator too many (three were created above).
     with pytest.raises(Exception, match="Too many new annotator names"):
         clients[0].predict(handle="rotating-3", api_name="/next_item")

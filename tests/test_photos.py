@@ -121,7 +121,7 @@ def test_compare_offers_the_photos_with_their_label_sets_and_credit_for_real_bac
         shown = predict_handler(service, picture, controls)
         assert shown.labels == examples[index].labels and set(shown.left) <= set(shown.labels)
         assert _pixels(shown.seen) == _pixels(picture.image)  # the note is in the photo; nothing is drawn
-        record = service.comparison(shown.comparison_id)
+        record = service.comparisons.comparison(shown.comparison_id)
         assert record.attack.text == "calligraphy" and record.attack.physical
         stored = vote_handler(service, shown.comparison_id, "left", None, "photo-fan", "")
         sample = service.repo.get_sample(stored["sample_id"])
@@ -134,7 +134,7 @@ def test_compare_offers_the_photos_with_their_label_sets_and_credit_for_real_bac
 def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_path, tiny):
     from apphelpers import make_service
 
-    from poclip.app.service import GOLD_HANDLE
+    from poclip.app.seeding import GOLD_HANDLE
     from poclip.app.ui.annotate import answer_handler, next_item_handler
     from poclip.world.images import open_image
     from poclip.world.photos import app_labels, label_set_name
@@ -145,14 +145,14 @@ def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_p
         assert service.repo.counts()["samples"] == len(served_photos) == 212
         # Gold answers (so people's labels can count towards training): attack photos of objects one label names.
         gold = service.repo.judgments_of(GOLD_HANDLE)
-        assert len(gold) == service.people_counts()["gold_items"] > 0
+        assert len(gold) == service.admin.people_counts()["gold_items"] > 0
         for answer in gold:
             sample = service.repo.get_sample(answer.sample_id)
             photo = next(p for p in served_photos if label_set_name(p) == sample.label_set
                          and p.word == sample.attack["text"])
             assert photo.kind == "attack" and (answer.chosen, answer.rejected) == (photo.right[0], photo.word)
             assert photo.right == (answer.chosen,)
-        assert service.seed_items() == 0  # a restart finds them all (one look-up) and adds nothing
+        assert service.seeding.seed_items() == 0  # a restart finds them all (one look-up) and adds nothing
         assert service.repo.counts()["samples"] == 212 and len(service.repo.judgments_of(GOLD_HANDLE)) == len(gold)
         shown = next_item_handler(service, handle="ann", anon_id="")
         sample = service.repo.get_sample(shown.sample_id)

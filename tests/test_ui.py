@@ -76,9 +76,9 @@ def test_arena_mode_hides_the_sides_until_the_vote(service):
     for _ in range(12):
         shown = predict_handler(service, star(), Controls(text="circle", arena=True), rng=rng)
         assert (shown.left_title, shown.right_title) == ("### Model A", "### Model B")
-        sides.add(service.comparison(shown.comparison_id).shown_left)
+        sides.add(service.comparisons.comparison(shown.comparison_id).shown_left)
     assert sides == {"base", "aligned"}
-    record = service.comparison(shown.comparison_id)
+    record = service.comparisons.comparison(shown.comparison_id)
     result = vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label="star",
                   handle="ann", anon_id="")
     named = "### PO-CLIP" if record.shown_left == "aligned" else "### Base CLIP"
@@ -148,8 +148,8 @@ def test_every_upload_in_the_corpus_gets_a_message_or_a_prediction(service, tmp_
 
 
 def test_admin_signs_in_once_and_only_admins_see_who_labelled_what(service):
-    item = service.next_item("dora")
-    service.answer_item("dora", item.sample.id, item.labels[0])
+    item = service.annotation.next_item("dora")
+    service.annotation.answer_item("dora", item.sample.id, item.labels[0])
     text, people, recent = data_view(service, token="")
     assert "**1** label from **1** person" in text and people is None and recent is None
     assert "admins only" in text
@@ -232,13 +232,20 @@ def test_training_chart_has_a_numeric_step_axis_a_legend_and_units():
     assert "epoch" not in svg and "No training curves" in chart_svg([])
 
 
-def test_progress_text_counts_steps_and_versions_show_the_loss(service):
-    from poclip.app.worker import Progress
+def test_progress_text_counts_steps_and_versions_show_the_loss(service, tmp_path, bundled):
+    from poclip.engine.policy import Policy, save_head
 
-    service.trainer.progress = Progress(3, "training", 120, 180, [{"step": 120, "loss": 0.5}])
-    assert progress_text(service) == "**Trainer:** training run 3: step 120 of 180"
-    service.trainer.progress = Progress(3, "promoted", 60, 60, [{"step": 180, "loss": 0.4}], "better")
-    assert progress_text(service).startswith("**Trainer:** run 3 promoted after 180 steps")
+    service.training.retrain(token=ADMIN_TOKEN)
+    run = service.repo.claim_run("a-worker")  # the trainer reports through the store, wherever it runs
+    service.repo.heartbeat(run.id, {"phase": "training", "step": 120, "total": 180, "message": "",
+                                    "history": [{"step": 120, "loss": 0.5}]}, lease=run.lease)
+    assert progress_text(service) == f"**Trainer:** training run {run.id}: step 120 of 180"
+    path = save_head(Policy(bundled), tmp_path / "heads" / "run.safetensors")
+    version = service.repo.register_version(bundled.spec, str(path), {"loss": "dpo"}, run_id=run.id, lease=run.lease)
+    service.repo.promote_version(version.id, run_id=run.id, lease=run.lease)
+    service.repo.finish_run(run.id, metrics={"gate": "better", "history": [{"step": 180, "loss": 0.4}]},
+                            version_id=version.id, lease=run.lease)
+    assert progress_text(service).startswith(f"**Trainer:** run {run.id} promoted after 180 steps")
     assert "loss" in versions_table(service).columns
 
 

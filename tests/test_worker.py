@@ -4,11 +4,11 @@ import math
 import types
 
 import pytest
-from apphelpers import make_service
+from apphelpers import make_service, make_trainer
 
 import poclip.app.worker as worker_module
 from annotation_db.models import Sample
-from poclip.app.service import annotation_item
+from poclip.app.seeding import annotation_item
 from poclip.world.attacks import TextAttack
 
 
@@ -53,7 +53,7 @@ def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tm
     try:
         for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
-        trainer = svc.trainer
+        trainer = make_trainer(svc)
         trainer.tick()  # 12 new judgments >= 10: scheduled, trained, rejected
         [first] = svc.repo.list_runs()
         assert first.status == "succeeded"
@@ -81,8 +81,9 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
         items = seeded_samples(svc.repo, 300)
         for sid, shape, written in items[:30]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
-        svc.trainer.request()
-        honest = svc.trainer.run_pending()
+        trainer = make_trainer(svc)
+        trainer.request()
+        honest = trainer.run_pending()
         assert svc.repo.get_version(honest.version_id).status == "active", honest.metrics["gate"]
 
         for who in ("mallory-1", "mallory-2", "mallory-3"):
@@ -91,12 +92,12 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
                     continue
                 # The worst case: the attackers answer gold items honestly, as if they knew which those are, so
                 # trust does not catch them and only the gate stands in the way.
-                if shape == "star" and not svc._is_gold_item(i):
+                if shape == "star" and not svc.seeding.is_gold_item(i):
                     judge(svc.repo, who, sid, "heart", "star")  # every new star is called a heart
                 else:
                     judge(svc.repo, who, sid, shape, written)
-        svc.trainer.request()
-        poisoned = svc.trainer.run_pending()
+        trainer.request()
+        poisoned = trainer.run_pending()
         version = svc.repo.get_version(poisoned.version_id)
         reason = version.reason or ""
         with capsys.disabled():
@@ -142,7 +143,7 @@ def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_defaul
     for head, expected in (("projection", "projection"), ("", DEFAULT_HEAD)):
         service = make_service(tmp_path / (head or "default"), bundled, head=head)
         try:
-            assert str(service.trainer.head) == expected
+            assert str(make_trainer(service).head) == expected
         finally:
             service.close()
 
@@ -162,8 +163,9 @@ def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_p
         for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
         judged = len(svc.repo.training_pairs(None).pairs)  # the 12 judged items and the gold ones among the 30
-        svc.trainer.request()
-        run = svc.trainer.run_pending()
+        trainer = make_trainer(svc)
+        trainer.request()
+        run = trainer.run_pending()
         assert run.status == "succeeded", run.error
         m = run.metrics
         # Each typographic judgment gives 4 augmented pairs more; 200 replayed pairs and 200 clean pictures.

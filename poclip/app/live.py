@@ -1,7 +1,8 @@
 """The live head: the aligned version serving predictions, owned here and nowhere else.
 
 The app's service and the worker process each hold one :class:`LiveHead`; both follow the database's active
-version. Serving imports this module, never the trainer.
+version: the trainer's loop syncs it on every pass, and a serving process that does not train follows it
+from a thread of its own (:meth:`LiveHead.follow`). Serving imports this module, never the trainer.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class LiveHead:
         self._live = LiveModel(None, fallback)
         self._unloadable: dict[int, str] = {}  # active versions this process cannot load, with the reason
         self._lock = threading.Lock()  # one loader at a time; readers never wait (they take self._live)
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     @property
     def current(self) -> LiveModel:
@@ -79,3 +82,25 @@ class LiveHead:
             self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
             log.info("live head is now version %s", active.id)
             return self._live
+
+    def follow(self, interval_s: float = 2.0) -> None:
+        """Sync every ``interval_s`` seconds from a daemon thread until :meth:`close`, for a process that serves
+        but does not train (``POCLIP_TRAINER=off``: a worker process promotes, this one follows)."""
+        if self._follower is not None and self._follower.is_alive():
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.sync()
+                except Exception:  # a database hiccup: keep serving the current head, try again next period
+                    log.exception("following the active version failed")
+
+        self._follower = threading.Thread(target=loop, name="poclip-live-follow", daemon=True)
+        self._follower.start()
+
+    def close(self) -> None:
+        """Stop following (a no-op when :meth:`follow` was never called)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=30)

@@ -86,7 +86,7 @@ def build_demo(service: AppService) -> gr.Blocks:
             trigger(data["refresh"], admin_token, data["outputs"], api_visibility="private")
         gr.Timer(15.0).tick(data["refresh"], admin_token, data["outputs"], api_visibility="private",
                             show_progress="hidden")
-        demo.load(service.annotator_token, anon_id, anon_id, api_visibility="private")  # server-signed id
+        demo.load(service.visitors.annotator_token, anon_id, anon_id, api_visibility="private")  # server-signed id
     return demo
 
 

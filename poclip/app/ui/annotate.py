@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from poclip.app.annotation import Item
 from poclip.app.display import display_file
-from poclip.app.service import AppService, Item
+from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.counts import counted
 from poclip.app.ui.identity import annotator_handle
@@ -62,7 +63,7 @@ class ItemView:
 def counter_text(service: AppService, who: str) -> str:
     """The person's own labels, everyone's, and what a training pair is."""
     status = service.status()
-    mine = service.labelled_by(who)
+    mine = service.annotation.labelled_by(who)
     text = (f"{counted(mine, 'label', bold=True)} from you · **{status['judgments']}** from "
             f"{counted(status['annotators'], 'person', 'people')} · "
             f"{counted(status['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)")
@@ -85,7 +86,7 @@ def next_item_handler(service: AppService, handle: str | None, anon_id: str | No
                       profile: gr.OAuthProfile | None = None) -> ItemView:
     """The next item for this annotator."""
     who = annotator_handle(handle, anon_id, profile, service)
-    return item_view(service, who, service.next_item(who))
+    return item_view(service, who, service.annotation.next_item(who))
 
 
 def answer_handler(service: AppService, sample_id: int | None, chosen: str | None, handle: str | None,
@@ -95,19 +96,19 @@ def answer_handler(service: AppService, sample_id: int | None, chosen: str | Non
     if sample_id is None:
         raise UserError("There is no item on screen to answer: press Start.")
     label = chosen.split("  ", 1)[-1].strip() if chosen else ""
-    service.answer_item(who, int(sample_id), label)
-    return item_view(service, who, service.next_item(who))
+    service.annotation.answer_item(who, int(sample_id), label)
+    return item_view(service, who, service.annotation.next_item(who))
 
 
 def skip_handler(service: AppService, sample_id: int | None, handle: str | None, anon_id: str | None,
                  profile: gr.OAuthProfile | None = None) -> ItemView:
     """Show another item without recording anything (the skipped one may come back later)."""
     who = annotator_handle(handle, anon_id, profile, service)
-    item = service.next_item(who)
+    item = service.annotation.next_item(who)
     for _ in range(5):
         if item is None or item.sample.id != sample_id:
             break
-        item = service.next_item(who)
+        item = service.annotation.next_item(who)
     return item_view(service, who, item)
 
 
@@ -115,10 +116,11 @@ def undo_handler(service: AppService, handle: str | None, anon_id: str | None,
                  profile: gr.OAuthProfile | None = None) -> ItemView:
     """Undo this annotator's last label (within the undo window) and show that item again."""
     who = annotator_handle(handle, anon_id, profile, service)
-    undone = service.undo(who)
+    undone = service.annotation.undo(who)
     if undone is None:
-        return item_view(service, who, service.next_item(who), note="\n\n_Nothing recent to undo._")
-    return item_view(service, who, service.item(undone["sample_id"]), note="\n\n_Undone: answer this one again._")
+        return item_view(service, who, service.annotation.next_item(who), note="\n\n_Nothing recent to undo._")
+    return item_view(service, who, service.annotation.item(undone["sample_id"]),
+                     note="\n\n_Undone: answer this one again._")
 
 
 def build_annotate(service: AppService, handle_box: gr.Textbox, anon_id: gr.BrowserState) -> None:

@@ -194,7 +194,7 @@ class PublicApi:
 
     def retrain(self, token: str, loss: Loss = "dpo", oauth_token: gr.OAuthToken | None = None) -> Message:
         """Queue a retrain (admin); the background trainer runs it."""
-        run = self.service.retrain(loss, token=token, hf_orgs=hf_orgs(oauth_token))
+        run = self.service.training.retrain(loss, token=token, hf_orgs=hf_orgs(oauth_token))
         return Message(f"Run {run['run_id']} is {run['status']}; /status shows its progress.")
 
     def status(self) -> Status:
@@ -203,26 +203,27 @@ class PublicApi:
 
     def promote(self, token: str, version_id: int, oauth_token: gr.OAuthToken | None = None) -> Message:
         """Make version ``version_id`` live (admin)."""
-        live = self.service.promote(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
+        live = self.service.admin.promote(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
         return Message(f"Version {live['active_version']} is live.")
 
     def rollback(self, token: str, version_id: int | None = None,
                  oauth_token: gr.OAuthToken | None = None) -> Message:
         """Return to version ``version_id``, or to the version live before the current one (admin)."""
-        live = self.service.rollback(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
+        live = self.service.admin.rollback(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
         return Message(f"Rolled back: version {live['active_version']} is live.")
 
     def export(self, token: str, oauth_token: gr.OAuthToken | None = None) -> Export:
         """The preference pairs as a Hugging Face dataset in one parquet file (admin)."""
-        return Export(FileData(path=self.service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))))
+        return Export(FileData(path=self.service.admin.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))))
 
     def push_to_hub(self, token: str, repo_id: str = "", oauth_token: gr.OAuthToken | None = None) -> Message:
         """Push the pairs to a Hub dataset repository (default: POCLIP_EXPORT_REPO) (admin)."""
-        return Message(f"Pushed to {self.service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}.")
+        target = self.service.admin.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))
+        return Message(f"Pushed to {target}.")
 
     def backup(self, token: str, oauth_token: gr.OAuthToken | None = None) -> Message:
         """Snapshot the database now (admin)."""
-        return Message(f"Snapshot written: {self.service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}")
+        return Message(f"Snapshot written: {self.service.admin.backup(token=token, hf_orgs=hf_orgs(oauth_token))}")
 
 
 def expose(method: Callable[..., tuple], **options) -> None:

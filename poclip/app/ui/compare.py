@@ -200,8 +200,9 @@ def predict_handler(service: AppService, picture: Picture | None, controls: Cont
     """Base and aligned predictions side by side, kept on the server as one comparison record."""
     if picture is None:
         raise UserError("Upload a picture, pick an example or draw a synthetic object first.")
-    record = service.predict(picture.image, controls.labels(), controls.attack() or picture.note, t=float(controls.t),
-                             arena=bool(controls.arena), source=picture.source, shared=bool(controls.share), rng=rng)
+    record = service.comparisons.predict(picture.image, controls.labels(), controls.attack() or picture.note,
+                                         t=float(controls.t), arena=bool(controls.arena), source=picture.source,
+                                         shared=bool(controls.share), rng=rng)
     left_title, right_title = side_titles(record, revealed=not controls.arena)
     return Shown(record.seen, record.left.top(5), record.right.top(5), left_title, right_title, record.id,
                  record.labels)
@@ -214,9 +215,9 @@ def vote_handler(service: AppService, comparison_id: str | None, verdict: str, c
     if not comparison_id:
         raise UserError("Press Predict first: a vote needs answers on screen.")
     who = annotator_handle(handle, anon_id, profile, service)
-    stored = service.vote(who, comparison_id, verdict, correct_label or None)
-    left_title, right_title = side_titles(service.comparison(comparison_id), revealed=True)
-    mine = service.labelled_by(who)
+    stored = service.comparisons.vote(who, comparison_id, verdict, correct_label or None)
+    left_title, right_title = side_titles(service.comparisons.comparison(comparison_id), revealed=True)
+    mine = service.annotation.labelled_by(who)
     return {**stored, "message": f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*.",
             "left_title": left_title, "right_title": right_title,
             "counter": f"You have given {counted(mine, 'label')}."}

@@ -16,8 +16,8 @@ RECENT_COLUMNS = ["id", "when", "annotator", "item", "chosen", "rejected", "kind
 
 def data_view(service: AppService, token: str | None, oauth_token: gr.OAuthToken | None = None):
     """(summary text, per-annotator table or None, recent judgments or None): the tables for admins only."""
-    admin = service.is_admin(token or None, hf_orgs(oauth_token))
-    s = service.data_summary(admin=admin)
+    admin = service.admin.is_admin(token or None, hf_orgs(oauth_token))
+    s = service.admin.data_summary(admin=admin)
     text = (f"{counted(s['judgments'], 'label', bold=True)} from "
             f"{counted(s['annotators'], 'person', 'people', bold=True)} ({s['undone']} undone) on "
             f"{counted(s['items'], 'item', bold=True)} "
@@ -52,15 +52,15 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
 
     @user_errors
     def on_export(token, oauth_token: gr.OAuthToken | None = None):
-        return service.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))
+        return service.admin.export_parquet(token=token, hf_orgs=hf_orgs(oauth_token))
 
     @user_errors
     def on_push(token, repo_id, oauth_token: gr.OAuthToken | None = None):
-        return f"Pushed to {service.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}."
+        return f"Pushed to {service.admin.push_to_hub(repo_id, token=token, hf_orgs=hf_orgs(oauth_token))}."
 
     @user_errors
     def on_backup(token, oauth_token: gr.OAuthToken | None = None):
-        return f"Snapshot written: `{service.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
+        return f"Snapshot written: `{service.admin.backup(token=token, hf_orgs=hf_orgs(oauth_token))}`"
 
     # The token comes from the page's sign-in state; API clients pass theirs to /export, /push_to_hub, /backup.
     private = {"api_visibility": "private", **QUIET}

@@ -43,7 +43,7 @@ def sign_in_handler(service: AppService, token: str | None, oauth_token: gr.OAut
     admin tabs work after one sign-in.
     """
     token = (token or "").strip()
-    service.require_admin(token or None, hf_orgs(oauth_token))
+    service.admin.require_admin(token or None, hf_orgs(oauth_token))
     return token, "Signed in as admin: the Train and Data tabs' admin actions are unlocked."
 
 

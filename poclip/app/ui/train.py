@@ -19,7 +19,7 @@ VERSION_COLUMNS = ["id", "status", "loss", "parent", "created", "typographic acc
 
 def progress_text(service: AppService) -> str:
     """The trainer's state in steps (the unit of the chart), e.g. 'training run 3: step 120 of 180'."""
-    p = service.training_progress()
+    p = service.training.progress()
     run = f" run {p.run_id}" if p.run_id else ""
     if p.phase == "training" and p.total:
         text = f"**Trainer:** training{run}: step {p.step} of {p.total}"
@@ -37,7 +37,7 @@ _chart_cache: dict[str, tuple[tuple, str]] = {}
 
 def training_chart(service: AppService) -> str:
     """The chart of the current run, redrawn only when the run has new steps (every open page polls it)."""
-    p = service.training_progress()
+    p = service.training.progress()
     key = (id(service), p.run_id, p.phase, len(p.history))
     cached = _chart_cache.get("last")
     if cached is None or cached[0] != key:
@@ -50,7 +50,7 @@ def progress_view(service: AppService) -> tuple[str, str, pd.DataFrame]:
     """Progress text, the chart (SVG in HTML) and the latest held-out evaluation table."""
     chart = training_chart(service)
     table = pd.DataFrame(columns=["metric", "live before", "candidate", "base"])
-    metrics = service.latest_evaluation()
+    metrics = service.training.latest_evaluation()
     if metrics:
         table = pd.DataFrame([{"metric": k, "live before": metrics["live_before"].get(k),
                                "candidate": metrics["candidate"].get(k), "base": metrics["base"].get(k)}
@@ -64,26 +64,26 @@ def versions_table(service: AppService) -> pd.DataFrame:
              "typographic acc": (v.metrics.get("candidate") or {}).get("typographic_accuracy"),
              "clean acc": (v.metrics.get("candidate") or {}).get("clean_accuracy"),
              "pairs": v.metrics.get("pairs"), "reason": v.reason or v.metrics.get("gate", "")}
-            for v in service.versions(limit=50)]
+            for v in service.admin.versions(limit=50)]
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
 def retrain_handler(service: AppService, token: str | None, loss: str | None,
                     oauth_token: gr.OAuthToken | None = None) -> str:
     """Queue a retrain (admin only); the background trainer runs it while the UI stays responsive."""
-    run = service.retrain(loss or "dpo", token=token, hf_orgs=hf_orgs(oauth_token))
+    run = service.training.retrain(loss or "dpo", token=token, hf_orgs=hf_orgs(oauth_token))
     return f"**Trainer:** run {run['run_id']} is {run['status']}; progress appears here."
 
 
 def promote_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
     if not version_id:
         raise UserError("Enter the id of the version to promote.")
-    service.promote(int(version_id), token=token, hf_orgs=hf_orgs(oauth_token))
+    service.admin.promote(int(version_id), token=token, hf_orgs=hf_orgs(oauth_token))
     return f"Version {int(version_id)} is live.", versions_table(service)
 
 
 def rollback_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
-    result = service.rollback(int(version_id) if version_id else None, token=token, hf_orgs=hf_orgs(oauth_token))
+    result = service.admin.rollback(int(version_id) if version_id else None, token=token, hf_orgs=hf_orgs(oauth_token))
     return f"Rolled back: version {result['active_version']} is live.", versions_table(service)
 
 

@@ -1,0 +1,157 @@
+"""Administration: who is an admin, the model versions (promote, roll back), exports, backups, the data summary.
+
+Admin rights come from the configured ``POCLIP_ADMIN_TOKEN`` or, for a Hugging Face login, membership of
+``POCLIP_ADMIN_ORG``. A refusal says which of three things went wrong: admin actions are switched off on this
+server, nobody signed in, or the token given is not the admin token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from annotation_db import Repository, VersionInfo
+from poclip.app.live import LiveHead
+from poclip.app.seeding import GOLD_HANDLE, Seeding
+from poclip.errors import UserError
+from poclip.settings import Settings
+
+SWITCHED_OFF = ("Admin actions are switched off on this server: set POCLIP_ADMIN_TOKEN (or POCLIP_ADMIN_ORG for "
+                "Hugging Face logins) and restart the app.")
+WRONG_TOKEN = "The admin token is wrong: sign in with the admin token set in POCLIP_ADMIN_TOKEN on the server."
+
+
+class AdminRequired(UserError):
+    """An admin action attempted without admin rights; the message says why and how to get them."""
+
+
+class Administration:
+    """The maintainer's actions, each checked against the admin rights first.
+
+    Args:
+        settings: the admin token and org, the export repository, the backup policy.
+        repo: the store.
+        live_head: the version serving in this process, brought in step after a promote or rollback.
+        seeding: how many gold reference answers there are (left out of the people counts).
+    """
+
+    def __init__(self, settings: Settings, repo: Repository, live_head: LiveHead, seeding: Seeding) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.live_head = live_head
+        self.seeding = seeding
+
+    # ----- rights -------------------------------------------------------------------------------------------------
+
+    def is_admin(self, token: str | None = None, hf_orgs: list[str] | None = None) -> bool:
+        """Admin = the configured ``POCLIP_ADMIN_TOKEN`` (constant-time compare) or membership of
+        ``POCLIP_ADMIN_ORG`` for a logged-in Hugging Face user."""
+        expected = self.settings.admin_token
+        if expected and token and hmac.compare_digest(token.encode(), expected.encode()):
+            return True
+        return bool(self.settings.admin_org and hf_orgs and self.settings.admin_org in hf_orgs)
+
+    def require_admin(self, token: str | None = None, hf_orgs: list[str] | None = None) -> None:
+        """Nothing when ``token`` or ``hf_orgs`` give admin rights, else :class:`AdminRequired` saying whether
+        admin actions are switched off, the token is wrong, or nobody signed in (and how to)."""
+        if self.is_admin(token, hf_orgs):
+            return
+        admin_token, admin_org = self.settings.admin_token, self.settings.admin_org
+        if not admin_token and not admin_org:
+            raise AdminRequired(SWITCHED_OFF)
+        if token and admin_token:
+            raise AdminRequired(WRONG_TOKEN)
+        if token:
+            raise AdminRequired(f"This server takes no admin token: log in with Hugging Face as a member of "
+                                f"{admin_org}.")
+        ways = []
+        if admin_token:
+            ways.append("sign in with the admin token (POCLIP_ADMIN_TOKEN)")
+        if admin_org:
+            ways.append(f"log in with Hugging Face as a member of {admin_org}")
+        raise AdminRequired(f"This action needs admin rights: {' or '.join(ways)}.")
+
+    # ----- versions -------------------------------------------------------------------------------------------------
+
+    def versions(self, limit: int = 50) -> list[VersionInfo]:
+        """The newest model versions (id, status, metrics, reason), newest first."""
+        return self.repo.list_versions(limit=limit)
+
+    def promote(self, version_id: int, *, token: str | None = None, hf_orgs: list[str] | None = None) -> dict:
+        """Make ``version_id`` the active version (admin); this process serves it at once, other replicas and
+        the trainer follow the store. Returns ``{"active_version": id}``."""
+        self.require_admin(token, hf_orgs)
+        version = self.repo.promote_version(int(version_id))
+        self.live_head.sync()
+        return {"active_version": version.id}
+
+    def rollback(self, version_id: int | None = None, *, token: str | None = None,
+                 hf_orgs: list[str] | None = None) -> dict:
+        """Return to ``version_id``, or to the version live before the current one (admin).
+        Returns ``{"active_version": id}``."""
+        self.require_admin(token, hf_orgs)
+        version = self.repo.rollback_version(int(version_id) if version_id else None)
+        self.live_head.sync()
+        return {"active_version": version.id}
+
+    # ----- exports and backups ----------------------------------------------------------------------------------------
+
+    def backup(self, *, token: str | None = None, hf_orgs: list[str] | None = None) -> str:
+        """Snapshot the database now (admin); returns the snapshot's path."""
+        self.require_admin(token, hf_orgs)
+        from annotation_db import take_snapshot
+
+        return str(take_snapshot(self.settings, keep=self.settings.backup_keep))
+
+    def export_parquet(self, *, token: str | None = None, hf_orgs: list[str] | None = None) -> str:
+        """Export all pairs as a Hugging Face dataset, saved as one parquet file (admin); returns its path."""
+        self.require_admin(token, hf_orgs)
+        from annotation_db.export import export_dataset, save_dataset
+
+        dataset = export_dataset(self.repo)
+        out = self.settings.data_dir / "exports" / f"poclip-pairs-{secrets.token_hex(4)}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_dataset(dataset, out, parquet=True)
+        return str(out)
+
+    def push_to_hub(self, repo_id: str = "", *, token: str | None = None, hf_orgs: list[str] | None = None) -> str:
+        """Push all pairs to the Hub dataset ``repo_id`` (or ``POCLIP_EXPORT_REPO``) (admin); returns its name."""
+        self.require_admin(token, hf_orgs)
+        from annotation_db.export import export_dataset, push_dataset
+
+        target = repo_id or self.settings.export_repo
+        if not target:
+            raise UserError("Name the Hub dataset repository (user/name) or set POCLIP_EXPORT_REPO.")
+        push_dataset(export_dataset(self.repo), target, token=self.settings.hf_token or None)
+        return target
+
+    # ----- the data summary ---------------------------------------------------------------------------------------
+
+    def people_counts(self) -> dict[str, int]:
+        """The maintained totals with the gold pseudo-annotator taken out; O(1) in the database size.
+
+        Gold reference answers are recorded once per gold item when the items are seeded, so their number is
+        known without a query.
+        """
+        counts = self.repo.counts()
+        gold = self.seeding.gold_items
+        return {**counts, "gold_items": gold, "judgments": counts["judgments"] - gold,
+                "annotators": counts["annotators"] - (1 if gold else 0)}
+
+    def data_summary(self, *, admin: bool = False) -> dict[str, Any]:
+        """Counts for everyone; per-annotator figures and the latest judgments only for ``admin``.
+
+        Handles, anonymous ids and trust scores identify people, so the public sees aggregates only.
+        """
+        counts = self.people_counts()
+        summary: dict[str, Any] = {
+            "images": counts["images"], "items": counts["samples"], "gold_items": counts["gold_items"],
+            "judgments": counts["judgments"], "undone": counts["undone"], "annotators": counts["annotators"],
+        }
+        if admin:  # the maintainer's dashboard reads everything: O(judgments), on demand only
+            s = self.repo.stats()
+            summary.update(pairs=s.pairs, alpha=s.alpha,
+                           per_annotator=[a for a in s.per_annotator if a.handle != GOLD_HANDLE],
+                           recent=self.repo.recent_judgments(20))
+        return summary

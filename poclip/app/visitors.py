@@ -1,0 +1,60 @@
+"""Who a request acts for, and whether its network address may act now.
+
+The one place that turns what a page sends (a typed handle, a server-signed token, a Hugging Face login) into
+the annotator handle the store records, and that counts the request against the per-address limits
+(:mod:`poclip.app.limits`). Comparisons and annotation both ask it before they write anything.
+"""
+
+from __future__ import annotations
+
+from annotation_db import NotFoundError, Repository
+from poclip.app.identity import Identity, IdentityError
+from poclip.app.limits import ClientLimits, current_origin
+
+
+class Visitors:
+    """Resolves and admits the person behind a request.
+
+    Args:
+        identity: signs and checks anonymous tokens (the server secret stays inside it).
+        limits: the per-address limits on labels and on new annotators.
+        repo: the store, asked whether a handle is new.
+    """
+
+    def __init__(self, identity: Identity, limits: ClientLimits, repo: Repository) -> None:
+        self.identity = identity
+        self.limits = limits
+        self.repo = repo
+
+    def annotator_token(self, stored: str | None) -> str:
+        """The browser's stored anonymous token if this server signed it, else a new one (page load)."""
+        try:
+            self.identity.verify(stored or "")
+            return stored  # type: ignore[return-value]
+        except IdentityError:
+            return self.identity.issue()
+
+    def who(self, annotator: str, hf_username: str | None = None) -> str:
+        """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or a checked
+        display name. A bare or forged ``anon-`` id, a typed ``hf:`` or a reserved name raises UserError
+        (:class:`~poclip.app.identity.IdentityError`) with the reason."""
+        return self.identity.resolve(annotator, hf_username)
+
+    def admit(self, annotator: str, *, judgment: bool) -> None:
+        """Count the request in flight against its address: a handle this database has not seen yet counts as a
+        new annotator, and ``judgment`` counts one label. :class:`~poclip.app.limits.ClientLimited` (a
+        UserError) when the address is over a limit.
+
+        O(1): one indexed lookup of the handle and one in-memory entry per address. Requests without an
+        origin (direct calls from Python) are not limited per address.
+        """
+        origin = current_origin()
+        if origin is None:
+            return
+        if self.limits.new_annotators is not None:
+            try:
+                self.repo.get_annotator(annotator)
+            except NotFoundError:
+                self.limits.admit_new_annotator(origin)
+        if judgment:
+            self.limits.admit_judgment(origin)
