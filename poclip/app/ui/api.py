@@ -22,7 +22,8 @@ import gradio as gr
 from gradio.context import get_blocks_context
 from gradio.data_classes import FileData
 
-from poclip.app.service import VERDICTS, AppService
+from poclip.app.compare import VERDICTS
+from poclip.app.service import AppService
 from poclip.app.ui.annotate import ItemView, answer_handler, next_item_handler, skip_handler, undo_handler
 from poclip.app.ui.boundary import user_errors
 from poclip.app.ui.compare import (
