@@ -10,7 +10,7 @@ program checks is generated from the declaration, so they cannot drift apart:
 - :func:`markdown_table` renders the fields as a Markdown table (variable, default, meaning) for the README.
 
 Metadata keys (all optional but ``help``): ``env`` (environment variable), ``flag`` (command-line flag),
-``parse`` (text to value), ``low``/``high`` (inclusive bounds; ``low_open`` makes ``low`` exclusive),
+``parse`` (text to value), ``low``/``high`` (inclusive bounds; ``low_open``/``high_open`` make them exclusive),
 ``choices``, ``default_doc`` (how the default reads where it is not a plain value), ``env_default`` (a function
 of the environment giving the default when the variable is unset, for defaults that depend on the machine).
 """
@@ -30,8 +30,8 @@ _KIND = {int: "a whole number", float: "a number"}
 
 def option(default: Any = dataclasses.MISSING, *, help: str, env: str | None = None, flag: str | None = None,
            parse: Callable[[str], Any] = str, low: float | None = None, high: float | None = None,
-           low_open: bool = False, choices: Sequence[Any] | None = None, default_doc: str | None = None,
-           env_default: Callable[[Mapping[str, str]], Any] | None = None,
+           low_open: bool = False, high_open: bool = False, choices: Sequence[Any] | None = None,
+           default_doc: str | None = None, env_default: Callable[[Mapping[str, str]], Any] | None = None,
            default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A dataclass field declaring one option.
 
@@ -41,7 +41,7 @@ def option(default: Any = dataclasses.MISSING, *, help: str, env: str | None = N
         env: the environment variable it is read from (settings), if any.
         flag: its command-line flag (``--lambda``), if it has one.
         parse: turns the variable's or flag's text into the value (``int``, ``float``, a custom function).
-        low, high, low_open: allowed range; ``low`` is exclusive when ``low_open``.
+        low, high, low_open, high_open: allowed range; a bound is exclusive when its ``*_open`` is set.
         choices: the allowed values, if a fixed set.
         default_doc: how the default reads when it is not a plain value (per head, per loss, per machine).
         env_default: the default when ``env`` is unset, computed from the environment.
@@ -49,7 +49,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, env: str | None = N
         A :func:`dataclasses.field` carrying the metadata.
     """
     metadata = {"help": help, "env": env, "flag": flag, "parse": parse, "low": low, "high": high,
-                "low_open": low_open, "choices": tuple(choices) if choices is not None else None,
+                "low_open": low_open,
+                "high_open": high_open, "choices": tuple(choices) if choices is not None else None,
                 "default_doc": default_doc, "env_default": env_default}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -63,7 +64,7 @@ def allowed(meta: Mapping[str, Any]) -> str:
     if meta.get("low") is not None:
         parts.append(f"more than {meta['low']:g}" if meta["low_open"] else f"{meta['low']:g} or more")
     if meta.get("high") is not None:
-        parts.append(f"at most {meta['high']:g}")
+        parts.append(f"less than {meta['high']:g}" if meta["high_open"] else f"at most {meta['high']:g}")
     return " and ".join(parts)
 
 
@@ -76,7 +77,8 @@ def problem(name: str, value: Any, meta: Mapping[str, Any]) -> str | None:
         return f"{name} must be {allowed(meta)}, got {value!r}"
     low, high = meta.get("low"), meta.get("high")
     too_low = low is not None and (value <= low if meta["low_open"] else value < low)
-    if too_low or (high is not None and value > high):
+    too_high = high is not None and (value >= high if meta["high_open"] else value > high)
+    if too_low or too_high:
         return f"{name} must be {allowed(meta)}, got {value!r}"
     return None
 
@@ -151,7 +153,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     loads anything; an unset flag leaves the field to its declared default."""
     for f in flag_fields(cls):
         meta = f.metadata
-        parser.add_argument(meta["flag"], dest=f.name, default=None, help=help_text(f),
+        parser.add_argument(meta["flag"], dest=f.name, default=None, help=help_text(f).replace("%", "%%"),
                             type=_checked(meta["flag"], meta),
                             metavar=None if meta["choices"] else f.name.upper(),
                             choices=meta["choices"])
@@ -159,9 +161,14 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def _checked(name: str, meta: Mapping[str, Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
-        value = parse_text(name, text, meta)
+        # argparse names the flag itself ("argument --lr: must be a number, got 'x'").
+        try:
+            value = parse_text(name, text, meta)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name} ")) from None
+        # Choices are argparse's to check (it lists them in the message).
         if (message := problem(name, value, {**meta, "choices": None})) is not None:
-            raise argparse.ArgumentTypeError(message)
+            raise argparse.ArgumentTypeError(message.removeprefix(f"{name} "))
         return value
 
     parse.__name__ = name  # argparse names the type in its message

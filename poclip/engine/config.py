@@ -1,14 +1,21 @@
-"""The training recipe: :class:`TrainConfig` and the per-loss, per-head defaults it falls back to."""
+"""The training recipe: :class:`TrainConfig` and the per-loss, per-head defaults it falls back to.
+
+Each option is declared once, as a field with its help, bounds and choices (:func:`poclip.options.option`); the
+``train`` command's flags and their help are generated from these fields.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from poclip.engine.losses import DEFAULT_BETA, LOSS_NAMES
-from poclip.engine.policy import parse_head
+from poclip.options import check as check_options
+from poclip.options import option
 
 # IPO's squared loss pulls harder on clean pictures than DPO's saturating one, so it needs the paper's lambda.
 DEFAULT_LAMBDA: dict[str, float] = {"ipo": 1.0}
+OTHER_LAMBDA = 0.3  # every other loss
 # Tower weights are trained, not a fresh 128x128 matrix: a step the size of the linear head's would wreck them.
 # For a tail of blocks, measured on bench/alignment.py (bundled model, last_blocks:2, 1,000 pairs): lr 3e-4,
 # 8 epochs of batches of 64 beat lr 1e-3 (clean accuracy fell to 0.96) and 10 epochs of 128 (0.894 vs 0.904
@@ -28,42 +35,68 @@ RECIPES: dict[str, dict[str, object]] = {
 DEFAULT_RECIPE = "invariant"
 
 
+OPTIMIZERS = ("adamax", "adamw")
+AVERAGES = ("beta",)
+
+
+def _per(name: str, defaults: Mapping[str, float], other: float | None = None) -> str:
+    # "per head: linear 0.05, projection 0.001, last_blocks 0.0003", written from the table the code reads.
+    pairs = [f"{key} {value:g}" for key, value in defaults.items()]
+    return f"per {name}: {', '.join(pairs)}" + (f", other losses {other:g}" if other is not None else "")
+
+
+def head_kind(head: str) -> str:
+    """The kind of a head spec (``'last_blocks:2'`` -> ``'last_blocks'``); :class:`~poclip.engine.policy.HeadError`
+    if it is not one."""
+    # The policy module loads open_clip (seconds): imported on use, so the command line can build its flags and
+    # refuse a bad number without that wait.
+    from poclip.engine.policy import parse_head
+
+    return parse_head(head)[0]
+
+
 @dataclass
 class TrainConfig:
-    """Training recipe. ``None`` fields take their default for the loss or head kind: ``beta``
-    :data:`~poclip.engine.losses.DEFAULT_BETA`, ``reg_lambda`` :data:`DEFAULT_LAMBDA` (0.3), ``lr``
-    :data:`DEFAULT_LR`, ``epochs`` :data:`DEFAULT_EPOCHS`, ``batch_size`` :data:`DEFAULT_BATCH`. The paper's
-    starting points are DPO 1.0, IPO 0.01, KTO 1.5, lambda 1, Adamax.
-
-    Attributes:
-        head: ``linear``, ``projection`` or ``last_blocks:K`` (see :mod:`poclip.engine.policy`).
-        loss: one of :data:`~poclip.engine.losses.LOSS_NAMES`.
-        reg_lambda: weight of the KL(pi_ref || pi) regularizer on clean pictures (ignored by ``ce``).
-        invariance: weight mu of the text-invariance term (0 = the paper's pure objective; ignored by ``ce``).
-        ortho: weight of ``||W^T W - I||_F^2`` (linear head), the strength-dial penalty.
-        label_noise: assumed flip rate of crowd labels for ``robust``/``conservative``.
-        average: ``None`` or ``"beta"``: average weights over training with Beta(a, b) weights on progress.
-        patience: epochs without validation improvement before stopping (0 = never stop early).
+    """Training recipe. ``None`` fields take their default for the loss or head kind (each field's
+    ``default_doc``, written from :data:`~poclip.engine.losses.DEFAULT_BETA`, :data:`DEFAULT_LAMBDA`,
+    :data:`DEFAULT_LR`, :data:`DEFAULT_EPOCHS` and :data:`DEFAULT_BATCH`). The paper's starting points are DPO
+    1.0, IPO 0.01, KTO 1.5, lambda 1, Adamax. Fields with a ``flag`` are the ``train`` command's options.
     """
 
-    head: str = DEFAULT_HEAD
-    loss: str = "dpo"
-    beta: float | None = None
-    reg_lambda: float | None = None
-    invariance: float = float(RECIPES[DEFAULT_RECIPE]["invariance"])
-    ortho: float = 1e-3
-    label_noise: float = 0.1
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float = 0.0
-    epochs: int | None = None
-    batch_size: int | None = None
-    val_fraction: float = 0.1
-    patience: int = 15
-    average: str | None = None
-    average_ab: tuple[float, float] = (3.0, 1.0)
-    seed: int = 0
-    show_progress: bool = False
+    head: str = option(DEFAULT_HEAD, flag="--head",
+                       help="the trained head: linear, projection or last_blocks:K (see poclip.engine.policy).")
+    loss: str = option("dpo", flag="--loss", choices=LOSS_NAMES, help="the preference loss (ce: the baseline).")
+    beta: float | None = option(None, flag="--beta", parse=float, low=0, low_open=True,
+                                default_doc=_per("loss", DEFAULT_BETA), help="the loss's beta.")
+    reg_lambda: float | None = option(None, flag="--lambda", parse=float, low=0,
+                                      default_doc=_per("loss", DEFAULT_LAMBDA, OTHER_LAMBDA),
+                                      help="weight of the KL(pi_ref || pi) regularizer on clean pictures "
+                                           "(ignored by ce).")
+    invariance: float = option(
+        float(RECIPES[DEFAULT_RECIPE]["invariance"]), flag="--invariance", parse=float, low=0,
+        default_doc="the recipe's: " + ", ".join(f"{name} {r['invariance']:g}" for name, r in RECIPES.items()),
+        help="weight mu of the text-invariance term (0 = the paper's pure objective; ignored by ce).")
+    ortho: float = option(1e-3, flag="--ortho", parse=float, low=0,
+                          help="weight of ||W^T W - I||^2 (linear head), the strength-dial penalty.")
+    label_noise: float = option(0.1, parse=float, low=0, high=0.5, high_open=True,
+                                help="assumed flip rate of crowd labels for robust and conservative.")
+    optimizer: str = option("adamw", flag="--optimizer", choices=OPTIMIZERS, help="the optimizer.")
+    lr: float | None = option(None, flag="--lr", parse=float, low=0, low_open=True,
+                              default_doc=_per("head", DEFAULT_LR), help="learning rate (cosine schedule).")
+    weight_decay: float = option(0.0, parse=float, low=0, help="the optimizer's weight decay.")
+    epochs: int | None = option(None, flag="--epochs", parse=int, low=1, default_doc=_per("head", DEFAULT_EPOCHS),
+                                help="passes over the pairs.")
+    batch_size: int | None = option(None, flag="--batch-size", parse=int, low=1,
+                                    default_doc=_per("head", DEFAULT_BATCH), help="pairs per step.")
+    val_fraction: float = option(0.1, parse=float, low=0, high=1, high_open=True,
+                                 help="share of the pairs held out for early stopping.")
+    patience: int = option(15, flag="--patience", parse=int, low=0,
+                           help="epochs without validation improvement before stopping (0 = never stop early).")
+    average: str | None = option(None, flag="--average", choices=AVERAGES,
+                                 help="average the weights over training with Beta(a, b) weights on progress.")
+    average_ab: tuple[float, float] = option((3.0, 1.0), help="the (a, b) of the Beta moving average.")
+    seed: int = option(0, flag="--seed", parse=int, help="seed of the split, the shuffling and the synthetic data.")
+    show_progress: bool = option(False, help="a progress bar on stderr.")
 
     @property
     def resolved_beta(self) -> float:
@@ -71,33 +104,22 @@ class TrainConfig:
 
     @property
     def resolved_lambda(self) -> float:
-        return float(self.reg_lambda if self.reg_lambda is not None else DEFAULT_LAMBDA.get(self.loss, 0.3))
+        return float(self.reg_lambda if self.reg_lambda is not None else DEFAULT_LAMBDA.get(self.loss, OTHER_LAMBDA))
 
     @property
     def resolved_lr(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR[parse_head(self.head)[0]])
+        return float(self.lr if self.lr is not None else DEFAULT_LR[head_kind(self.head)])
 
     @property
     def resolved_epochs(self) -> int:
-        return int(self.epochs if self.epochs is not None else DEFAULT_EPOCHS[parse_head(self.head)[0]])
+        return int(self.epochs if self.epochs is not None else DEFAULT_EPOCHS[head_kind(self.head)])
 
     @property
     def resolved_batch_size(self) -> int:
-        return int(self.batch_size if self.batch_size is not None else DEFAULT_BATCH[parse_head(self.head)[0]])
+        return int(self.batch_size if self.batch_size is not None else DEFAULT_BATCH[head_kind(self.head)])
 
     def check(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-        parse_head(self.head)
-        if self.optimizer not in ("adamax", "adamw"):
-            raise ValueError(f"optimizer must be adamax or adamw, got {self.optimizer!r}")
-        if self.average not in (None, "beta"):
-            raise ValueError(f"average must be None or 'beta', got {self.average!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.resolved_epochs < 1 or self.resolved_batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if self.resolved_lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.resolved_lr}")
-        if self.resolved_beta <= 0 or self.resolved_lambda < 0 or self.ortho < 0 or self.invariance < 0:
-            raise ValueError("beta must be positive; reg_lambda, invariance and ortho must not be negative")
+        """Raise :class:`~poclip.errors.UserError` for an option outside its declared bounds or choices, or a head
+        spec that is not one (:class:`~poclip.engine.policy.HeadError`)."""
+        check_options(self, lambda f: f.name)
+        head_kind(self.head)
