@@ -135,10 +135,16 @@ def default_text(f: dataclasses.Field) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def meaning(f: dataclasses.Field) -> str:
+    """A field's help and, when restricted, its allowed values ("... Allowed: 0 or more.")."""
+    rule = allowed(f.metadata)
+    text = f.metadata["help"]
+    return f"{text.rstrip('.')}. Allowed: {rule}." if rule else text
+
+
 def help_text(f: dataclasses.Field) -> str:
     """A field's help line: its meaning, its allowed values and its default."""
-    rule = allowed(f.metadata)
-    return f"{f.metadata['help']}{f' Allowed: {rule}.' if rule else ''} Default: {default_text(f)}."
+    return f"{meaning(f).rstrip('.')}. Default: {default_text(f)}."
 
 
 def flag_fields(cls: type) -> list[dataclasses.Field]:
@@ -187,9 +193,7 @@ def markdown_table(cls: type, rows: Iterable[dataclasses.Field] | None = None) -
     for f in rows if rows is not None else dataclasses.fields(cls):
         if not f.metadata.get("env"):
             continue
-        rule = allowed(f.metadata)
-        meaning = f.metadata["help"] + (f" Allowed: {rule}." if rule else "")
-        lines.append(f"| `{f.metadata['env']}` | {_code(default_text(f))} | {meaning} |")
+        lines.append(f"| `{f.metadata['env']}` | {_code(default_text(f))} | {meaning(f)} |")
     return "\n".join(lines)
 
 

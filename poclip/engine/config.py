@@ -92,7 +92,7 @@ class TrainConfig:
                                  help="share of the pairs held out for early stopping.")
     patience: int = option(15, flag="--patience", parse=int, low=0,
                            help="epochs without validation improvement before stopping (0 = never stop early).")
-    average: str | None = option(None, flag="--average", choices=AVERAGES,
+    average: str | None = option(None, flag="--average", choices=AVERAGES, default_doc="off",
                                  help="average the weights over training with Beta(a, b) weights on progress.")
     average_ab: tuple[float, float] = option((3.0, 1.0), help="the (a, b) of the Beta moving average.")
     seed: int = option(0, flag="--seed", parse=int, help="seed of the split, the shuffling and the synthetic data.")
