@@ -5,8 +5,8 @@ Start-up (app and standalone trainer)::
     from annotation_db import open_repository
     repo = open_repository(Location(data_dir))   # restore a snapshot if the DB is gone, migrate, connect
 
-Any object with ``data_dir``, ``resolved_database_url`` and ``sqlite_journal_mode`` describes the location
-(:class:`StoreLocation`); the package reads no environment and imports nothing from the app.
+Any object with ``data_dir``, ``database_url``, ``database_dir``, ``storage`` and ``sqlite_journal_mode``
+describes the location (:class:`StoreLocation`); the package reads no environment and imports nothing from the app.
 
 Everything else goes through the returned :class:`Repository`; Hugging Face dataset export and import
 are in :mod:`annotation_db.export` (not imported here: ``datasets`` takes a second to load).

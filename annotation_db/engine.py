@@ -37,7 +37,9 @@ class StoreLocation(Protocol):
     """
 
     @property
-    def resolved_database_url(self) -> str: ...
+    def database_url(self) -> str: ...
+    @property
+    def database_dir(self) -> Path: ...
     @property
     def sqlite_journal_mode(self) -> str: ...
     @property
@@ -56,8 +58,18 @@ class Location:
     storage: str = "snapshots"
 
     @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'poclip.db'}"
+    def database_dir(self) -> Path:
+        return Path(self.data_dir)
+
+
+DATABASE_FILE = "poclip.db"
+
+
+def resolved_database_url(location: StoreLocation) -> str:
+    """The database a location names: its ``database_url``, else the SQLite file :data:`DATABASE_FILE` in its
+    ``database_dir``. The one place the default URL is derived; everything else asks here."""
+    return location.database_url or f"sqlite:///{Path(location.database_dir) / DATABASE_FILE}"
+
 
 SQLITE_JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST")
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -92,7 +104,7 @@ class DatabaseConfig:
     def from_settings(cls, location: StoreLocation) -> DatabaseConfig:
         """The config a :class:`StoreLocation` describes (its URL and SQLite journal mode; storage ``bucket``
         means a DELETE journal, FULL sync and one exclusive connection, for SQLite on a mounted bucket)."""
-        url = location.resolved_database_url
+        url = resolved_database_url(location)
         if location.storage == "bucket" and url.startswith("sqlite"):
             return cls(url=url, sqlite_journal_mode="DELETE", sqlite_synchronous="FULL", pool_size=1,
                        sqlite_exclusive=True)

@@ -1,6 +1,8 @@
-"""Command line: ``python -m poclip {pretrain,eval,train,sweep-t,disentangle,examples} ...``.
+"""Command line: ``python -m poclip COMMAND ...`` (``python -m poclip --help`` lists the commands).
 
-Each command prints one JSON object on stdout; progress goes to stderr.
+Each command prints a short summary on stdout, or one JSON object with ``--json``; progress goes to stderr. Every
+argument is checked before anything is loaded: a mistake ends the command at once with one ``error: ...`` line on
+stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +11,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+from poclip.argtypes import DATA_FORMS, DataSource, Parser, at_least, data_source, existing_file, positive, template
+from poclip.errors import UserError
+from poclip.settings import settings_table
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
@@ -38,49 +46,53 @@ def _cache(args: argparse.Namespace, encoder):
     return EmbeddingCache(encoder, args.cache_dir) if getattr(args, "cache_dir", None) else None
 
 
-def _load_dataset(data: str, split: str):
-    """``imagefolder:DIR``, ``disk:DIR`` (``save_to_disk``) or ``hf:NAME`` as a ``datasets.Dataset``."""
+def _load_dataset(data: DataSource, split: str):
+    """An ``imagefolder``, ``disk`` (``save_to_disk``) or ``hf`` source as a ``datasets.Dataset``."""
     import datasets
 
-    kind, _, where = data.partition(":")
-    if kind == "disk":
-        loaded = datasets.load_from_disk(where)
+    if data.kind == "disk":
+        loaded = datasets.load_from_disk(data.where)
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if kind == "imagefolder":
-        return datasets.load_dataset("imagefolder", data_dir=where, split=split)
-    if kind == "hf":
-        return datasets.load_dataset(where, split=split)
-    raise SystemExit(f"--data {data!r}: use synth, distill-wild, imagefolder:DIR, disk:DIR or hf:NAME")
+    if data.kind == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=data.where, split=split)
+    return datasets.load_dataset(data.where, split=split)
+
+
+def _check_eval(args: argparse.Namespace) -> None:
+    # The real photos take any head and t; the synthetic set alone evaluates one attack setting of the base model.
+    if args.data.kind == "distill-wild" or (args.data.kind == "synth" and args.head is None and args.t is None):
+        return
+    if args.attack != "random":
+        raise UserError("--head, --t and dataset evaluation report clean and attacked accuracy: use --attack random")
+    if args.data.kind != "synth" and args.family != "paper":
+        raise UserError("--family applies to --data synth; datasets are attacked in the paper's style")
 
 
 def _eval(args: argparse.Namespace) -> dict:
+    _check_eval(args)
     from poclip.engine.evaluate import embed_dataset_eval, embed_synth_eval, evaluate_policy, evaluate_synth
 
     encoder, policy = _encoder_and_head(args.model, args.head)
-    if args.data == "distill-wild":
+    t = 1.0 if args.t is None else args.t
+    if args.data.kind == "distill-wild":
         from poclip.engine.photo_eval import evaluate_photos, format_table
 
-        result = evaluate_photos(encoder, policy, 1.0 if args.t is None else args.t, args.template)
+        result = evaluate_photos(encoder, policy, t, args.template)
         result["head"] = args.head
         print(format_table(result), file=sys.stderr)
         return result
-    if args.data == "synth" and policy is None and args.t is None:
+    if args.data.kind == "synth" and policy is None and args.t is None:
         result = evaluate_synth(encoder, n=args.n, seed=args.seed, attack=args.attack, batch_size=args.batch_size)
         result["model"] = encoder.spec
         return result
-    if args.attack != "random":
-        raise SystemExit("--head, --t and dataset evaluation report clean and attacked accuracy: use --attack random")
-    if args.data == "synth":
+    if args.data.kind == "synth":
         data = embed_synth_eval(encoder, args.n, args.seed, _cache(args, encoder), family=args.family)
     else:
-        if args.family != "paper":
-            raise SystemExit("--family applies to --data synth; datasets are attacked in the paper's style")
         dataset = _load_dataset(args.data, args.split)
         data = embed_dataset_eval(encoder, dataset, args.label_column, args.image_column, args.n, args.seed,
                                   args.template, _cache(args, encoder), keep_images=policy is not None)
-    t = 1.0 if args.t is None else args.t
     result = evaluate_policy(policy, data, t, encoder=encoder)
-    result.update(data=args.data, seed=args.seed, attack="random", family=args.family, model=encoder.spec,
+    result.update(data=str(args.data), seed=args.seed, attack="random", family=args.family, model=encoder.spec,
                   head=args.head)
     if policy is not None:
         base = evaluate_policy(None, data, encoder=encoder)
@@ -89,25 +101,23 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> dict:
+    from poclip.engine.config import RECIPES, TrainConfig
+    from poclip.options import set_values
+
+    # Options left unset keep TrainConfig's defaults (and the recipe's invariance), so they are defined once.
+    chosen = {"invariance": float(RECIPES[args.recipe]["invariance"]), **set_values(args, TrainConfig)}
+    cfg = TrainConfig(show_progress=not args.no_progress, **chosen)
+    cfg.check()  # a bad head spec is refused before the model loads
+
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
     from poclip.engine.models import load_model
     from poclip.engine.policy import Policy
     from poclip.engine.preferences import synth_clean, synth_preferences
-    from poclip.engine.train import RECIPES, TrainConfig, train
+    from poclip.engine.train import train
 
-    if args.data != "synth":
-        raise SystemExit(f"--data {args.data!r}: the command line trains on 'synth' pairs; the app trains on "
-                         "the pairs people label")
     encoder = load_model(args.model)
-    # Options left unset keep TrainConfig's defaults, so the recipe is defined in one place.
-    chosen = {k: getattr(args, k) for k in ("head", "beta", "ortho", "optimizer", "lr", "epochs", "batch_size",
-                                            "patience") if getattr(args, k) is not None}
-    recipe = RECIPES[args.recipe]
-    invariance = float(recipe["invariance"]) if args.invariance is None else args.invariance
-    cfg = TrainConfig(loss=args.loss, reg_lambda=args.reg_lambda, invariance=invariance, average=args.average,
-                      seed=args.seed, show_progress=not args.no_progress, **chosen)
-    prefs = synth_preferences(args.pairs, args.seed, styles=str(recipe["styles"]))
-    clean = synth_clean(args.pairs if args.clean is None else args.clean, args.seed)
+    prefs = synth_preferences(args.pairs, cfg.seed, styles=str(RECIPES[args.recipe]["styles"]))
+    clean = synth_clean(args.pairs if args.clean is None else args.clean, cfg.seed)
     policy = Policy(encoder, cfg.head)
     cache = policy.make_cache(args.cache_dir)
     result = train(encoder, prefs, clean, cfg, out=args.out, cache=cache, policy=policy)
@@ -115,8 +125,7 @@ def _train(args: argparse.Namespace) -> dict:
         "model": encoder.spec, "head": cfg.head, "loss": cfg.loss, "recipe": args.recipe, "beta": cfg.resolved_beta,
         "lambda": cfg.resolved_lambda, "invariance": cfg.invariance, "ortho": cfg.ortho, "lr": cfg.resolved_lr,
         "epochs": cfg.resolved_epochs, "batch_size": cfg.resolved_batch_size, "pairs": len(prefs),
-        "clean": len(clean),
-        "out": str(result.path) if result.path else None, "steps": result.steps,
+        "clean": len(clean), "out": str(result.path) if result.path else None, "steps": result.steps,
         "embed_seconds": result.embed_seconds, "train_seconds": result.train_seconds,
         "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
     }
@@ -131,6 +140,8 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _sweep_t(args: argparse.Namespace) -> dict:
+    if args.t_max < args.t_min:
+        raise UserError(f"--t-max ({args.t_max}) must not be below --t-min ({args.t_min})")
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength
 
     encoder, policy = _encoder_and_head(args.model, args.head)
@@ -197,13 +208,15 @@ def _examples(args: argparse.Namespace) -> dict:
 def _worker(args: argparse.Namespace) -> dict:
     import signal
 
+    from poclip.settings import Settings
+
+    settings = Settings.from_env()  # a bad variable is refused before the model loads
+
     from annotation_db import open_repository
     from poclip.app.service import repository_config
     from poclip.app.worker import Trainer
     from poclip.engine.models import load_model
-    from poclip.settings import Settings
 
-    settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     repo = open_repository(settings, repository_config(settings))
     trainer = Trainer(settings, repo, load_model(settings.model_spec, settings))
@@ -224,135 +237,164 @@ def _worker(args: argparse.Namespace) -> dict:
     return {"runs": finished}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="assets/models/bundled")
+    p.add_argument("--steps", type=at_least(1), default=4000)
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--pool-size", type=at_least(1), default=160_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=at_least(0), default=2)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
     from poclip.engine.evaluate import ATTACK_FAMILIES
-    from poclip.engine.losses import LOSS_NAMES
-    from poclip.engine.train import DEFAULT_HEAD, DEFAULT_RECIPE, RECIPES
     from poclip.world.synth import DEFAULT_TEMPLATE
 
-    parser = argparse.ArgumentParser(prog="python -m poclip", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("pretrain", help="train the bundled CLIP on the synthetic world")
-    p.add_argument("--out", default="assets/models/bundled")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--pool-size", type=int, default=160_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=_pretrain)
-
-    p = sub.add_parser("eval", help="zero-shot accuracy, clean or under typographic attack, base or aligned")
     p.add_argument("--model", default=None,
                    help="model spec (bundled, ViT-B-32:openai, local-dir:PATH, ...); default: the head's "
                         "backbone, else bundled")
-    p.add_argument("--data", default="synth",
-                   help="synth, distill-wild (the bundled real photos), imagefolder:DIR, disk:DIR "
-                        "(datasets.save_to_disk) or hf:NAME")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--data", type=data_source, default=DataSource("synth"), help=DATA_FORMS)
+    p.add_argument("--n", type=at_least(1), default=1000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--attack", default="random", choices=["none", "random"])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--head", default=None, help="an aligned head checkpoint (.safetensors) to evaluate")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--head", type=existing_file, default=None, help="an aligned head checkpoint (.safetensors)")
     p.add_argument("--t", type=float, default=None, help="strength of the head (default 1)")
     p.add_argument("--split", default="train", help="dataset split (datasets only)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--image-column", default="image")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE)
+    p.add_argument("--template", type=template, default=DEFAULT_TEMPLATE)
     p.add_argument("--family", default="paper", choices=list(ATTACK_FAMILIES),
                    help="which text the synthetic pictures carry (default: the paper's attack)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: in memory)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    p.set_defaults(func=_eval)
 
-    p = sub.add_parser("train", help="train an alignment head on synthetic typographic pairs")
-    p.add_argument("--model", default="bundled")
-    p.add_argument("--data", default="synth", choices=["synth"])
-    p.add_argument("--pairs", type=int, default=1000)
-    p.add_argument("--clean", type=int, default=None, help="clean regularization pictures (default = --pairs)")
-    p.add_argument("--loss", default="dpo", choices=list(LOSS_NAMES))
-    p.add_argument("--beta", type=float, default=None, help="default: DPO 0.5, IPO 0.05, KTO 0.3 (tuned)")
-    p.add_argument("--lambda", dest="reg_lambda", type=float, default=None,
-                   help="weight of the clean KL (default 0.3, IPO 1)")
-    p.add_argument("--ortho", type=float, default=None, help="weight of ||W^T W - I||^2")
-    p.add_argument("--head", default=None, help=f"linear, projection or last_blocks:K (default {DEFAULT_HEAD})")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from poclip.engine.config import DEFAULT_RECIPE, RECIPES, TrainConfig
+    from poclip.options import add_flags
+
+    p.add_argument("--model", default="bundled", help="model spec (bundled, ViT-B-32:openai, local-dir:PATH, ...)")
+    p.add_argument("--pairs", type=at_least(1), default=1000, help="synthetic preference pairs")
+    p.add_argument("--clean", type=at_least(0), default=None, help="clean regularization pictures (default = --pairs)")
+    add_flags(p, TrainConfig)
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
                    help="invariant: pairs from the text-style family plus the text-invariance term; paper: the "
                         "paper's pairs (one wrong word) and objective")
-    p.add_argument("--invariance", type=float, default=None,
-                   help="weight of the text-invariance term (default: the recipe's, 1 or 0)")
-    p.add_argument("--optimizer", default=None, choices=["adamax", "adamw"])
-    p.add_argument("--lr", type=float, default=None, help="default per head: linear 0.05, tower heads 1e-3")
-    p.add_argument("--epochs", type=int, default=None, help="default per head: linear 60, tower heads 10-12")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--average", default=None, choices=["beta"], help="Beta moving average of the weights")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the head here (.safetensors)")
     p.add_argument("--cache-dir", default=None,
                    help="cache folder for embeddings and tower activations (default: in memory)")
-    p.add_argument("--eval-n", type=int, default=500, help="held-out pictures to evaluate on (0 = skip)")
+    p.add_argument("--eval-n", type=at_least(0), default=500, help="held-out pictures to evaluate on (0 = skip)")
     p.add_argument("--eval-seed", type=int, default=2024)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("sweep-t", help="clean and attacked accuracy of a head across strengths t")
-    p.add_argument("--head", required=True)
+
+def _sweep_t_args(p: argparse.ArgumentParser) -> None:
+    from poclip.engine.evaluate import ATTACK_FAMILIES
+
+    p.add_argument("--head", type=existing_file, required=True)
     p.add_argument("--model", default=None, help="default: the backbone the head was trained on")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=at_least(1), default=1000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--t-min", type=float, default=-2.0)
     p.add_argument("--t-max", type=float, default=1.5)
-    p.add_argument("--t-step", type=float, default=0.25)
+    p.add_argument("--t-step", type=positive, default=0.25)
     p.add_argument("--family", default="paper", choices=list(ATTACK_FAMILIES), help="the text on the pictures")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--plot", default=None, help="write a PNG plot here")
-    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    p.set_defaults(func=_sweep_t)
 
-    p = sub.add_parser("disentangle", help="concept disentanglement (colour tone) with the strength knob")
+
+def _disentangle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bundled")
-    p.add_argument("--pairs", type=int, default=1000)
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--pairs", type=at_least(1), default=1000)
+    p.add_argument("--n", type=at_least(1), default=1000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--plot", default=None, help="write a PNG plot here")
-    p.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
-    p.set_defaults(func=_disentangle)
 
-    p = sub.add_parser("starter", help="train the starter head a fresh app serves (default head and recipe)")
+
+def _starter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bundled")
     p.add_argument("--out", default="assets/heads/starter.safetensors")
-    # Unset: the shipped head's own (poclip.engine.starter.PAIRS, CLEAN, SEED: 8,000, 8,000, 0).
-    p.add_argument("--pairs", type=int, default=None)
-    p.add_argument("--clean", type=int, default=None)
+    # Unset: the shipped head's own (poclip.engine.starter.PAIRS, CLEAN, SEED).
+    p.add_argument("--pairs", type=at_least(1), default=None)
+    p.add_argument("--clean", type=at_least(0), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
-    p.set_defaults(func=_starter)
 
-    p = sub.add_parser("examples", help="write the example pictures shown in the app")
+
+def _examples_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="assets/examples")
-    p.add_argument("--n", type=int, default=6)
-    p.set_defaults(func=_examples)
+    p.add_argument("--n", type=at_least(1), default=6)
 
-    p = sub.add_parser("worker", help="run the trainer as its own process against DATABASE_URL")
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="run the queued run (if any) and exit")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
-    p.set_defaults(func=_worker)
+    p.add_argument("--interval", type=positive, default=2.0, help="seconds between polls")
+
+
+class Command(NamedTuple):
+    """A sub-command: its one-line help, what declares its arguments, what runs it."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict | str]
+    json: bool = True  # whether it takes --json (its result is an object, not text)
+
+
+COMMANDS: dict[str, Command] = {
+    "pretrain": Command("train the bundled CLIP on the synthetic world", _pretrain_args, _pretrain),
+    "eval": Command("zero-shot accuracy, clean or under typographic attack, base or aligned", _eval_args, _eval),
+    "train": Command("train an alignment head on synthetic typographic pairs", _train_args, _train),
+    "sweep-t": Command("clean and attacked accuracy of a head across strengths t", _sweep_t_args, _sweep_t),
+    "disentangle": Command("concept disentanglement (colour tone), t sweep", _disentangle_args, _disentangle),
+    "starter": Command("train the starter head a fresh app serves", _starter_args, _starter),
+    "examples": Command("write the example pictures shown in the app", _examples_args, _examples),
+    "worker": Command("run the trainer as its own process against DATABASE_URL", _worker_args, _worker),
+    "settings": Command("print the environment variables the app reads, as a Markdown table (README)",
+                        lambda p: None, lambda args: settings_table(), json=False),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command with its one-line help (listed by ``--help``).
+
+    Args:
+        only: declare the arguments of this command alone (the one being run; "" for none): another command's
+            declarations may import the engine, which takes seconds. None declares every command's arguments.
+    """
+    parser = Parser(prog="python -m poclip", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        p.set_defaults(run=command.run, json=False)
+        if only in (None, name):
+            command.arguments(p)
+            if command.json:
+                p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
-    from poclip.errors import UserError
+def _command(argv: Sequence[str]) -> str | None:
+    # The first word that is not an option names the command (the only top-level options are flags).
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Returns the exit status: 0, or 2 after one ``error: ...`` line on stderr."""
+    from poclip.summary import summary
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        result = args.func(args)
+        args = build_parser(_command(argv) or "").parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+        result = args.run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=None))
+    if isinstance(result, str):
+        print(result)
+    else:
+        print(json.dumps(result) if args.json else summary(result))
     return 0

@@ -1,10 +1,18 @@
-"""Runtime settings. Every environment variable the project reads is read here, and only here."""
+"""Runtime settings. Every environment variable the project reads is declared here, once, and read only here.
+
+Each setting is one field of :class:`Settings` declared with :func:`poclip.options.option`: its variable, default,
+meaning and allowed values. :meth:`Settings.from_env`, the validation and the README's table
+(:func:`settings_table`, printed by ``python -m poclip settings``) are generated from those fields.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from poclip.options import check, markdown_table, option, read_env
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -12,7 +20,10 @@ ASSETS_DIR = REPO_DIR / "assets"
 
 
 STORAGE_MODES = ("snapshots", "bucket")
+TRAINER_MODES = ("thread", "off")
 BUCKET_MOUNT = Path("/data")
+# POCLIP_STARTER_HEAD set to one of these serves the base model.
+FALSE_WORDS = ("0", "false", "off", "no")
 
 
 def _bucket_mounted() -> bool:
@@ -25,114 +36,147 @@ def _default_data_dir() -> Path:
     return BUCKET_MOUNT / "poclip" if _bucket_mounted() else REPO_DIR / "data"
 
 
+def _default_local_dir(env: Mapping[str, str]) -> Path | None:
+    # With a bucket mounted, the live database stays on the machine's own disk (the checkout's data/).
+    return REPO_DIR / "data" if _bucket_mounted() else None
+
+
+def _default_proxy_hops(env: Mapping[str, str]) -> int:
+    # A Space's app sits behind the Hub's reverse proxy, which the client's address comes through.
+    return 1 if env.get("SPACE_ID") else 0
+
+
+def _word(text: str) -> str:
+    return text.strip().lower()
+
+
+def _upper(text: str) -> str:
+    return text.strip().upper()
+
+
+def _stripped(text: str) -> str:
+    return text.strip()
+
+
+def _switch(text: str) -> bool:
+    return text.strip().lower() not in FALSE_WORDS
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Where state lives and which model is served.
+    """Where state lives, which model is served, and the app's limits: one field per environment variable.
 
-    Attributes:
-        data_dir: the durable folder (``POCLIP_DATA_DIR``; default ``/data/poclip`` when a bucket is mounted at
-            ``/data``, else ``./data``): images, heads, embedding cache, database snapshots, and the SQLite
-            database itself unless ``local_dir`` says otherwise.
-        storage: where the SQLite database lives (``POCLIP_STORAGE``): ``snapshots`` (default) keeps it in
-            ``local_dir`` in WAL mode and copies consistent snapshots into ``data_dir/backups``, restoring the
-            newest at start when the local file is missing or empty; ``bucket`` keeps it in ``data_dir``
-            itself with a DELETE journal, an exclusive lock and one connection (for a bucket that takes no
-            WAL and no second writer). Images and heads are always written to ``data_dir`` before the row
-            that names them.
-        local_dir: the live database's folder in ``snapshots`` mode (``POCLIP_LOCAL_DIR``; default: the
-            checkout's ``data/`` when a bucket is mounted at ``/data``, so the database is on the machine's
-            own disk, else ``data_dir``).
-        database_url: SQLAlchemy URL (``DATABASE_URL``); default a SQLite file as ``storage`` says.
-        model_spec: backbone spec (``POCLIP_MODEL``), see :func:`poclip.engine.models.load_model`.
-        hub_timeout_s: how long a hub download may take to start before we give up (``POCLIP_HUB_TIMEOUT``).
-        admin_token: shared secret for admin actions (``POCLIP_ADMIN_TOKEN``); empty disables token login.
-        sqlite_journal_mode: ``WAL`` normally; ``DELETE`` on network file systems (``POCLIP_SQLITE_JOURNAL``).
-        server_host, server_port: where ``python app.py`` listens (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``;
-            a Space sets the host to 0.0.0.0).
-        admin_org: members of this Hugging Face organisation are admins when logged in (``POCLIP_ADMIN_ORG``).
-        hf_token: token for pushing exported datasets to the Hub (``HF_TOKEN``).
-        export_repo: default Hub dataset repository for exports, ``user/name`` (``POCLIP_EXPORT_REPO``).
-        trainer: ``thread`` runs the background trainer inside the app; ``off`` leaves training to a
-            standalone ``python -m poclip worker`` against the same database (``POCLIP_TRAINER``).
-        retrain_every_pairs: the scheduler queues a retrain once this many new pairs exist; 0 disables
-            (``POCLIP_RETRAIN_EVERY_PAIRS``).
-        retrain_every_minutes: and at most this often, when there is anything new; 0 disables the timer
-            (``POCLIP_RETRAIN_EVERY_MINUTES``).
-        head: the head kind the trainer trains (``POCLIP_HEAD``: ``linear``, ``projection`` or
-            ``last_blocks:K``); empty = the engine's default, chosen on the generalization table. A retrain
-            refines the live head when it is of this kind, else it starts from the base model.
-        gate_eval_n: size of the held-out synthetic set the promotion gate evaluates on (``POCLIP_GATE_N``).
-        rate_limit: judgments per annotator per window, ``COUNT/SECONDS`` or ``off`` (``POCLIP_RATE_LIMIT``).
-        client_rate_limit: judgments per client network address per window, whatever handles it uses,
-            ``COUNT/SECONDS`` or ``off`` (``POCLIP_CLIENT_RATE_LIMIT``); see :mod:`poclip.app.limits`.
-        client_new_annotators: new annotators (handles, anonymous ids) one address may create per window
-            (``POCLIP_CLIENT_NEW_ANNOTATORS``).
-        proxy_hops: trusted reverse proxies in front of the app (``POCLIP_PROXY_HOPS``; default 1 on a Space,
-            else 0): the client's address is then read from ``X-Forwarded-For`` instead of the connection.
-        min_gold_seen: a person's labels count towards training only after they answered this many gold items
-            (``POCLIP_MIN_GOLD_SEEN``; 0 counts everyone's from the first label).
-        max_annotator_share: the largest share of a training set's items one annotator's votes may decide
-            (``POCLIP_MAX_ANNOTATOR_SHARE``; 1 disables the cap).
-        decode_budget_mp, decode_wait_s: megapixels all concurrent uploads may hold decoded at once, and how
-            long an upload waits for room before it is refused as "server busy" (``POCLIP_DECODE_BUDGET_MP``,
-            ``POCLIP_DECODE_WAIT_S``); see :mod:`poclip.world.decode_budget`.
-        backup_keep, backup_every_minutes: SQLite snapshots kept, and how often one is taken (0 = only on
-            demand) (``POCLIP_BACKUP_KEEP``, ``POCLIP_BACKUP_EVERY_MINUTES``).
-        seed_items: synthetic attacked items offered to annotators when the bundled model is live
-            (``POCLIP_SEED_ITEMS``).
-        augment_attacks: extra pairs the trainer derives from each typographic judgment by writing other
-            wrong labels on the same picture (``POCLIP_AUGMENT``; 0 trains on the judgments alone).
-        replay_pairs: synthetic pairs, and as many clean synthetic pictures, mixed into every retrain: the
-            starter head's own kind of data, so that a few hundred crowd labels refine what it learned instead of
-            wearing it away (``POCLIP_REPLAY_PAIRS``; 0 trains on the crowd's pairs alone).
-        starter_head: serve the shipped starter head (``assets/heads``) until a version is promoted, so a fresh
-            app already shows the aligned model (``POCLIP_STARTER_HEAD``; 0 serves the base model instead).
-        space_id: set by Hugging Face Spaces (``SPACE_ID``); enables the Hugging Face login button.
+    Construct it with keyword arguments (tests) or from the environment (:meth:`from_env`); either way every
+    value is checked against its declared bounds and choices (:class:`~poclip.errors.UserError` naming the
+    variable). The fields' metadata is the documentation: see :func:`settings_table`.
     """
 
-    data_dir: Path = field(default_factory=_default_data_dir)
-    storage: str = "snapshots"
-    local_dir: Path | None = None
-    database_url: str = ""
-    model_spec: str = "auto"
-    hub_timeout_s: float = 8.0
-    admin_token: str = ""
-    sqlite_journal_mode: str = "WAL"
-    server_host: str = "127.0.0.1"
-    server_port: int = 7860
-    admin_org: str = ""
-    hf_token: str = ""
-    export_repo: str = ""
-    trainer: str = "thread"
-    retrain_every_pairs: int = 50
-    retrain_every_minutes: float = 0.0
-    head: str = ""
-    gate_eval_n: int = 500
-    rate_limit: str = "120/60"
-    client_rate_limit: str = "300/60"
-    client_new_annotators: str = "20/3600"
-    proxy_hops: int = 0
-    min_gold_seen: int = 3
-    max_annotator_share: float = 0.25
-    decode_budget_mp: float = 100.0
-    decode_wait_s: float = 10.0
-    backup_keep: int = 10
-    backup_every_minutes: float = 5.0
-    space_id: str = ""
-    seed_items: int = 600
-    augment_attacks: int = 4
-    replay_pairs: int = 1000
-    starter_head: bool = True
+    model_spec: str = option("auto", env="POCLIP_MODEL", parse=_stripped,
+                             help="model spec: `auto`, `bundled`, an open_clip `name:pretrained` tag or a local "
+                                  "checkpoint (see Models)")
+    data_dir: Path = option(
+        env="POCLIP_DATA_DIR", parse=Path, default_factory=_default_data_dir,
+        default_doc="`/data/poclip` when a bucket is mounted at `/data`, else `./data`",
+        help="durable folder: images, heads, embedding cache, snapshots, and the SQLite database unless "
+             "`POCLIP_LOCAL_DIR` puts it elsewhere")
+    storage: str = option(
+        "snapshots", env="POCLIP_STORAGE", parse=_word, choices=STORAGE_MODES,
+        help="`snapshots`: live WAL database in `POCLIP_LOCAL_DIR`, consistent snapshots copied to the data "
+             "dir's `backups/` and the newest restored at start when the local file is missing or empty; "
+             "`bucket`: SQLite in the data dir with DELETE journal, exclusive lock, one writer. Images and heads "
+             "are always written to the data dir before the row that names them")
+    local_dir: Path | None = option(
+        None, env="POCLIP_LOCAL_DIR", parse=Path, env_default=_default_local_dir,
+        default_doc="`./data` when a bucket is mounted at `/data`, else the data dir",
+        help="the live database's folder in `snapshots` mode")
+    database_url: str = option("", env="DATABASE_URL", default_doc="SQLite file `poclip.db` in the database's "
+                               "folder (see `POCLIP_STORAGE`)",
+                               help="SQLAlchemy URL; `postgresql+psycopg://user:pw@host:5432/db` to scale out")
+    sqlite_journal_mode: str = option(
+        "WAL", env="POCLIP_SQLITE_JOURNAL", parse=_upper,
+        help="SQLite journal: `WAL`; `DELETE` on network file systems, where WAL does not work "
+             "(`POCLIP_STORAGE=bucket` sets DELETE and an exclusive lock itself)")
+    hub_timeout_s: float = option(8.0, env="POCLIP_HUB_TIMEOUT", parse=float, low=0, low_open=True,
+                                  help="seconds a model hub download may take to start before falling back")
+    server_host: str = option("127.0.0.1", env="GRADIO_SERVER_NAME",
+                              help="where `python app.py` listens (a Space sets 0.0.0.0)")
+    server_port: int = option(7860, env="GRADIO_SERVER_PORT", parse=int, low=0, high=65535,
+                              help="the port `python app.py` listens on")
+    admin_token: str = option("", env="POCLIP_ADMIN_TOKEN", default_doc="(empty: token login off)",
+                              help="shared secret that unlocks admin actions")
+    admin_org: str = option("", env="POCLIP_ADMIN_ORG",
+                            help="Hugging Face organisation whose members are admins when logged in")
+    hf_token: str = option("", env="HF_TOKEN", help="token for pushing exported datasets to the Hub")
+    export_repo: str = option("", env="POCLIP_EXPORT_REPO",
+                              help="default Hub dataset repository for exports, `user/name`")
+    trainer: str = option("thread", env="POCLIP_TRAINER", parse=_word, choices=TRAINER_MODES,
+                          help="`thread` trains inside the app; `off` leaves it to a standalone "
+                               "`python -m poclip worker` against the same database")
+    retrain_every_pairs: int = option(50, env="POCLIP_RETRAIN_EVERY_PAIRS", parse=int, low=0,
+                                      help="the scheduler queues a retrain once this many new pairs exist "
+                                           "(`0`: never by count)")
+    retrain_every_minutes: float = option(0.0, env="POCLIP_RETRAIN_EVERY_MINUTES", parse=float, low=0,
+                                          help="and at most this often, when there is anything new (`0`: no timer)")
+    head: str = option(
+        "", env="POCLIP_HEAD", parse=_stripped,
+        help="the head the trainer trains: `linear`, `projection` or `last_blocks:K`; empty = the engine's "
+             "default, `last_blocks:2`, the measured default (on a CPU Space with ViT-B-32, `projection` or "
+             "`linear` retrain far faster). A retrain refines the live head when it is of this kind, else it "
+             "starts from the base model")
+    gate_eval_n: int = option(500, env="POCLIP_GATE_N", parse=int, low=1,
+                              help="held-out synthetic pictures the promotion gate evaluates on")
+    rate_limit: str = option("120/60", env="POCLIP_RATE_LIMIT",
+                             help="judgments per annotator per window, `COUNT/SECONDS`, or `off`")
+    client_rate_limit: str = option(
+        "300/60", env="POCLIP_CLIENT_RATE_LIMIT",
+        help="judgments per client network address per window, whatever handles it uses, `COUNT/SECONDS`, or `off`")
+    client_new_annotators: str = option(
+        "20/3600", env="POCLIP_CLIENT_NEW_ANNOTATORS",
+        help="new annotators (typed names, anonymous ids) one address may create per window, or `off`")
+    proxy_hops: int = option(
+        0, env="POCLIP_PROXY_HOPS", parse=int, low=0, env_default=_default_proxy_hops,
+        default_doc="1 on a Space (`SPACE_ID` set), else 0",
+        help="trusted reverse proxies in front of the app; the client's address is then read from "
+             "`X-Forwarded-For` (the one the outermost proxy saw) instead of the connection")
+    min_gold_seen: int = option(3, env="POCLIP_MIN_GOLD_SEEN", parse=int, low=0,
+                                help="gold items a person must have answered before their labels count towards "
+                                     "training (`0`: from the first)")
+    max_annotator_share: float = option(0.25, env="POCLIP_MAX_ANNOTATOR_SHARE", parse=float, low=0, low_open=True,
+                                        high=1, help="largest share of a training set's items one annotator's "
+                                                     "votes may decide (`1`: no cap)")
+    decode_budget_mp: float = option(
+        100.0, env="POCLIP_DECODE_BUDGET_MP", parse=float, low=0, low_open=True,
+        help="megapixels all concurrent uploads may hold decoded at once (about 8 bytes each: 0.8 GB); eight "
+             "concurrent 128 KB PNGs of 6320x6320 grew the process by 2,144 MB without the budget and 465 MB "
+             "with it, in the same time (`python bench/decode_budget.py`, one run, shared 2-core machine)")
+    decode_wait_s: float = option(10.0, env="POCLIP_DECODE_WAIT_S", parse=float, low=0,
+                                  help="how long an upload waits for decoding room before \"server busy, try "
+                                       "again\"")
+    backup_keep: int = option(10, env="POCLIP_BACKUP_KEEP", parse=int, low=1, help="SQLite snapshots kept")
+    backup_every_minutes: float = option(5.0, env="POCLIP_BACKUP_EVERY_MINUTES", parse=float, low=0,
+                                         help="how often a SQLite snapshot is taken (`0`: only on demand)")
+    space_id: str = option("", env="SPACE_ID",
+                           help="set by Hugging Face Spaces; enables the Hugging Face login button")
+    seed_items: int = option(600, env="POCLIP_SEED_ITEMS", parse=int, low=0,
+                             help="synthetic attacked items offered to annotators with the bundled model; with any "
+                                  "other backbone a positive value offers the 212 real photos instead, 0 none")
+    augment_attacks: int = option(4, env="POCLIP_AUGMENT", parse=int, low=0,
+                                  help="extra pairs per typographic judgment (other text from the style family on "
+                                       "the same picture; `0`: the judgments alone)")
+    replay_pairs: int = option(
+        1000, env="POCLIP_REPLAY_PAIRS", parse=int, low=0,
+        help="synthetic pairs (the starter's own, and as many clean synthetic pictures) mixed into every retrain, "
+             "so that a few hundred crowd labels refine what the starter head learned instead of wearing it away; "
+             "the retrain then runs the steps of its larger part alone; `0`: the crowd's pairs only (see \"The "
+             "loop, measured\"). The first retrain computes their 4,000 trunk activations once (cached after); "
+             "measured on the bundled model only")
+    starter_head: bool = option(True, env="POCLIP_STARTER_HEAD", parse=_switch, default_doc="1",
+                                help="serve the shipped starter head (`assets/heads`) until a version is promoted, "
+                                     "so a fresh app already shows the aligned model (`0`, `false`, `off` or "
+                                     "`no`: the base model)")
 
     def __post_init__(self) -> None:
-        if self.storage not in STORAGE_MODES:
-            raise ValueError(f"POCLIP_STORAGE must be one of {', '.join(STORAGE_MODES)}, got {self.storage!r}")
-        if not 0 < self.max_annotator_share <= 1:
-            raise ValueError(f"POCLIP_MAX_ANNOTATOR_SHARE must be in (0, 1], got {self.max_annotator_share!r}")
-        if self.min_gold_seen < 0 or self.proxy_hops < 0 or self.replay_pairs < 0:
-            raise ValueError("POCLIP_MIN_GOLD_SEEN, POCLIP_PROXY_HOPS and POCLIP_REPLAY_PAIRS must be 0 or more")
-        if not self.decode_budget_mp > 0 or not self.decode_wait_s >= 0:
-            raise ValueError("POCLIP_DECODE_BUDGET_MP must be positive and POCLIP_DECODE_WAIT_S 0 or more")
+        check(self, lambda f: f.metadata["env"])
 
     @property
     def database_dir(self) -> Path:
@@ -141,51 +185,16 @@ class Settings:
             return self.data_dir
         return self.local_dir if self.local_dir is not None else self.data_dir
 
-    @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.database_dir / 'poclip.db'}"
-
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        defaults = cls()
-        if env.get("POCLIP_LOCAL_DIR"):
-            local_dir: Path | None = Path(env["POCLIP_LOCAL_DIR"])
-        else:
-            local_dir = REPO_DIR / "data" if _bucket_mounted() else None
-        return cls(
-            data_dir=Path(env["POCLIP_DATA_DIR"]) if env.get("POCLIP_DATA_DIR") else defaults.data_dir,
-            storage=env.get("POCLIP_STORAGE", defaults.storage).strip().lower(),
-            local_dir=local_dir,
-            database_url=env.get("DATABASE_URL", ""),
-            model_spec=env.get("POCLIP_MODEL", defaults.model_spec),
-            hub_timeout_s=float(env.get("POCLIP_HUB_TIMEOUT", defaults.hub_timeout_s)),
-            admin_token=env.get("POCLIP_ADMIN_TOKEN", ""),
-            sqlite_journal_mode=env.get("POCLIP_SQLITE_JOURNAL", defaults.sqlite_journal_mode).upper(),
-            server_host=env.get("GRADIO_SERVER_NAME", defaults.server_host),
-            server_port=int(env.get("GRADIO_SERVER_PORT", defaults.server_port)),
-            admin_org=env.get("POCLIP_ADMIN_ORG", ""),
-            hf_token=env.get("HF_TOKEN", ""),
-            export_repo=env.get("POCLIP_EXPORT_REPO", ""),
-            trainer=env.get("POCLIP_TRAINER", defaults.trainer).lower(),
-            retrain_every_pairs=int(env.get("POCLIP_RETRAIN_EVERY_PAIRS", defaults.retrain_every_pairs)),
-            retrain_every_minutes=float(env.get("POCLIP_RETRAIN_EVERY_MINUTES", defaults.retrain_every_minutes)),
-            head=env.get("POCLIP_HEAD", defaults.head).strip(),
-            gate_eval_n=int(env.get("POCLIP_GATE_N", defaults.gate_eval_n)),
-            rate_limit=env.get("POCLIP_RATE_LIMIT", defaults.rate_limit),
-            client_rate_limit=env.get("POCLIP_CLIENT_RATE_LIMIT", defaults.client_rate_limit),
-            client_new_annotators=env.get("POCLIP_CLIENT_NEW_ANNOTATORS", defaults.client_new_annotators),
-            # A Space's app sits behind the Hub's reverse proxy, which the client's address comes through.
-            proxy_hops=int(env.get("POCLIP_PROXY_HOPS", 1 if env.get("SPACE_ID") else defaults.proxy_hops)),
-            min_gold_seen=int(env.get("POCLIP_MIN_GOLD_SEEN", defaults.min_gold_seen)),
-            max_annotator_share=float(env.get("POCLIP_MAX_ANNOTATOR_SHARE", defaults.max_annotator_share)),
-            decode_budget_mp=float(env.get("POCLIP_DECODE_BUDGET_MP", defaults.decode_budget_mp)),
-            decode_wait_s=float(env.get("POCLIP_DECODE_WAIT_S", defaults.decode_wait_s)),
-            backup_keep=int(env.get("POCLIP_BACKUP_KEEP", defaults.backup_keep)),
-            backup_every_minutes=float(env.get("POCLIP_BACKUP_EVERY_MINUTES", defaults.backup_every_minutes)),
-            space_id=env.get("SPACE_ID", ""),
-            seed_items=int(env.get("POCLIP_SEED_ITEMS", defaults.seed_items)),
-            augment_attacks=int(env.get("POCLIP_AUGMENT", defaults.augment_attacks)),
-            replay_pairs=int(env.get("POCLIP_REPLAY_PAIRS", defaults.replay_pairs)),
-            starter_head=env.get("POCLIP_STARTER_HEAD", "1").strip().lower() not in ("0", "false", "off", "no"),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment describes (``os.environ`` by default).
+
+        An unset or empty variable keeps its default. Raises:
+            UserError: a value that does not parse or is outside its declared range, naming the variable.
+        """
+        return cls(**read_env(cls, os.environ if env is None else env))
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): the README's "Settings" table."""
+    return markdown_table(Settings, fields(Settings))

@@ -1,4 +1,4 @@
-"""The engine's command line: train, eval --head/--t, sweep-t, disentangle; one JSON object each."""
+"""The engine's command line: train, eval --head/--t, sweep-t, disentangle; one JSON object each with --json."""
 
 import json
 import subprocess
@@ -21,7 +21,7 @@ def head(tmp_path_factory):
     """A head trained by the real command line (a subprocess, as a user runs it)."""
     out = tmp_path_factory.mktemp("heads") / "dpo.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "poclip", "train", "--model", "bundled", "--data", "synth", "--pairs", "60",
+        [sys.executable, "-m", "poclip", "train", "--model", "bundled", "--pairs", "60",
          "--clean", "30", "--loss", "dpo", "--epochs", "4", "--eval-n", "20", "--out", str(out), "--json"],
         cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
     )
@@ -75,11 +75,16 @@ def test_user_errors_exit_2_with_a_message(capsys, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
     code, _, err = run_main(capsys, "sweep-t", "--head", str(tmp_path / "bad.safetensors"), "--json")
     assert code == 2 and "not a readable" in err
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--loss", "orpo"])
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit, match="imagefolder:DIR"):
-        main(["eval", "--data", "nowhere", "--json"])
+    code, _, err = run_main(capsys, "train", "--loss", "orpo")
+    assert code == 2 and err.startswith("error: argument --loss: invalid choice: 'orpo'")
+    code, _, err = run_main(capsys, "eval", "--data", "nowhere", "--json")
+    assert code == 2 and "imagefolder:DIR" in err
+    # Combinations are checked before the model loads too.
+    bad = str(tmp_path / "bad.safetensors")  # unreadable, so refusing first proves the order
+    code, _, err = run_main(capsys, "eval", "--head", bad, "--attack", "none")
+    assert code == 2 and "use --attack random" in err
+    code, _, err = run_main(capsys, "sweep-t", "--head", bad, "--t-min", "1", "--t-max", "0")
+    assert code == 2 and err == "error: --t-max (0.0) must not be below --t-min (1.0)\n"
 
 
 @pytest.mark.slow
@@ -99,7 +104,7 @@ def test_starter_builds_a_loadable_head_and_the_shipped_one_matches_the_defaults
     from poclip.engine.starter import CLEAN, PAIRS, SEED, STARTER_HEAD
 
     out = tmp_path / "starter.safetensors"
-    code, result, err = run_main(capsys, "starter", "--pairs", "40", "--clean", "40", "--out", str(out))
+    code, result, err = run_main(capsys, "starter", "--pairs", "40", "--clean", "40", "--out", str(out), "--json")
     assert code == 0, err
     assert (result["pairs"], result["clean"], result["out"]) == (40, 40, str(out))
     assert 0 <= result["eval"]["typographic_accuracy"] <= 1 and result["eval"]["n"] == 1000
@@ -111,3 +116,16 @@ def test_starter_builds_a_loadable_head_and_the_shipped_one_matches_the_defaults
     assert (int(shipped["n_pairs"]), int(shipped["n_clean"]), shipped["command"]) == (
         PAIRS, CLEAN, "python -m poclip starter --out assets/heads/starter.safetensors")
     assert json.loads(shipped["config"])["seed"] == SEED
+
+
+def test_without_json_a_command_prints_aligned_key_value_lines_and_a_table_of_rows(capsys, head):
+    code = main(["sweep-t", "--head", str(head), "--n", "20", "--t-step", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0 and not out.startswith("{")
+    lines = out.splitlines()
+    keys = lines[: lines.index("")]
+    assert keys[0].startswith("model:") and any(line.startswith("base.clean_accuracy:") for line in keys)
+    assert len({len(line) - len(line.split(":", 1)[1].lstrip()) for line in keys}) == 1  # values in one column
+    sweep = lines[lines.index("sweep:") + 1:]
+    assert sweep[0].split()[:3] == ["t", "clean_accuracy", "typographic_accuracy"]
+    assert [row.split()[0] for row in sweep[1:]] == ["-2", "-1.5", "-1", "-0.5", "0", "0.5", "1", "1.5"]

@@ -207,7 +207,7 @@ def test_bad_input_gets_a_clear_error(tiny, prefs, clean, cache):
     for data, message in cases:
         with pytest.raises(TrainingDataError, match=message):
             train(tiny, data, clean, FAST, cache=cache)
-    for bad, message in [({"loss": "orpo"}, "unknown loss"), ({"head": "mlp"}, "unknown head"),
+    for bad, message in [({"loss": "orpo"}, "loss must be one of"), ({"head": "mlp"}, "unknown head"),
                          ({"optimizer": "sgd"}, "optimizer"), ({"val_fraction": 1.0}, "val_fraction")]:
         with pytest.raises(ValueError, match=message):
             train(tiny, prefs, clean, dataclasses.replace(FAST, **bad), cache=cache)

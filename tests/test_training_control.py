@@ -165,7 +165,7 @@ def test_standalone_worker_process_trains_the_queued_run(tmp_path, bundled):
         queued = svc.training.retrain(token=TOKEN)
         env = {**os.environ, "POCLIP_DATA_DIR": str(tmp_path), "POCLIP_MODEL": "bundled", "POCLIP_GATE_N": "300",
                "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_STARTER_HEAD": "0", **ONE_PERSON_ENV}
-        proc = subprocess.run([sys.executable, "-m", "poclip", "worker", "--once"], cwd=REPO_DIR, env=env,
+        proc = subprocess.run([sys.executable, "-m", "poclip", "worker", "--once", "--json"], cwd=REPO_DIR, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         runs = json.loads(proc.stdout)["runs"]

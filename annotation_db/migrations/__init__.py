@@ -16,6 +16,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from annotation_db.engine import resolved_database_url
+
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 # Any fixed number: replicas starting together on one PostgreSQL take turns migrating.
 _PG_MIGRATION_LOCK = 0x706F636C6970
@@ -67,5 +69,5 @@ def new_revision(message: str, url: str | None = None) -> None:
     if url is None:
         from poclip.settings import Settings
 
-        url = Settings.from_env().resolved_database_url
+        url = resolved_database_url(Settings.from_env())
     command.revision(alembic_config(url), message=message, autogenerate=True)

@@ -48,13 +48,6 @@ _MIN_SINGULAR = 1e-6  # S^t with t < 0 needs S > 0; a collapsed direction is tre
 STRENGTH_CACHE = 8  # strength copies a policy keeps (see Policy._strength_cached)
 
 
-def parse_head(head: str) -> tuple[str, int]:
-    """``(kind, blocks)`` of a head spec written as text (:meth:`HeadSpec.parse`), for callers that store the spec
-    as text: ``'linear'`` -> ('linear', 0), ``'last_blocks:2'`` -> ('last_blocks', 2)."""
-    spec = HeadSpec.parse(head)
-    return spec.kind, spec.blocks
-
-
 def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
     """``W_t = U S^t V^T`` for the SVD ``W = U S V^T`` (computed in float64, returned in W's dtype).
 

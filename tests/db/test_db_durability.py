@@ -76,7 +76,7 @@ def test_a_read_only_database_refuses_writes_with_a_clear_message_and_still_read
     try:
         from annotation_db import Database, DatabaseConfig, Repository, create_db_engine
 
-        ro = Repository(Database(create_db_engine(DatabaseConfig(where.resolved_database_url))), tmp_path)
+        ro = Repository(Database(create_db_engine(DatabaseConfig.from_settings(where))), tmp_path)
         assert ro.counts()["judgments"] == 1
         with pytest.raises(StorageError, match="read-only"):
             ro.ensure_annotator("new")

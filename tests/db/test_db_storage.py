@@ -20,6 +20,7 @@ import pytest
 
 from annotation_db import BackupError, NotFoundError, RepositoryConfig, list_snapshots, open_repository, take_snapshot
 from annotation_db.backup import holds_data
+from annotation_db.engine import resolved_database_url
 from annotation_db.orphans import orphan_files, sweep_orphan_files
 from poclip.settings import REPO_DIR, Settings
 
@@ -238,10 +239,10 @@ def test_storage_settings_come_from_one_variable(tmp_path):
     env = {"POCLIP_DATA_DIR": str(tmp_path / "bucket"), "POCLIP_LOCAL_DIR": str(tmp_path / "local")}
     default = Settings.from_env(env)
     assert default.storage == "snapshots"
-    assert default.resolved_database_url == f"sqlite:///{tmp_path / 'local' / 'poclip.db'}"
+    assert resolved_database_url(default) == f"sqlite:///{tmp_path / 'local' / 'poclip.db'}"
     bucket = Settings.from_env({**env, "POCLIP_STORAGE": "bucket"})
-    assert bucket.resolved_database_url == f"sqlite:///{tmp_path / 'bucket' / 'poclip.db'}"
+    assert resolved_database_url(bucket) == f"sqlite:///{tmp_path / 'bucket' / 'poclip.db'}"
     with pytest.raises(ValueError, match="POCLIP_STORAGE must be one of snapshots, bucket"):
         Settings.from_env({**env, "POCLIP_STORAGE": "s3"})
     plain = Settings(data_dir=tmp_path)  # no bucket: everything in the data dir, as on a laptop
-    assert plain.resolved_database_url == f"sqlite:///{tmp_path / 'poclip.db'}"
+    assert resolved_database_url(plain) == f"sqlite:///{tmp_path / 'poclip.db'}"
