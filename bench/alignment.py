@@ -31,12 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from poclip.engine.config import DEFAULT_HEAD, RECIPES, TrainConfig  # noqa: E402
 from poclip.engine.embed_cache import EmbeddingCache  # noqa: E402
 from poclip.engine.evaluate import ATTACK_FAMILIES, embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.engine.policy import Policy  # noqa: E402
 from poclip.engine.preferences import synth_clean, synth_preferences  # noqa: E402
-from poclip.engine.train import DEFAULT_HEAD, RECIPES, TrainConfig, train  # noqa: E402
+from poclip.engine.train import train  # noqa: E402
 from poclip.world import synth  # noqa: E402
 
 TOWER_HEAD = "last_blocks:2"  # the tower columns: the last two residual blocks and the attention pool

@@ -88,8 +88,9 @@ def test_tower_strength_interpolates_weights(bundled, head):
 
 
 def test_batch_norm_statistics_stay_frozen_in_training(bundled):
+    from poclip.engine.config import TrainConfig
     from poclip.engine.preferences import synth_clean, synth_preferences
-    from poclip.engine.train import TrainConfig, train
+    from poclip.engine.train import train
 
     prefs, clean = synth_preferences(24, seed=3, size=96), synth_clean(8, seed=3, size=96)
     result = train(bundled, prefs, clean, TrainConfig(head="last_blocks:1", epochs=1, batch_size=8, patience=0))

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from poclip.engine.config import TrainConfig
 from poclip.engine.embed_cache import EmbeddingCache, entry_key
 from poclip.engine.policy import load_head, read_head_metadata
 from poclip.engine.preferences import CleanImage, Preference, TrainingDataError, synth_clean, synth_preferences
-from poclip.engine.train import TrainConfig, train, train_head
+from poclip.engine.train import train, train_head
 from poclip.world import synth
 
 METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl/clean",

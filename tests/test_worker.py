@@ -138,7 +138,7 @@ def test_a_head_the_backbone_cannot_take_fails_at_start_with_the_reason(tmp_path
 
 
 def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_default(tmp_path, bundled):
-    from poclip.engine.train import DEFAULT_HEAD
+    from poclip.engine.config import DEFAULT_HEAD
 
     for head, expected in (("projection", "projection"), ("", DEFAULT_HEAD)):
         service = make_service(tmp_path / (head or "default"), bundled, head=head)

@@ -31,11 +31,11 @@ from poclip.app.retrain.heartbeat import BEAT_EVERY_S, Heartbeat, Progress, beat
 from poclip.app.retrain.registration import finish, register, run_record
 from poclip.app.retrain.schedule import BACKOFF_S, Schedule
 from poclip.app.retrain.training import replay_epochs, run_config, train_candidate
+from poclip.engine.config import DEFAULT_HEAD
 from poclip.engine.evaluate import EvalEmbeddings
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, check_head
 from poclip.engine.starter import load_starter
-from poclip.engine.train import DEFAULT_HEAD
 from poclip.settings import Settings
 
 __all__ = [

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from poclip.engine.config import TrainConfig
 from poclip.engine.embed_cache import EmbeddingCache
 from poclip.engine.losses import kl_to_reference
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.engine.preferences import CleanImage, Preference, synth_clean
-from poclip.engine.train import TrainConfig, train
+from poclip.engine.train import train
 from poclip.world import synth
 
 TONES: tuple[str, ...] = ("warm", "cool")

@@ -27,7 +27,7 @@ from poclip.engine.policy import Policy
 from poclip.engine.prepare import label_log_probs
 
 if TYPE_CHECKING:
-    from poclip.engine.train import TrainConfig
+    from poclip.engine.config import TrainConfig
 
 
 class Objective:

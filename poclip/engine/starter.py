@@ -52,9 +52,10 @@ def build_starter(encoder: ClipEncoder, out: str | Path = STARTER_HEAD, pairs: i
 
     Returns the training figures and the held-out evaluation of the stored (float16) weights.
     """
+    from poclip.engine.config import DEFAULT_RECIPE, TrainConfig
     from poclip.engine.evaluate import embed_synth_eval, evaluate_policy
     from poclip.engine.preferences import synth_clean, synth_preferences
-    from poclip.engine.train import DEFAULT_RECIPE, TrainConfig, checkpoint_metadata
+    from poclip.engine.train import checkpoint_metadata
     from poclip.engine.train import train as train_head
 
     cfg = TrainConfig(seed=seed)

@@ -24,16 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poclip.engine.config import (  # noqa: F401 (re-exported: TrainConfig and its defaults live there)
-    DEFAULT_BATCH,
-    DEFAULT_EPOCHS,
-    DEFAULT_HEAD,
-    DEFAULT_LAMBDA,
-    DEFAULT_LR,
-    DEFAULT_RECIPE,
-    RECIPES,
-    TrainConfig,
-)
+from poclip.engine.config import TrainConfig
 from poclip.engine.embed_cache import EmbeddingCache, Picture
 from poclip.engine.heads import HeadSpec
 from poclip.engine.models import ClipEncoder

@@ -13,7 +13,8 @@ from typing import Any
 from annotation_db import Repository, RunInfo, VersionInfo
 from poclip.app.retrain.data import TrainingData
 from poclip.app.retrain.gate import class_table
-from poclip.engine.train import TrainConfig, TrainResult
+from poclip.engine.config import TrainConfig
+from poclip.engine.train import TrainResult
 
 
 def summary(metrics: dict) -> dict:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from poclip.app.retrain.data import TrainingData
+from poclip.engine.config import TrainConfig
 from poclip.engine.heads import HeadSpec
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
-from poclip.engine.train import Progress, TrainConfig, TrainResult, train_head
+from poclip.engine.train import Progress, TrainResult, train_head
 
 
 def replay_epochs(epochs: int, crowd: int, replay: int) -> int:
