@@ -143,7 +143,8 @@ def run(model: str, n: int, columns: list[str], cache_dir: str | None) -> dict:
         table.update(photo_rows(defenses))
     return {
         "model": encoder.spec, "n": n, "eval_seed": EVAL_SEED, "columns": columns, "table": table,
-        "seconds_to_build": {c: defenses[c].seconds_to_build for c in columns},
+        "seconds_to_build": {c: None if defenses[c].info.get("shipped") else defenses[c].seconds_to_build
+                             for c in columns},
         "ms_per_picture": {c: defenses[c].ms_per_picture for c in columns},
         "built": {c: {"loaded": defenses[c].loaded, "recipe_hash": defenses[c].recipe_hash, "info": defenses[c].info}
                   for c in columns},
