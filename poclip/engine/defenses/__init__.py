@@ -1,0 +1,1 @@
+"""Defenses a user could pick instead of (or beside) PO-CLIP, behind one interface (:mod:`.base`)."""
