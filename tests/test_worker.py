@@ -203,6 +203,10 @@ def test_a_running_retrain_shows_its_phases_steps_and_curve_in_the_run_row(tmp_p
         trainer.request()
         run = trainer.run_pending()
         assert run.status == "succeeded", run.error
+        # Once the run is over its row keeps the curve, so the Train tab still draws it.
+        finished = svc.training.progress()
+        assert finished.run_id == run.id and finished.phase in ("promoted", "rejected")
+        assert 0 < len(finished.history) <= 200 and finished.history[-1]["step"] == run.metrics["history"][-1]["step"]
     finally:
         svc.close()
     rows = [metrics for _, _, metrics in seen]

@@ -156,7 +156,9 @@ class Trainer:
             self.sync_live()
         self.progress = Progress(run.id, "promoted" if ok else "rejected", config.epochs, config.epochs,
                                  self.progress.history, reason)
-        return finish(self.repo, run, record, version, data.watermark)
+        # The run's row keeps the curve too, so the Train tab still draws it once the run is over.
+        curve = beat_metrics(self.progress)["history"]
+        return finish(self.repo, run, {**record, "history": curve}, version, data.watermark)
 
     def _phase(self, phase: str, beat: Heartbeat) -> None:
         # Readers elsewhere follow the phase through the run's row: beat now rather than at the next period.

@@ -36,9 +36,10 @@ _chart_cache: dict[str, tuple[tuple, str]] = {}
 
 
 def training_chart(service: AppService) -> str:
-    """The chart of the current run, redrawn only when the run has new steps (every open page polls it)."""
+    """The chart of the current run, redrawn only when the run has new steps (every open page polls it). The
+    stored curve is thinned to a bounded length, so its newest step, not its length, says whether it moved."""
     p = service.training.progress()
-    key = (id(service), p.run_id, p.phase, len(p.history))
+    key = (id(service), p.run_id, p.phase, p.history[-1].get("step") if p.history else None)
     cached = _chart_cache.get("last")
     if cached is None or cached[0] != key:
         cached = (key, chart_svg(list(p.history), title=f"Training run {p.run_id or ''} (per optimizer step)"))

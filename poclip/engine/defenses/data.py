@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from PIL import Image
 
-from poclip.engine.train import CleanImage, Preference, synth_clean, synth_preferences
+from poclip.engine.preferences import CleanImage, Preference, synth_clean, synth_preferences
 from poclip.world import synth
 from poclip.world.attacks import render
 from poclip.world.styles import sample_style, styled_attack

@@ -10,11 +10,12 @@ from dataclasses import asdict
 
 import torch
 
+from poclip.engine.config import TrainConfig
 from poclip.engine.defenses.base import Defense
 from poclip.engine.defenses.data import CLEAN, PAIRS, SEED, training_data
 from poclip.engine.policy import Policy
 from poclip.engine.starter import STARTER_HEAD, load_starter
-from poclip.engine.train import TrainConfig, train
+from poclip.engine.train import train
 
 
 class PolicyDefense(Defense):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from poclip.engine.config import DEFAULT_HEAD, TrainConfig
 from poclip.engine.defenses.data import (
     CALIBRATION_N,
     CALIBRATION_SEED,
@@ -26,7 +27,7 @@ from poclip.engine.defenses.data import (
 )
 from poclip.engine.defenses.head import PolicyDefense
 from poclip.engine.policy import Policy
-from poclip.engine.train import DEFAULT_HEAD, TrainConfig, train
+from poclip.engine.train import train
 
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
 
