@@ -1,6 +1,6 @@
 """Shared fixtures. Tests never touch the network: the model hub is switched off before anything imports it.
 
-System services the suite needs beyond Python (PostgreSQL for tests/db, Debian's Chromium for the browser
+System services the suite needs beyond Python (PostgreSQL for tests/annotation_db, Debian's Chromium for the browser
 tests) are skipped locally with the reason printed, and required when ``CI`` is set (``.ci/run`` sets it).
 """
 

@@ -135,7 +135,7 @@ def test_the_base_model_reads_signs_whose_word_is_the_answer(base):
 
 
 def test_peers_bench_writes_the_table_timings_and_checks(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "bench" / "peers.py")
+    spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[2] / "bench" / "peers.py")
     peers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peers)
     out = tmp_path / "peers.json"

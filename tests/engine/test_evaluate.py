@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from imagefolders import make_imagefolder
 
 from poclip.engine.embed_cache import EmbeddingCache
 from poclip.engine.evaluate import (
@@ -72,17 +73,6 @@ def test_sweep_and_gate_helper(bundled, data):
     assert cache.misses == 40
     evaluate_synth_policy(policy, n=20, seed=5, cache=cache)
     assert cache.misses == 40 and cache.hits == 40
-
-
-def make_imagefolder(root, per_class=3):
-    import random
-
-    for shape in ("circle", "square", "star"):
-        (root / shape).mkdir(parents=True)
-        for i in range(per_class):
-            scene = synth.sample_scene(random.Random(f"folder:{shape}:{i}"), shape=shape)
-            synth.draw_scene(scene, 128).save(root / shape / f"{i}.png")
-    return root
 
 
 def test_any_datasets_image_folder_with_attacks_on_the_fly(bundled, tmp_path):

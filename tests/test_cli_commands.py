@@ -60,7 +60,7 @@ def test_sweep_t_covers_minus_2_to_1_5_and_writes_a_plot(capsys, head, tmp_path)
 
 
 def test_eval_on_an_image_folder_dataset(capsys, tmp_path):
-    from test_engine_evaluate import make_imagefolder
+    from imagefolders import make_imagefolder
 
     folder = make_imagefolder(tmp_path / "imgs", per_class=2)
     code, result, err = run_main(capsys, "eval", "--model", "bundled", "--data", f"imagefolder:{folder}", "--n", "6",
