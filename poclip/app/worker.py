@@ -154,11 +154,11 @@ class Trainer:
                            parent_id=live.version.id if live.version else None, watermark=data.watermark)
         if ok:
             self.sync_live()
-        self.progress = Progress(run.id, "promoted" if ok else "rejected", config.epochs, config.epochs,
-                                 self.progress.history, reason)
-        # The run's row keeps the curve too, so the Train tab still draws it once the run is over.
-        curve = beat_metrics(self.progress)["history"]
-        return finish(self.repo, run, {**record, "history": curve}, version, data.watermark)
+        done = self.progress  # the steps it took, not the epochs
+        self.progress = Progress(run.id, "promoted" if ok else "rejected", done.step, done.total, done.history, reason)
+        # The run's row keeps the curve and the steps too, so the Train tab still shows them once the run is over.
+        kept = {"history": beat_metrics(self.progress)["history"], "step": done.step, "total": done.total}
+        return finish(self.repo, run, {**record, **kept}, version, data.watermark)
 
     def _phase(self, phase: str, beat: Heartbeat) -> None:
         # Readers elsewhere follow the phase through the run's row: beat now rather than at the next period.

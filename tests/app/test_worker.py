@@ -206,6 +206,7 @@ def test_a_running_retrain_shows_its_phases_steps_and_curve_in_the_run_row(tmp_p
         # Once the run is over its row keeps the curve, so the Train tab still draws it.
         finished = svc.training.progress()
         assert finished.run_id == run.id and finished.phase in ("promoted", "rejected")
+        assert finished.step == finished.total > 0  # optimizer steps, as while it ran
         assert 0 < len(finished.history) <= 200 and finished.history[-1]["step"] == run.metrics["history"][-1]["step"]
     finally:
         svc.close()
