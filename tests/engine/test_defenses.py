@@ -96,7 +96,7 @@ def test_ablation_keeps_clean_accuracy_within_its_cap_on_its_calibration_set(bun
     assert attacked > base_attacked or ablation.info["units"] == 0  # a kept unit always raised attacked accuracy
 
 
-def test_ocr_mask_paints_out_a_word_that_fooled_the_base_model(bundled, base):
+def test_ocr_mask_paints_out_a_word_that_fooled_the_base_model(bundled, base, tesseract):
     ocr = OcrMask(bundled, calibration_n=6).build()
     assert 0.0 <= ocr.info["detection_rate"] <= 1.0
     # a red square on the left of a light picture, and a sign-like word on the right
