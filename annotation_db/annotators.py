@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotation_db.counters import bump
-from annotation_db.errors import NotFoundError
-from annotation_db.models import HANDLE_MAX, HF_USERNAME_MAX, Annotator
+from annotation_db.errors import NotFoundError, ValidationError
+from annotation_db.models import DISPLAY_KEY_MAX, HANDLE_MAX, HF_USERNAME_MAX, Annotator
 from annotation_db.store import StoreBase
 from annotation_db.validation import check_optional_text, check_text
 
@@ -28,11 +28,17 @@ def pseudonym_for(handle: str, secret: str = "") -> str:
     return hashlib.sha256(b"poclip-annotator\0" + handle.encode()).hexdigest()[:32]
 
 
+def _name_taken() -> ValidationError:
+    return ValidationError("that name (or one that looks like it) is already someone else's: choose another "
+                           "name, or leave the box empty to annotate anonymously")
+
+
 @dataclass(frozen=True)
 class AnnotatorInfo:
     id: int
     handle: str
     hf_username: str | None
+    display_name: str | None  # what they typed, shown only; None when they never typed one
     pseudonym: str
     trust: float
     gold_seen: int
@@ -41,7 +47,8 @@ class AnnotatorInfo:
     @classmethod
     def of(cls, row: Annotator) -> AnnotatorInfo:
         return cls(
-            row.id, row.handle, row.hf_username, row.pseudonym, row.trust, row.gold_seen, row.gold_correct
+            row.id, row.handle, row.hf_username, row.display_name, row.pseudonym, row.trust, row.gold_seen,
+            row.gold_correct,
         )
 
 
@@ -89,6 +96,47 @@ class AnnotatorsMixin(StoreBase):
                 if attempt == 1:
                     raise
         raise AssertionError("unreachable")
+
+    def check_display_name_free(self, handle: str, key: str) -> None:
+        """ValidationError when the display-name skeleton ``key`` is shown by an annotator other than ``handle``
+        (who may not exist yet); writes nothing. One indexed look-up."""
+        handle = check_text(handle, "handle", HANDLE_MAX)
+        key = check_text(key, "display name key", DISPLAY_KEY_MAX)
+        with self.db.reading() as s:
+            owner = s.scalar(select(Annotator.handle).where(Annotator.display_key == key))
+        if owner is not None and owner != handle:
+            raise _name_taken()
+
+    def set_display_name(self, handle: str, name: str, key: str) -> AnnotatorInfo:
+        """Show ``name`` for the annotator ``handle`` (which must exist). The name is display only: it never
+        changes which annotator acts.
+
+        Args:
+            handle: the acting identity (a signed anonymous id or ``hf:<user>``).
+            name: the cleaned display name (1..64 characters).
+            key: its confusable skeleton; unique across annotators.
+        Returns:
+            The annotator, with its display name.
+        Raises:
+            ValidationError: ``key`` is already another annotator's name (nothing changes), or bad input.
+        """
+        handle = check_text(handle, "handle", HANDLE_MAX)
+        name = check_text(name, "display name", HANDLE_MAX)
+        key = check_text(key, "display name key", DISPLAY_KEY_MAX)
+        taken = _name_taken()
+        try:
+            with self.db.writing() as s:
+                row = self._annotator(s, handle)
+                if row.display_key == key and row.display_name == name:
+                    return AnnotatorInfo.of(row)  # the usual case: the same name on every request, no write
+                owner = s.scalar(select(Annotator.id).where(Annotator.display_key == key))
+                if owner is not None and owner != row.id:
+                    raise taken
+                row.display_name, row.display_key = name, key
+                s.flush()
+                return AnnotatorInfo.of(row)
+        except IntegrityError as exc:  # another identity took the key between our check and write
+            raise taken from exc
 
     def get_annotator(self, handle: str) -> AnnotatorInfo:
         """The annotator with ``handle``; :class:`NotFoundError` if there is none."""

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 # Bounds on identifiers people type or the app sends; free text (errors, reasons) is unbounded.
 HANDLE_MAX = 64
 HF_USERNAME_MAX = 96
+DISPLAY_KEY_MAX = 256  # a skeleton can be longer than its name (casefold turns ß into ss)
 LABEL_MAX = 100
 LABEL_SET_NAME_MAX = 64
 TEMPLATE_MAX = 200
@@ -138,6 +139,10 @@ class Annotator(Base):
     gold_seen: Mapped[int] = mapped_column(Integer, default=0)
     gold_correct: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # What the person typed, shown only (migration 0004); the key is its confusable skeleton, unique so that
+    # no two people show the same or a look-alike name.
+    display_name: Mapped[str | None] = mapped_column(String(HANDLE_MAX))
+    display_key: Mapped[str | None] = mapped_column(String(DISPLAY_KEY_MAX), unique=True)
 
 
 class Image(Base):

@@ -20,7 +20,6 @@ class RepositoryConfig:
         rate_limit_window_s: the window of the rate limit, in seconds.
         undo_window_s: how long after recording a judgment its annotator may still undo it.
         target_votes: k, the number of votes an item should collect; items short of k are served first.
-        gold_rate: share of :meth:`next_sample` answers that are gold items (when any are left to show).
         min_trust: annotators whose trust is below this are left out of training pairs.
         trust_prior_correct, trust_prior_seen: trust = (correct + prior_correct) / (seen + prior_seen) over
             gold items; the prior keeps one early slip from silencing a new annotator (trust starts at 1.0).
@@ -39,7 +38,6 @@ class RepositoryConfig:
     rate_limit_window_s: float = 60.0
     undo_window_s: float = 120.0
     target_votes: int = 3
-    gold_rate: float = 0.1
     min_trust: float = 0.5
     trust_prior_correct: float = 2.0
     trust_prior_seen: float = 2.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import unicodedata
 from pathlib import Path
@@ -27,9 +28,35 @@ HF_PREFIX = "hf:"
 RESERVED = frozenset({"poclip-gold", "poclip-synthetic", "poclip", "admin", "administrator", "root", "system",
                       "gold", "maintainer", "anonymous"})
 NAME_MAX = 40
-# Explicit directional formatting characters (Unicode bidi algorithm, UAX #9): embeddings, overrides, isolates
-# and marks. They reorder how the surrounding text is shown.
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Directional overrides, embeddings and isolates (Unicode bidi algorithm, UAX #9): they reorder how the
+# surrounding text is shown (``evil\u202eknab`` displays as another name), so a name holding one is refused.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Characters that draw nothing and are dropped from a name (Unicode "Default_Ignorable_Code_Point" members
+# that are not in category Cf, which is dropped whole): combining grapheme joiner, Hangul fillers, Mongolian
+# and generic variation selectors.
+INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0\u180b\u180c\u180d\u180e\u180f") | frozenset(
+    chr(c) for c in range(0xFE00, 0xFE10)
+)
+# Confusable skeleton: letters of other scripts (and dashes, digits) that are drawn like a Latin letter, mapped
+# to it. A small subset of the Unicode confusables table (UTS #39, confusables.txt) covering the Cyrillic and
+# Greek letters that look like Latin ones; applied after NFKC (which already folds full-width and other
+# compatibility forms) and before casefolding.
+CONFUSABLES = str.maketrans({
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k", "ӏ": "l",
+    "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "ԛ": "q", "ѕ": "s", "т": "t", "у": "y", "ԝ": "w",
+    "х": "x", "ԁ": "d", "ɡ": "g", "ү": "y", "А": "A", "В": "B", "Е": "E", "Ѕ": "S", "І": "I", "Ј": "J",
+    "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X", "У": "Y", "Ү": "Y",
+    "Ԛ": "Q", "Ԝ": "W", "Ӏ": "l",
+    # Greek
+    "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+    # Latin look-alikes and dashes
+    "ı": "i", "ȷ": "j", "0": "o", "1": "l", "|": "l",
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-",
+    "_": "-",
+})
 SECRET_FILE = "server-secret.key"
 
 
@@ -59,27 +86,56 @@ def server_secret(data_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+def clean_name(name: str) -> str:
+    """A typed name as it is stored and shown: NFKC (full-width ``ａｄｍｉｎ`` becomes ``admin``), invisible and
+    format characters removed (zero-width space and joiners, soft hyphen, bidi marks; category Cf and
+    :data:`INVISIBLE`), runs of white space made one space, ends stripped. Directional overrides are kept
+    here so that :func:`check_display_name` can refuse them by name."""
+    name = unicodedata.normalize("NFKC", name)
+    name = "".join(c for c in name if c in BIDI_CONTROLS
+                   or not (c in INVISIBLE or unicodedata.category(c) == "Cf"))
+    return re.sub(" {2,}", " ", name).strip()  # NFKC has made every other space character U+0020
+
+
+def name_key(name: str) -> str:
+    """The skeleton two names are compared by: ``casefold(confusables(clean_name(name)))``, where
+    confusables maps look-alike letters of other scripts to Latin (:data:`CONFUSABLES`), applied again after
+    casefolding (which makes new lower-case letters). ``poclіp-gold`` (Cyrillic і), ``POCLIP-GOLD`` and
+    ``poclip-gold`` plus a zero-width space all have the key ``poclip-gold``, as the reserved name does."""
+    return clean_name(name).translate(CONFUSABLES).casefold().translate(CONFUSABLES)
+
+
+RESERVED_KEYS = frozenset(name_key(reserved) for reserved in RESERVED)
+
+
 def check_display_name(name: str) -> str:
-    """A typed name, stripped; refused (IdentityError) when it is empty, too long, has control or bidi
-    characters, or claims the ``anon-``/``hf:`` namespaces or a reserved name."""
+    """A typed name, cleaned (:func:`clean_name`); refused (IdentityError) when it is blank once cleaned, too
+    long, has control or bidi override characters, or when its skeleton (:func:`name_key`) claims the
+    ``anon-``/``hf:`` namespaces or a reserved name.
+
+    Returns:
+        The cleaned name, as it is stored and shown.
+    """
     if not isinstance(name, str):
         raise IdentityError("the name must be text")
-    name = unicodedata.normalize("NFC", name).strip()
+    typed = bool(name.strip())
+    name = clean_name(name)
     if not name:
-        raise IdentityError("enter a name, or annotate anonymously")
+        raise IdentityError("enter a name, or annotate anonymously" if not typed else
+                            "the name is blank once invisible characters are removed: type a visible name")
     if len(name) > NAME_MAX:
         raise IdentityError(f"the name is too long: at most {NAME_MAX} characters")
     bad = [c for c in name if c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")]
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
         raise IdentityError(f"the name contains invisible control characters ({codes})")
-    folded = name.casefold()
-    if folded.startswith(HF_PREFIX):
+    key = name_key(name)
+    if key.startswith(HF_PREFIX):
         raise IdentityError("names starting with 'hf:' belong to Hugging Face logins: use the login button")
-    if folded.startswith(ANON_PREFIX):
+    if key.startswith(ANON_PREFIX):
         raise IdentityError("names starting with 'anon-' are anonymous ids issued by the server")
-    if folded in RESERVED:
-        raise IdentityError(f"{name!r} is a reserved name")
+    if key in RESERVED_KEYS:
+        raise IdentityError(f"{name!r} is a reserved name (or looks like one)")
     return name
 
 

@@ -8,7 +8,7 @@ the annotator handle the store records, and that counts the request against the 
 from __future__ import annotations
 
 from annotation_db import NotFoundError, Repository
-from poclip.app.identity import Identity, IdentityError
+from poclip.app.identity import Identity, IdentityError, check_display_name, name_key
 from poclip.app.limits import ClientLimits, current_origin
 
 
@@ -35,10 +35,44 @@ class Visitors:
             return self.identity.issue()
 
     def who(self, annotator: str, hf_username: str | None = None) -> str:
-        """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or a checked
-        display name. A bare or forged ``anon-`` id, a typed ``hf:`` or a reserved name raises UserError
+        """The handle acting: ``hf:<user>`` when logged in, the id of a valid anonymous token, or (in-process
+        callers only: public endpoints pass signed tokens, see :mod:`poclip.app.ui.identity`) a checked name.
+        A bare or forged ``anon-`` id, a typed ``hf:`` or a reserved name raises UserError
         (:class:`~poclip.app.identity.IdentityError`) with the reason."""
         return self.identity.resolve(annotator, hf_username)
+
+    def check_name(self, annotator: str, typed: str) -> str:
+        """Refuse (UserError) a display name ``annotator`` may not show, writing nothing: see :meth:`name`.
+
+        Returns:
+            The cleaned display name.
+        """
+        shown = check_display_name(typed)
+        self.repo.check_display_name_free(self.who(annotator), name_key(shown))
+        return shown
+
+    def name(self, annotator: str, typed: str) -> str:
+        """Show ``typed`` as the display name of the existing annotator ``annotator`` (a signed token). The
+        name never acts: undo, answers and trust stay with ``annotator``.
+
+        The name is checked and cleaned (:func:`~poclip.app.identity.check_display_name`: NFKC, invisible
+        characters removed, reserved look-alikes and blank names refused) and compared by its confusable
+        skeleton (:func:`~poclip.app.identity.name_key`): a name whose skeleton another identity already shows
+        is refused (UserError), and nothing changes. O(1): indexed look-ups, and a write only when it changes.
+
+        Returns:
+            The cleaned display name.
+        """
+        shown = check_display_name(typed)
+        self.repo.set_display_name(self.who(annotator), shown, name_key(shown))
+        return shown
+
+    def display_name(self, annotator: str) -> str | None:
+        """The name shown for ``annotator`` (what they typed), or None when they never typed one or are new."""
+        try:
+            return self.repo.get_annotator(self.who(annotator)).display_name
+        except NotFoundError:
+            return None
 
     def admit(self, annotator: str, *, judgment: bool) -> None:
         """Count the request in flight against its address: a handle this database has not seen yet counts as a

@@ -19,7 +19,7 @@ ITEMS = 24
 def test_16_concurrent_annotators_on_postgresql_no_deadlocks_no_false_errors_none_lost(make_repo, png, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("the deadlock came from PostgreSQL's row locks; SQLite has one writer at a time")
-    repo = make_repo(RepositoryConfig(rate_limit_count=None, gold_rate=0.3), real_clock=True)
+    repo = make_repo(RepositoryConfig(rate_limit_count=None), real_clock=True)
     repo.ensure_label_set("animals", ["cat", "dog", "bird"])
     samples = [repo.add_sample(repo.store_image(png(i)).sha256, "animals", {"text": "dog"}).id for i in range(ITEMS)]
     repo.ensure_annotator("gold-writer")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from annotation_db import NotFoundError, RepositoryConfig
@@ -19,7 +17,7 @@ def test_never_serves_a_sample_already_judged_and_ends_with_none(repo, world):
 
 
 def test_items_short_of_k_votes_come_first(make_repo, world_factory):
-    repo = make_repo(RepositoryConfig(target_votes=2, gold_rate=0.0))
+    repo = make_repo(RepositoryConfig(target_votes=2))
     world = world_factory(repo, n_samples=4)
     full, one_vote, *fresh = world.samples
     for who in ("annotator-b", "annotator-c"):
@@ -35,24 +33,8 @@ def test_items_short_of_k_votes_come_first(make_repo, world_factory):
     assert order[3] == full
 
 
-def test_gold_items_are_mixed_in_at_the_configured_rate(make_repo, world_factory):
-    repo = make_repo(RepositoryConfig(gold_rate=0.25, rate_limit_count=None), rng=random.Random(7))
-    world = world_factory(repo, n_samples=40, n_annotators=1)
-    repo.ensure_annotator("maintainer")
-    gold = set(world.samples[:20])
-    for sample_id in gold:
-        repo.record_judgment(sample_id, "maintainer", "cat", "dog", kind="gold")
-    picks = []
-    for _ in range(20):
-        sample = repo.next_sample("annotator-a")
-        picks.append(sample.is_gold)
-        assert sample.is_gold == (sample.id in gold)
-        repo.record_judgment(sample.id, "annotator-a", "cat", "dog")
-    assert 2 <= sum(picks) <= 10  # ~25% of 20 (seeded)
-
-
 def test_gold_only_left_is_still_served(make_repo, world_factory):
-    repo = make_repo(RepositoryConfig(gold_rate=0.0))
+    repo = make_repo()
     world = world_factory(repo, n_samples=1)
     repo.ensure_annotator("maintainer")
     repo.record_judgment(world.samples[0], "maintainer", "cat", "dog", kind="gold")
@@ -74,3 +56,13 @@ def test_label_set_filter_and_sample_contents(repo, world, world_factory, png):
 def test_unknown_annotator(repo, world):
     with pytest.raises(NotFoundError):
         repo.next_sample("ghost")
+
+
+def test_skipped_items_rotate_instead_of_repeating(repo, world, clock):
+    # Not answering must not pin the same item: each unanswered item comes back once per round.
+    served = []
+    for _ in range(2 * len(world.samples)):
+        served.append(repo.next_sample("annotator-a").id)
+        clock.advance(1)
+    n = len(world.samples)
+    assert sorted(served[:n]) == sorted(world.samples) and sorted(served[n:]) == sorted(world.samples)

@@ -34,13 +34,13 @@ def test_label_retrain_promote_and_predictions_flip(tmp_path, bundled):
     truth = truth_by_attack(240)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        _, item_id, labels, _, counter = client.predict(handle="alice", api_name="/next_item")
+        _, item_id, labels, _, counter, me = client.predict(handle="alice", api_name="/next_item")
         assert "**0** labels from you" in counter and labels == list(synth.SHAPES)
         for _ in range(200):
             sample = service.repo.get_sample(int(item_id))
             answer = truth[TextAttack.from_dict(sample.attack).to_json()]
-            _, item_id, labels, _, counter = client.predict(sample_id=int(item_id), label=answer, handle="alice",
-                                                            api_name="/answer")
+            _, item_id, labels, _, counter, _ = client.predict(sample_id=int(item_id), label=answer, handle="alice",
+                                                               anonymous_id=me, api_name="/answer")
         assert "**200** labels from you" in counter
         assert service.repo.training_pairs().pairs.__len__() >= 200
 
@@ -103,8 +103,8 @@ def test_votes_through_the_api_name_a_comparison_and_nothing_else(tmp_path, bund
             with pytest.raises(Exception, match="Press Predict|expired"):
                 client.predict(comparison_id=missing, verdict="left", handle="api-user", api_name="/vote")
         assert footprint(service) == before
-        stored, counter = client.predict(comparison_id=old_id, verdict="neither", neither_label="star",
-                                         handle="api-user", api_name="/vote")
+        stored, counter, _ = client.predict(comparison_id=old_id, verdict="neither", neither_label="star",
+                                            handle="api-user", api_name="/vote")
         assert (stored["chosen"], stored["rejected"], stored["comparison_id"]) == ("star", "circle", old_id)
         sample = service.repo.get_sample(stored["sample_id"])
         assert sample.attack["text"] == "circle" and sample.labels == tuple(synth.SHAPES)
@@ -130,7 +130,10 @@ def test_readmes_client_example_runs_as_printed(tmp_path, bundled, monkeypatch, 
         printed = capsys.readouterr().out
         assert "star over circle | You have given 1 label." in printed
         assert "You have given" in printed and "'live_version': None" in printed
-        assert [j.chosen for j in service.repo.judgments_of("me")][0] == "star"
+        # The vote is the signed id's first judgment; "me" is only that id's display name.
+        first = [j for j in service.repo.recent_judgments(500) if j.annotator.startswith("anon-")][-1]
+        assert first.chosen == "star"
+        assert service.repo.get_annotator(first.annotator).display_name == "me"
     finally:
         demo.close()
         service.close()
@@ -218,13 +221,16 @@ def test_every_endpoint_answers_a_call_by_name_or_says_what_is_wrong(tmp_path, b
                     api_name="/vote")  # an upload without consent
             refused("not a picture", picture=handle_file(__file__), api_name="/predict")
 
-            picture_file, sample_id, labels, prompt, counters = client.predict(handle="api", api_name="/next_item")
+            picture_file, sample_id, labels, prompt, counters, me = client.predict(handle="api",
+                                                                                  api_name="/next_item")
             assert picture_file and sample_id is not None and "**0** labels from you" in counters
-            skipped = client.predict(sample_id=sample_id, handle="api", api_name="/skip")
-            answered = client.predict(sample_id=skipped[1], label=skipped[2][0], handle="api", api_name="/answer")
-            assert "**1** label from you" in answered[4]
-            assert client.predict(handle="api", api_name="/undo")[1] == skipped[1]
-            refused("sample", sample_id=10**6, label="star", handle="api", api_name="/answer")
+            skipped = client.predict(sample_id=sample_id, handle="api", anonymous_id=me, api_name="/skip")
+            answered = client.predict(sample_id=skipped[1], label=skipped[2][0], handle="api", anonymous_id=me,
+                                      api_name="/answer")
+            assert "**1** label from you (api)" in answered[4]
+            refused("already someone else's", handle="api", api_name="/undo")  # "api" is me's name
+            assert client.predict(anonymous_id=me, api_name="/undo")[1] == skipped[1]
+            refused("sample", sample_id=10**6, label="star", anonymous_id=me, api_name="/answer")
 
             assert client.predict(api_name="/status")["live_version"] is None
             refused("admin", token="wrong", api_name="/backup")

@@ -11,7 +11,7 @@ from poclip.app.display import display_file
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.counts import counted
-from poclip.app.ui.identity import annotator_handle
+from poclip.app.ui.identity import annotator_handle, keep_name
 from poclip.errors import UserError
 from poclip.world.photos import CREDIT, is_photo_label_set
 
@@ -64,7 +64,9 @@ def counter_text(service: AppService, who: str) -> str:
     """The person's own labels, everyone's, and what a training pair is."""
     status = service.status()
     mine = service.annotation.labelled_by(who)
-    text = (f"{counted(mine, 'label', bold=True)} from you · **{status['judgments']}** from "
+    name = service.visitors.display_name(who)
+    you = "you" if name is None else f"you ({name})"
+    text = (f"{counted(mine, 'label', bold=True)} from {you} · **{status['judgments']}** from "
             f"{counted(status['annotators'], 'person', 'people')} · "
             f"{counted(status['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)")
     if status["next_retrain_at"] is not None:
@@ -86,7 +88,9 @@ def next_item_handler(service: AppService, handle: str | None, anon_id: str | No
                       profile: gr.OAuthProfile | None = None) -> ItemView:
     """The next item for this annotator."""
     who = annotator_handle(handle, anon_id, profile, service)
-    return item_view(service, who, service.annotation.next_item(who))
+    item = service.annotation.next_item(who)
+    keep_name(service, who, handle)
+    return item_view(service, who, item)
 
 
 def answer_handler(service: AppService, sample_id: int | None, chosen: str | None, handle: str | None,
@@ -97,6 +101,7 @@ def answer_handler(service: AppService, sample_id: int | None, chosen: str | Non
         raise UserError("There is no item on screen to answer: press Start.")
     label = chosen.split("  ", 1)[-1].strip() if chosen else ""
     service.annotation.answer_item(who, int(sample_id), label)
+    keep_name(service, who, handle)
     return item_view(service, who, service.annotation.next_item(who))
 
 
@@ -109,6 +114,7 @@ def skip_handler(service: AppService, sample_id: int | None, handle: str | None,
         if item is None or item.sample.id != sample_id:
             break
         item = service.annotation.next_item(who)
+    keep_name(service, who, handle)
     return item_view(service, who, item)
 
 
@@ -117,6 +123,7 @@ def undo_handler(service: AppService, handle: str | None, anon_id: str | None,
     """Undo this annotator's last label (within the undo window) and show that item again."""
     who = annotator_handle(handle, anon_id, profile, service)
     undone = service.annotation.undo(who)
+    keep_name(service, who, handle)
     if undone is None:
         return item_view(service, who, service.annotation.next_item(who), note="\n\n_Nothing recent to undo._")
     return item_view(service, who, service.annotation.item(undone["sample_id"]),

@@ -81,6 +81,9 @@ class Prediction(NamedTuple):
 class Vote(NamedTuple):
     stored: Stored
     counter: str
+    anonymous_id: str | None  # the signed id that acted: pass it back to act as the same annotator
+
+
 
 
 class ItemShown(NamedTuple):
@@ -89,6 +92,7 @@ class ItemShown(NamedTuple):
     labels: list[str]
     prompt: str
     counters: str
+    anonymous_id: str | None  # the signed id that acted (None for a Hugging Face login): pass it back
 
 
 class Attack(NamedTuple):
@@ -121,9 +125,9 @@ def top5(probs: dict[str, float]) -> Answer:
     return {"label": ranked[0][0], "confidences": [{"label": k, "confidence": v} for k, v in ranked]}
 
 
-def item_shown(view: ItemView) -> ItemShown:
+def item_shown(view: ItemView, anonymous_id: str | None) -> ItemShown:
     picture = None if view.picture is None else FileData(path=view.picture_file())
-    return ItemShown(picture, view.sample_id, view.labels, view.prompt, view.counter)
+    return ItemShown(picture, view.sample_id, view.labels, view.prompt, view.counter, anonymous_id)
 
 
 class PublicApi:
@@ -134,6 +138,13 @@ class PublicApi:
 
     def __init__(self, service: AppService) -> None:
         self.service = service
+
+    def acting_id(self, anonymous_id: str | None, profile: gr.OAuthProfile | None) -> str | None:
+        """The anonymous id a call acts with: the one passed, else (no login) a fresh signed one, returned to
+        the client so that it can act as the same annotator on its next call. A typed handle never acts."""
+        if anonymous_id or profile is not None:
+            return anonymous_id or None
+        return self.service.identity.issue()
 
     # The defaults are the Compare tab's (Controls), so a call that leaves a control out gets what the page shows.
     def predict(self, picture: FileData, text: str = Controls.text, font: str = Controls.font,
@@ -164,30 +175,37 @@ class PublicApi:
 
         Args:
             neither_label: for ``neither``: the right label, one of the comparison's labels.
-            anonymous_id: the server-signed anonymous id the page keeps (when no handle is given).
+            handle: a display name only, shown for the annotator that acts.
+            anonymous_id: the server-signed id that acts (the page keeps one; a call without one gets a new
+                one, returned as ``anonymous_id``).
         """
+        anonymous_id = self.acting_id(anonymous_id, profile)
         result = vote_handler(self.service, comparison_id, verdict, neither_label, handle, anonymous_id, profile)
-        return Vote(Stored(**{key: result[key] for key in Stored.__annotations__}), result["counter"])
+        return Vote(Stored(**{key: result[key] for key in Stored.__annotations__}), result["counter"], anonymous_id)
 
     def next_item(self, handle: str = "", anonymous_id: str | None = None,
                   profile: gr.OAuthProfile | None = None) -> ItemShown:
         """The next attacked picture for this annotator to label."""
-        return item_shown(next_item_handler(self.service, handle, anonymous_id, profile))
+        anonymous_id = self.acting_id(anonymous_id, profile)
+        return item_shown(next_item_handler(self.service, handle, anonymous_id, profile), anonymous_id)
 
     def answer(self, sample_id: int, label: str, handle: str = "", anonymous_id: str | None = None,
                profile: gr.OAuthProfile | None = None) -> ItemShown:
         """The right label for item ``sample_id`` (as /next_item served it) -> the next item."""
-        return item_shown(answer_handler(self.service, sample_id, label, handle, anonymous_id, profile))
+        anonymous_id = self.acting_id(anonymous_id, profile)
+        return item_shown(answer_handler(self.service, sample_id, label, handle, anonymous_id, profile), anonymous_id)
 
     def skip(self, sample_id: int | None = None, handle: str = "", anonymous_id: str | None = None,
              profile: gr.OAuthProfile | None = None) -> ItemShown:
         """Another item instead of ``sample_id``, recording nothing."""
-        return item_shown(skip_handler(self.service, sample_id, handle, anonymous_id, profile))
+        anonymous_id = self.acting_id(anonymous_id, profile)
+        return item_shown(skip_handler(self.service, sample_id, handle, anonymous_id, profile), anonymous_id)
 
     def undo(self, handle: str = "", anonymous_id: str | None = None,
              profile: gr.OAuthProfile | None = None) -> ItemShown:
         """Undo this annotator's last label and show that item again."""
-        return item_shown(undo_handler(self.service, handle, anonymous_id, profile))
+        anonymous_id = self.acting_id(anonymous_id, profile)
+        return item_shown(undo_handler(self.service, handle, anonymous_id, profile), anonymous_id)
 
     def random_attack(self, label_set: str = Controls.preset, custom_labels: str = Controls.custom) -> Attack:
         """A paper-style random attack: a label of the set written in a random style and place."""

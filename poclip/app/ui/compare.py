@@ -22,7 +22,7 @@ from poclip.app.display import display_file
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import refused
 from poclip.app.ui.counts import counted
-from poclip.app.ui.identity import annotator_handle
+from poclip.app.ui.identity import annotator_handle, keep_name
 from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR
 from poclip.world import photos, synth
@@ -216,6 +216,7 @@ def vote_handler(service: AppService, comparison_id: str | None, verdict: str, c
         raise UserError("Press Predict first: a vote needs answers on screen.")
     who = annotator_handle(handle, anon_id, profile, service)
     stored = service.comparisons.vote(who, comparison_id, verdict, correct_label or None)
+    keep_name(service, who, handle)
     left_title, right_title = side_titles(service.comparisons.comparison(comparison_id), revealed=True)
     mine = service.annotation.labelled_by(who)
     return {**stored, "message": f"Thanks! Stored: **{stored['chosen']}** is right, not *{stored['rejected']}*.",

@@ -11,17 +11,36 @@ from poclip.app.service import AppService
 from poclip.errors import UserError
 
 
-def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None = None,
-                     service: AppService | None = None) -> str:
-    """Who is labelling: the Hugging Face login (signed by the server, which alone sees the OAuth profile), else
-    the typed handle (a display name), else the browser's server-signed anonymous id."""
-    if profile is not None and service is not None:
-        return service.identity.token_for(f"hf:{profile.username}")
+def annotator_handle(handle: str | None, anon_id: str | None, profile: gr.OAuthProfile | None,
+                     service: AppService) -> str:
+    """Who is labelling: a token only this server can make, never what was typed.
+
+    The Hugging Face login (signed by the server, which alone sees the OAuth profile), else the browser's
+    server-signed anonymous id. A typed handle is only that identity's display name (:func:`keep_name` stores
+    it once the action succeeded), so typing someone else's name cannot undo their labels or move their trust.
+    An empty handle box means anonymous; a typed name that is blank once invisible characters are removed,
+    reserved, or already another person's is refused (UserError) here, before anything is written.
+
+    Returns:
+        The signed token that acts (``hf:<user>.<sig>`` or ``anon-<id>.<sig>``).
+    """
+    if profile is not None:
+        acting = service.identity.token_for(f"hf:{profile.username}")
+    elif anon_id:
+        service.identity.verify(anon_id)  # a typed name passed as the id would otherwise act as that name
+        acting = anon_id
+    else:
+        raise UserError("No anonymous id: reload the page (API clients: pass the anonymous_id an earlier call "
+                        "returned).")
+    if handle and handle.strip():  # white space only counts as an empty box
+        service.visitors.check_name(acting, handle)
+    return acting
+
+
+def keep_name(service: AppService, acting: str, handle: str | None) -> None:
+    """After an action of ``acting`` succeeded (so its annotator exists), show the typed ``handle`` for it."""
     if handle and handle.strip():
-        return handle.strip()
-    if anon_id:
-        return anon_id
-    raise UserError("Type a handle (or log in) so your labels can be counted.")
+        service.visitors.name(acting, handle)
 
 
 def hf_orgs(oauth_token: gr.OAuthToken | None) -> list[str]:

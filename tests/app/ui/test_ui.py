@@ -71,6 +71,7 @@ def test_the_preview_shows_the_text_where_it_will_go(service):
 
 
 def test_arena_mode_hides_the_sides_until_the_vote(service):
+    ann = service.identity.issue()  # the signed id acts; "ann" is only its display name
     rng = random.Random(7)
     sides = set()
     for _ in range(12):
@@ -80,31 +81,33 @@ def test_arena_mode_hides_the_sides_until_the_vote(service):
     assert sides == {"base", "aligned"}
     record = service.comparisons.comparison(shown.comparison_id)
     result = vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label="star",
-                  handle="ann", anon_id="")
+                  handle="ann", anon_id=ann)
     named = "### PO-CLIP" if record.shown_left == "aligned" else "### Base CLIP"
     assert result["left_title"].startswith(named) and result["counter"] == "You have given 1 label."
     assert result["shown_left"] == record.shown_left
 
 
 def test_neither_needs_a_label_from_the_comparisons_own_set(service):
+    ann = service.identity.issue()  # the signed id acts; "ann" is only its display name
     shown = predict(service, picture=star(), controls=Controls(text="circle", preset=CUSTOM,
                                                                custom="starfish, doughnut, kite"))
     before = footprint(service)
     with pytest.raises(gr.Error, match="Pick the right label"):
         vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label=None, handle="ann",
-             anon_id="")
+             anon_id=ann)
     with pytest.raises(gr.Error, match="not one of this comparison's labels"):
         vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label="circle", handle="ann",
-             anon_id="")
+             anon_id=ann)
     assert footprint(service) == before
     wrong = [label for label in shown.labels if label != max(shown.left, key=shown.left.get)]
     stored = vote(service, comparison_id=shown.comparison_id, verdict="neither", correct_label=wrong[0],
-                  handle="ann", anon_id="")
+                  handle="ann", anon_id=ann)
     assert stored["chosen"] == wrong[0]
     assert service.repo.get_sample(stored["sample_id"]).labels == ("starfish", "doughnut", "kite")
 
 
 def test_user_errors_are_shown_and_logged_on_one_line(service, caplog):
+    ann = service.identity.issue()  # the signed id acts; "ann" is only its display name
     caplog.set_level(logging.INFO, logger="poclip.app.ui")
     with pytest.raises(gr.Error, match="at least two labels"):
         predict(service, picture=star(), controls=Controls(preset=CUSTOM, custom="star"))
@@ -113,10 +116,11 @@ def test_user_errors_are_shown_and_logged_on_one_line(service, caplog):
     with pytest.raises(gr.Error, match="at most 200"):
         predict(service, picture=star(), controls=Controls(text="x" * 300))
     with pytest.raises(gr.Error, match="Press Predict first"):
-        vote(service, comparison_id=None, verdict="left", correct_label=None, handle="ann", anon_id="")
+        vote(service, comparison_id=None, verdict="left", correct_label=None, handle="ann", anon_id=ann)
     shown = predict(service, picture=star(), controls=Controls())
-    with pytest.raises(gr.Error, match="handle"):
-        vote(service, comparison_id=shown.comparison_id, verdict="left", correct_label=None, handle="", anon_id="")
+    with pytest.raises(gr.Error, match="No anonymous id"):
+        vote(service, comparison_id=shown.comparison_id, verdict="left", correct_label=None, handle="",
+             anon_id="")  # no signed id
     with pytest.raises(gr.Error, match="sign in with the admin token"):
         user_errors(retrain_handler)(service, "not-the-token", "dpo")
     assert footprint(service)["judgments"] == service.repo.stats().gold_items
@@ -140,7 +144,8 @@ def test_every_upload_in_the_corpus_gets_a_message_or_a_prediction(service, tmp_
         shown = predict(service, picture=picture, controls=Controls(text="circle", share=True))
         assert sum(shown.left.values()) > 0.5 and shown.seen.mode == "RGB", case.name
         result = vote(service, comparison_id=shown.comparison_id, verdict="left", correct_label=None,
-                      handle=f"uploader-{i}", anon_id="")  # some cases normalise to the same white square
+                      handle=f"uploader-{i}", anon_id=service.identity.issue())
+        # (some cases normalise to the same white square)
         voted += 1
         stored = service.repo.get_image(service.repo.get_sample(result["sample_id"]).image_sha256)
         assert (stored.width, stored.height) == picture.image.size, case.name
@@ -172,15 +177,16 @@ def test_admin_message_when_no_admin_is_configured(tmp_path, bundled):
 
 
 def test_annotate_buttons_answer_and_undo(service):
-    shown = next_item_handler(service, handle="kbd", anon_id="")
+    kbd = service.identity.issue()  # the signed id acts; "kbd" is only its display name
+    shown = next_item_handler(service, handle="kbd", anon_id=kbd)
     assert shown.picture.size == (224, 224) and "**0** labels from you" in shown.counter
     assert shown.labels == list(synth.SHAPES)
     buttons = shown.outputs()[4:]
     labels = [b["value"] for b in buttons if b.get("visible")]
     assert labels[0].startswith("1  ") and labels[9].startswith("0  ") and len(labels) == 10
-    answered = answer_handler(service, sample_id=shown.sample_id, chosen=labels[2], handle="kbd", anon_id="")
+    answered = answer_handler(service, sample_id=shown.sample_id, chosen=labels[2], handle="kbd", anon_id=kbd)
     assert answered.sample_id != shown.sample_id and "**1** label from you" in answered.counter
-    again = undo_handler(service, handle="kbd", anon_id="")
+    again = undo_handler(service, handle="kbd", anon_id=kbd)
     assert again.sample_id == shown.sample_id and "Undone" in again.prompt and "**0** labels from you" in again.counter
 
 
