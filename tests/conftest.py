@@ -1,7 +1,8 @@
 """Shared fixtures. Tests never touch the network: the model hub is switched off before anything imports it.
 
-System services the suite needs beyond Python (PostgreSQL for tests/annotation_db, Debian's Chromium for the browser
-tests, Debian's Tesseract for the OCR defense) are skipped locally with the reason printed, and required when ``CI`` is set (``.ci/run`` sets it).
+System services the suite needs beyond Python (PostgreSQL for tests/annotation_db, Debian's Chromium for the
+browser tests, Debian's Tesseract for the OCR defense) are skipped locally with the reason printed, and required
+when ``CI`` is set (``.ci/run`` sets it).
 """
 
 import os
