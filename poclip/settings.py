@@ -132,7 +132,8 @@ class Settings:
         help="judgments per client network address per window, whatever handles it uses, `COUNT/SECONDS`, or `off`")
     client_new_annotators: str = option(
         "20/3600", env="POCLIP_CLIENT_NEW_ANNOTATORS",
-        help="new annotators (typed names, anonymous ids) one address may create per window, or `off`")
+        help="new annotators (signed anonymous ids; a typed name is only a display name) one address may create "
+             "per window, or `off`")
     proxy_hops: int = option(
         0, env="POCLIP_PROXY_HOPS", parse=int, low=0, env_default=_default_proxy_hops,
         default_doc="1 on a Space (`SPACE_ID` set), else 0",
