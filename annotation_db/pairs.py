@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class PairBatch:
     watermark: int | None  # highest judgment id considered; pass to :meth:`register_version`
     skipped: int  # samples with votes but no clear majority (tie or agreement below the minimum)
     excluded_annotators: list[str] = field(default_factory=list)  # handles below the trust threshold
+    # The held-out items' consensus pairs (never trained on; the gate scores crowd agreement on them).
+    held_out: list[TrainingPair] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ class PairsMixin(JudgmentsMixin):
                 )
             return {handle: trust for handle, trust in s.execute(select(Annotator.handle, Annotator.trust))}
 
-    def training_pairs(self, since_version: int | None = None, *, label_set: str | None = None) -> PairBatch:
+    def training_pairs(self, since_version: int | None = None, *, label_set: str | None = None,
+                       held_out: Callable[[TrainingPair], bool] | None = None) -> PairBatch:
         """The training pairs: one per sample with a clear preference.
 
         Per sample: if it has a gold answer, that is the pair; otherwise the majority of counted votes on the
@@ -122,6 +126,10 @@ class PairsMixin(JudgmentsMixin):
             since_version: only samples that received a judgment after the version's watermark (its training
                 data); their majority is still computed over all of their votes. None: every sample.
             label_set: only samples of this label set.
+            held_out: which items are held out of training (a keyed hash of the item, say). Their pairs go to
+                the batch's ``held_out`` instead of ``pairs``; items with a gold answer are never held out (gold
+                scores the annotators), so a held-out pair is always the trusted majority. One call per
+                decided sample: the batch stays O(judgments considered).
         """
         if since_version is not None:
             since_version = check_id(since_version, "model version id")
@@ -140,7 +148,12 @@ class PairsMixin(JudgmentsMixin):
                 return PairBatch([], None, 0, excluded)
             touched = select(Judgment.sample_id).where(Judgment.id > floor, Judgment.id <= watermark)
             pairs, skipped = self._aggregate(s, touched, watermark, label_set)
-            return PairBatch(pairs, watermark, skipped, excluded)
+            if held_out is None:
+                return PairBatch(pairs, watermark, skipped, excluded)
+            kept, held = [], []
+            for pair in pairs:
+                (held if not pair.is_gold and held_out(pair) else kept).append(pair)
+            return PairBatch(kept, watermark, skipped, excluded, held)
 
     def version_watermark(self, version_id: int) -> int:
         """The id of the last judgment that version ``version_id`` was trained on (0: none)."""

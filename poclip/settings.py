@@ -125,6 +125,10 @@ class Settings:
              "starts from the base model")
     gate_eval_n: int = option(500, env="POCLIP_GATE_N", parse=int, low=1,
                               help="held-out synthetic pictures the promotion gate evaluates on")
+    held_out_share: float = option(
+        0.2, env="POCLIP_HELD_OUT_SHARE", parse=float, low=0, high=0.5,
+        help="share of the annotation items (chosen by a keyed hash of the picture and its attack; gold items "
+             "never) whose judgments are never trained on: the promotion gate scores crowd agreement on them")
     rate_limit: str = option("120/60", env="POCLIP_RATE_LIMIT",
                              help="judgments per annotator per window, `COUNT/SECONDS`, or `off`")
     client_rate_limit: str = option(

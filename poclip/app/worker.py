@@ -23,10 +23,20 @@ from collections.abc import Callable
 from typing import Any
 
 from annotation_db import Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
+from poclip.app.identity import server_secret
 from poclip.app.live import LiveHead, LiveModel
+from poclip.app.retrain.crowd import HeldOutSplit, crowd_agreement
 from poclip.app.retrain.data import MIN_CLEAN, MIN_PAIRS, REPLAY_SEED, NotEnoughData, collect, text_invariance_pairs
 from poclip.app.retrain.evaluation import GATE_SEED, GateEvaluation
-from poclip.app.retrain.gate import CLASS_DROP_LIMIT, CLEAN_DROP_LIMIT, class_table, format_class_table, gate
+from poclip.app.retrain.gate import (
+    CLASS_DROP_LIMIT,
+    CLEAN_DROP_LIMIT,
+    MIN_HELD_OUT,
+    class_table,
+    format_class_table,
+    gate,
+    gate_table,
+)
 from poclip.app.retrain.heartbeat import BEAT_EVERY_S, Heartbeat, Progress, beat_metrics
 from poclip.app.retrain.registration import finish, register, run_record
 from poclip.app.retrain.schedule import BACKOFF_S, Schedule
@@ -39,7 +49,8 @@ from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 
 __all__ = [
-    "BACKOFF_S", "BEAT_EVERY_S", "CLASS_DROP_LIMIT", "CLEAN_DROP_LIMIT", "GATE_SEED", "MIN_CLEAN", "MIN_PAIRS",
+    "BACKOFF_S", "BEAT_EVERY_S", "CLASS_DROP_LIMIT", "CLEAN_DROP_LIMIT", "GATE_SEED", "MIN_CLEAN", "MIN_HELD_OUT",
+    "MIN_PAIRS",
     "REPLAY_SEED", "NotEnoughData", "Progress", "Trainer", "class_table", "format_class_table", "gate",
     "replay_epochs", "text_invariance_pairs",
 ]
@@ -64,6 +75,8 @@ class Trainer:
         self.heads_dir = settings.data_dir / "heads"
         self.cache_dir = settings.data_dir / "embeddings"
         self.gate_evaluation = GateEvaluation(encoder, settings.gate_eval_n, self.cache_dir)
+        # Keyed by the deployment secret, like gold placement: every replica holds out the same items.
+        self.held_out = HeldOutSplit(server_secret(settings.data_dir), settings.held_out_share)
         self.schedule = Schedule(settings.retrain_every_pairs, settings.retrain_every_minutes, self.clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,7 +150,8 @@ class Trainer:
         """One run: data, training, evaluation, the gate, registration (each step in :mod:`poclip.app.retrain`)."""
         self.progress = Progress(run.id, "loading pairs")
         data = collect(self.repo, lambda watermark: beat.write(judgment_watermark=watermark),
-                       augment_attacks=self.settings.augment_attacks, replay_pairs=self.settings.replay_pairs)
+                       augment_attacks=self.settings.augment_attacks, replay_pairs=self.settings.replay_pairs,
+                       held_out=self.held_out)
         config = run_config(self.head, run.config, data)
         path = self.heads_dir / f"run{run.id}.safetensors"
         self._phase("embedding", beat)
@@ -147,9 +161,12 @@ class Trainer:
         self._phase("evaluating", beat)
         live = self.sync_live()
         candidate, live_metrics, base = self.evaluate(result.policy), self.evaluate(live.policy), self.base_metrics()
-        ok, reason = gate(candidate, live_metrics, base)
+        crowd = {name: crowd_agreement(policy, self.encoder, data.held_out, self.cache_dir)
+                 for name, policy in (("candidate", result.policy), ("live", live.policy), ("base", None))}
+        ok, reason = gate(candidate, live_metrics, base, crowd=crowd)
         beat.check()
-        record = run_record(candidate, live_metrics, base, result, data, config, reason)
+        record = run_record(candidate, live_metrics, base, result, data, config, reason, crowd=crowd,
+                            table=gate_table(candidate, live_metrics, base, crowd))
         version = register(self.repo, run, self.encoder.spec, path, record, promote=ok, reason=reason,
                            parent_id=live.version.id if live.version else None, watermark=data.watermark)
         if ok:

@@ -162,3 +162,22 @@ def test_by_default_a_newcomer_counts_after_three_gold_items_and_decides_at_most
     pairs = repo.training_pairs().pairs
     assert sorted(p.sample_id for p in pairs) == [*gold, *regular[:3]]
     assert all(p.chosen == "bird" for p in pairs if p.sample_id in regular)
+
+
+def test_held_out_items_go_apart_from_the_training_pairs_and_gold_is_never_held_out(repo, world):
+    s1, s2, s3 = world.samples[:3]
+    vote(repo, s1, [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "dog"), ("annotator-c", "dog", "cat")])
+    vote(repo, s2, [("annotator-a", "bird", "fish")])
+    repo.ensure_annotator("maintainer")
+    repo.record_judgment(s3, "maintainer", "cat", "dog", kind="gold")
+    everything = repo.training_pairs()
+
+    def hold_out(pair):  # the app keys this by a hash of the item; here: every item
+        return True
+
+    batch = repo.training_pairs(held_out=hold_out)
+    assert [p.sample_id for p in batch.pairs] == [s3]  # the gold item stays: it scores the annotators
+    held = {p.sample_id: p for p in batch.held_out}
+    assert set(held) == {s1, s2} and (held[s1].chosen, held[s1].rejected, held[s1].votes) == ("cat", "dog", 3)
+    assert batch.watermark == everything.watermark and batch.skipped == everything.skipped
+    assert repo.training_pairs(held_out=lambda pair: False).pairs == everything.pairs

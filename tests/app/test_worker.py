@@ -162,8 +162,9 @@ def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_p
     try:
         for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
-        judged = len(svc.repo.training_pairs(None).pairs)  # the 12 judged items and the gold ones among the 30
         trainer = make_trainer(svc)
+        # The 12 judged items and the gold ones among the 30, less the held-out items (never trained on).
+        judged = len(svc.repo.training_pairs(None, held_out=trainer.held_out).pairs)
         trainer.request()
         run = trainer.run_pending()
         assert run.status == "succeeded", run.error

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotation_db import Repository
+from annotation_db import Repository, TrainingPair
 from poclip.engine.embed_cache import StoredPicture
 from poclip.engine.preferences import CleanImage, Preference, styled_preference, synth_clean, synth_preferences
 from poclip.engine.starter import SEED as STARTER_SEED
@@ -39,6 +39,7 @@ class TrainingData:
         crowd_pairs: how many of ``prefs`` come from the crowd (augmentation included).
         replay_pairs: how many of ``prefs`` are replayed synthetic pairs.
         watermark: the newest judgment the pairs were built from (None: no judgments yet).
+        held_out: the held-out crowd items' consensus pairs, never trained on (the gate scores them).
     """
 
     prefs: list[Preference]
@@ -46,6 +47,7 @@ class TrainingData:
     crowd_pairs: int
     replay_pairs: int
     watermark: int | None
+    held_out: list[TrainingPair]
 
 
 def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Preference]:
@@ -64,7 +66,7 @@ def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Pref
 
 
 def collect(repo: Repository, record_watermark: Callable[[int], None], *, augment_attacks: int,
-            replay_pairs: int) -> TrainingData:
+            replay_pairs: int, held_out: Callable[[TrainingPair], bool] | None = None) -> TrainingData:
     """The crowd's pairs (with ``augment_attacks`` extra pairs per typographic judgment), ``replay_pairs``
     synthetic pairs and as many synthetic clean pictures, and the clean pictures topped up to :data:`MIN_CLEAN`.
 
@@ -73,10 +75,12 @@ def collect(repo: Repository, record_watermark: Callable[[int], None], *, augmen
         record_watermark: called with the judgment watermark before anything can fail, so the scheduler
             counts only judgments after it even when this run fails.
         augment_attacks: ``POCLIP_AUGMENT``; replay_pairs: ``POCLIP_REPLAY_PAIRS``.
+        held_out: which items are held out (:class:`poclip.app.retrain.crowd.HeldOutSplit`); their pairs are
+            kept apart for the gate and never trained on. None: nothing is held out.
     Raises:
         NotEnoughData: fewer than :data:`MIN_PAIRS` crowd pairs.
     """
-    batch = repo.training_pairs(None)
+    batch = repo.training_pairs(None, held_out=held_out)
     if batch.watermark:
         record_watermark(batch.watermark)
     if len(batch.pairs) < MIN_PAIRS:
@@ -98,4 +102,4 @@ def collect(repo: Repository, record_watermark: Callable[[int], None], *, augmen
         clean += synth_clean(replay_pairs, REPLAY_SEED)
     if len(clean) < MIN_CLEAN:
         clean += synth_clean(MIN_CLEAN - len(clean), seed=1)
-    return TrainingData(prefs, clean, crowd, len(prefs) - crowd, batch.watermark)
+    return TrainingData(prefs, clean, crowd, len(prefs) - crowd, batch.watermark, batch.held_out)

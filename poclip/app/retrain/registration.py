@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation_db import Repository, RunInfo, VersionInfo
+from poclip.app.retrain.crowd import Agreement
 from poclip.app.retrain.data import TrainingData
 from poclip.app.retrain.gate import class_table
 from poclip.engine.config import TrainConfig
@@ -23,13 +24,16 @@ def summary(metrics: dict) -> dict:
 
 
 def run_record(candidate: dict, live: dict, base: dict, result: TrainResult, data: TrainingData,
-               config: TrainConfig, reason: str) -> dict[str, Any]:
+               config: TrainConfig, reason: str, *, crowd: dict[str, Agreement] | None = None,
+               table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The metrics a run row and its version keep (the UI and the README read these keys).
 
     Args:
         candidate, live, base: gate metrics of the candidate, the live model before the run, and the base model.
         result: the engine's training result; data: what it trained on; config: how.
         reason: the gate's verdict in words.
+        crowd: crowd agreement of candidate, live and base on the held-out pairs (``crowd_agreement``, each
+            ``{k, n, share, low, high}``); table: the gate's rows (``gate_table``).
     """
     return {
         "candidate": summary(candidate), "live_before": summary(live), "base": summary(base),
@@ -37,7 +41,8 @@ def run_record(candidate: dict, live: dict, base: dict, result: TrainResult, dat
         "train": result.metrics, "pairs": len(data.prefs), "crowd_pairs": data.crowd_pairs,
         "replay_pairs": data.replay_pairs, "clean": len(data.clean), "epochs": config.epochs, "loss": config.loss,
         "train_seconds": round(result.train_seconds, 2), "embed_seconds": round(result.embed_seconds, 2),
-        "gate": reason,
+        "gate": reason, "gate_table": table or [], "held_out_pairs": len(data.held_out),
+        "crowd_agreement": {name: agreement.as_dict() for name, agreement in (crowd or {}).items()},
     }
 
 

@@ -47,15 +47,23 @@ def training_chart(service: AppService) -> str:
     return cached[1]
 
 
+GATE_COLUMNS = ["metric", "live", "candidate", "base", "margin", "pass", "rule"]
+
+
 def progress_view(service: AppService) -> tuple[str, str, pd.DataFrame]:
-    """Progress text, the chart (SVG in HTML) and the latest held-out evaluation table."""
+    """Progress text, the chart (SVG in HTML) and the latest run's gate table: one row per test of the promotion
+    rule (metric, live, candidate, base, margin, pass or fail, the rule that needs it). A run recorded before the
+    gate kept its table shows its held-out metrics instead."""
     chart = training_chart(service)
-    table = pd.DataFrame(columns=["metric", "live before", "candidate", "base"])
+    table = pd.DataFrame(columns=GATE_COLUMNS)
     metrics = service.training.latest_evaluation()
-    if metrics:
-        table = pd.DataFrame([{"metric": k, "live before": metrics["live_before"].get(k),
+    if metrics and metrics.get("gate_table"):
+        table = pd.DataFrame([{**row, "pass": "pass" if row["pass"] else "fail"} for row in metrics["gate_table"]],
+                             columns=GATE_COLUMNS)
+    elif metrics:
+        table = pd.DataFrame([{"metric": k, "live": metrics["live_before"].get(k),
                                "candidate": metrics["candidate"].get(k), "base": metrics["base"].get(k)}
-                              for k in EVAL_KEYS])
+                              for k in EVAL_KEYS], columns=GATE_COLUMNS)
     return progress_text(service), chart, table
 
 
@@ -96,7 +104,8 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
         retrain_btn = gr.Button("Retrain now", variant="primary", elem_id="retrain-btn", scale=1)
     progress = gr.Markdown(elem_id="train-progress")
     chart = gr.HTML(chart_svg([]), elem_id="train-chart-box")
-    before_after = gr.Dataframe(label="Held-out evaluation: live model before, candidate, base", interactive=False)
+    before_after = gr.Dataframe(label="Promotion gate of the latest run: live model before, candidate, base",
+                                interactive=False, headers=GATE_COLUMNS)
     versions = gr.Dataframe(label="Model versions", interactive=False, headers=VERSION_COLUMNS)
     with gr.Row():
         version_id = gr.Number(label="Version id", precision=0)
