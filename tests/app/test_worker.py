@@ -193,8 +193,9 @@ def test_a_running_retrain_shows_its_phases_steps_and_curve_in_the_run_row(tmp_p
     heartbeat = svc.repo.heartbeat
 
     def stored(run_id, metrics=None, **kwargs):
+        started = time.monotonic()  # when the write began: a slow write on a busy machine must not shrink the gap
         heartbeat(run_id, metrics, **kwargs)
-        seen.append((threading.current_thread().name, time.monotonic(), svc.repo.get_run(run_id).metrics))
+        seen.append((threading.current_thread().name, started, svc.repo.get_run(run_id).metrics))
 
     monkeypatch.setattr(svc.repo, "heartbeat", stored)
     try:
