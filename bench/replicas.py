@@ -130,8 +130,11 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         result["startup_seconds"] = round(time.perf_counter() - t0, 1)
         repo = open_repository(settings)
 
+        acting: list[Annotator] = []  # everyone who labelled (their signed ids say who acted)
+
         def annotate(replica: str, who: str, budget: threading.Semaphore | None) -> None:
             person = Annotator(urls[replica], who, repo, truth)
+            acting.append(person)  # list.append is atomic
             try:
                 person.next_item()
             except Exception as exc:  # counted, never hidden
@@ -233,8 +236,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
         stop_labelling.set()
         for th in ongoing:
             th.join()
-        people = [f"ann-{r}{k}" for r in "AB" for k in range(2)] + ["late-A", "late-B"]
-        stored = sum(len(repo.judgments_of(who)) for who in people)
+        # A signed id is "<handle>.<signature>": the handle is the annotator the judgments are stored under.
+        stored = sum(len(repo.judgments_of(p.anonymous_id.partition(".")[0])) for p in acting if p.anonymous_id)
         result["labels_answered"] = {r: len(v) for r, v in answered.items()}
         result["judgments_in_database"] = stored
         result["errors"] = len(errors)

@@ -245,10 +245,11 @@ class Annotator:
 
         self.client, self.who, self.repo, self.truth = Client(url, verbose=False), who, repo, truth
         self.sample_id: int | None = None
+        self.anonymous_id = ""  # the signed id the server issues on the first call; passed back to stay one person
 
     def next_item(self) -> int | None:
         """Ask for the next item; returns its sample id (None when nothing is left)."""
-        self.sample_id = self._sample_id(self.client.predict(self.who, "", api_name="/next_item"))
+        self.sample_id = self._sample_id(self.client.predict(self.who, self.anonymous_id, api_name="/next_item"))
         return self.sample_id
 
     def answer(self) -> int:
@@ -258,10 +259,11 @@ class Annotator:
         answered = self.sample_id
         sample = self.repo.get_sample(int(answered))
         label = self.truth[TextAttack.from_dict(sample.attack).to_json()]
-        self.sample_id = self._sample_id(self.client.predict(int(answered), label, self.who, "", api_name="/answer"))
+        self.sample_id = self._sample_id(self.client.predict(int(answered), label, self.who, self.anonymous_id,
+                                                             api_name="/answer"))
         return int(answered)
 
-    @staticmethod
-    def _sample_id(outputs: tuple) -> int | None:
-        # /next_item and /answer return (picture, sample id, label set, prompt, counters, ...).
+    def _sample_id(self, outputs: tuple) -> int | None:
+        # /next_item and /answer return (picture, sample id, label set, prompt, counters, anonymous id).
+        self.anonymous_id = outputs[-1]
         return None if outputs[1] is None else int(outputs[1])
