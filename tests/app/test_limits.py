@@ -295,25 +295,26 @@ def test_rotating_handles_over_http_hit_the_per_address_limit(launched):
     # Behind the trusted proxy: the address is the last X-Forwarded-For entry, whatever the client put before it.
     clients = [Client(launched["url"], verbose=False,
                       headers={"X-Forwarded-For": f"192.0.2.{i}, 203.0.113.77"}) for i in range(3)]
-    accepted, errors = 0, []
+    accepted, errors, ids = 0, [], [""] * len(clients)  # each client keeps the signed id the server issued it
     for _ in range(3):
         for i, client in enumerate(clients):
             handle = f"rotating-{i}"
-            _, item_id, labels, *_ = client.predict(handle=handle, api_name="/next_item")
+            _, item_id, labels, _, _, ids[i] = client.predict(handle=handle, anonymous_id=ids[i], api_name="/next_item")
             try:
-                client.predict(sample_id=int(item_id), label=labels[0], handle=handle, api_name="/answer")
+                client.predict(sample_id=int(item_id), label=labels[0], handle=handle, anonymous_id=ids[i],
+                               api_name="/answer")
                 accepted += 1
             except Exception as exc:
                 errors.append(str(exc))
     assert accepted == 6 and len(errors) == 3
     assert all("Too many labels from your network address (at most 6 per 60 s)" in e for e in errors), errors
     assert service.admin.people_counts()["judgments"] == 6
-    # A fourth handle from the same address is one new annotator too many (three were created above).
+    # A fourth identity from the same address is one new annotator too many (three were created above).
     with pytest.raises(Exception, match="Too many new annotator names"):
         clients[0].predict(handle="rotating-3", api_name="/next_item")
     other = Client(launched["url"], verbose=False, headers={"X-Forwarded-For": "198.51.100.30"})
-    _, item_id, labels, *_ = other.predict(handle="elsewhere", api_name="/next_item")
-    other.predict(sample_id=int(item_id), label=labels[0], handle="elsewhere", api_name="/answer")
+    _, item_id, labels, _, _, me = other.predict(handle="elsewhere", api_name="/next_item")
+    other.predict(sample_id=int(item_id), label=labels[0], handle="elsewhere", anonymous_id=me, api_name="/answer")
 
 
 @pytest.mark.slow

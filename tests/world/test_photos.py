@@ -123,7 +123,7 @@ def test_compare_offers_the_photos_with_their_label_sets_and_credit_for_real_bac
         assert _pixels(shown.seen) == _pixels(picture.image)  # the note is in the photo; nothing is drawn
         record = service.comparisons.comparison(shown.comparison_id)
         assert record.attack.text == "calligraphy" and record.attack.physical
-        stored = vote_handler(service, shown.comparison_id, "left", None, "photo-fan", "")
+        stored = vote_handler(service, shown.comparison_id, "left", None, "photo-fan", service.identity.issue())
         sample = service.repo.get_sample(stored["sample_id"])
         assert sample.attack["text"] == "calligraphy" and sample.attack["physical"] is True
         assert sample.labels == examples[index].labels
@@ -154,7 +154,8 @@ def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_p
             assert photo.right == (answer.chosen,)
         assert service.seeding.seed_items() == 0  # a restart finds them all (one look-up) and adds nothing
         assert service.repo.counts()["samples"] == 212 and len(service.repo.judgments_of(GOLD_HANDLE)) == len(gold)
-        shown = next_item_handler(service, handle="ann", anon_id="")
+        me = service.identity.issue()  # the browser's signed id: it acts; "ann" is only its display name
+        shown = next_item_handler(service, handle="ann", anon_id=me)
         sample = service.repo.get_sample(shown.sample_id)
         word = (sample.attack or {}).get("text", "")
         photo = next(p for p in served_photos if label_set_name(p) == sample.label_set and p.word == word)
@@ -165,8 +166,8 @@ def test_annotate_serves_the_photos_with_their_object_label_set_and_credit(tmp_p
         assert len(visible) == len(photo.labels)  # a button for every label of the object
 
         answer_handler(service, sample_id=shown.sample_id, chosen=visible[shown.labels.index(photo.right[0])],
-                       handle="ann", anon_id="")
-        [judgment] = service.repo.judgments_of("ann")
+                       handle="ann", anon_id=me)
+        [judgment] = service.repo.judgments_of(service.identity.verify(me))
         assert (judgment.sample_id, judgment.chosen) == (sample.id, photo.right[0])
         if photo.kind == "attack" and photo.word in photo.labels:
             assert judgment.rejected == photo.word  # the note's word is what the person corrected
@@ -183,7 +184,7 @@ def test_the_bundled_backbone_keeps_the_synthetic_items(tmp_path, bundled):
     service = make_service(tmp_path, bundled, seed_items=12)
     try:
         assert service.repo.counts()["samples"] == 12
-        shown = next_item_handler(service, handle="ann", anon_id="")
+        shown = next_item_handler(service, handle="ann", anon_id=service.identity.issue())
         assert CREDIT not in shown.prompt and service.repo.get_sample(shown.sample_id).label_set == "Synthetic shapes"
     finally:
         service.close()
