@@ -79,7 +79,8 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
     svc = make_service(tmp_path, bundled, seed_items=300, augment_attacks=0)
     try:
         items = seeded_samples(svc.repo, 300)
-        for sid, shape, written in items[:30]:
+        honest_items = 60  # about a fifth of them are held out for the gate's crowd agreement, never trained on
+        for sid, shape, written in items[:honest_items]:
             judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
         trainer = make_trainer(svc)
         trainer.request()
@@ -88,7 +89,7 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
 
         for who in ("mallory-1", "mallory-2", "mallory-3"):
             for i, (sid, shape, written) in enumerate(items):
-                if sid <= items[29][0]:
+                if sid <= items[honest_items - 1][0]:
                     continue
                 # The worst case: the attackers answer gold items honestly, as if they knew which those are, so
                 # trust does not catch them and only the gate stands in the way.
@@ -105,7 +106,7 @@ def test_a_targeted_per_class_poisoning_batch_never_wrecks_the_class(tmp_path, b
         star = next(r for r in poisoned.metrics["per_class"] if r["class"] == "star")
         star_hurt = min(star["attacked_change"], star["clean_change"]) < -worker_module.CLASS_DROP_LIMIT
         if star_hurt:  # whatever else the gate found, it names star and keeps the honest version
-            assert version.status == "rejected" and "star (attacked" in reason
+            assert version.status == "rejected" and ("star (attacked" in reason or "star (clean" in reason)
         if version.status == "rejected":
             assert svc.repo.active_version().id == honest.version_id
         else:  # the text-invariant recipe can shrug the campaign off; star must not have been wrecked
