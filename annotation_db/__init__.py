@@ -40,9 +40,9 @@ from annotation_db.errors import (
 from annotation_db.images import ImageInfo
 from annotation_db.judgments import JudgmentInfo
 from annotation_db.migrations import upgrade_schema
-from annotation_db.pairs import PairBatch, TrainingPair
+from annotation_db.pairs import CrowdGrowth, PairBatch, TrainingPair
 from annotation_db.repository import Repository, open_repository
-from annotation_db.runs import RunInfo, worker_name
+from annotation_db.runs import RunInfo, TrainedRun, worker_name
 from annotation_db.stats import AnnotatorStats, Stats
 from annotation_db.store import RepositoryConfig
 from annotation_db.versions import VersionInfo
@@ -53,6 +53,7 @@ __all__ = [
     "AnnotatorInfo",
     "AnnotatorStats",
     "BackupError",
+    "CrowdGrowth",
     "DatabaseGoneError",
     "Location",
     "Database",
@@ -75,6 +76,7 @@ __all__ = [
     "Stats",
     "StorageError",
     "StoreLocation",
+    "TrainedRun",
     "TrainingPair",
     "ValidationError",
     "VersionInfo",

@@ -42,6 +42,12 @@ class TrainingPair:
     agreement: float  # share of counted votes that chose ``chosen``
     votes: int  # counted votes (trusted people and the synthetic generator; not the gold answer)
     is_gold: bool  # chosen/rejected come from the sample's gold answer
+    people: int  # counted votes from people (``votes`` less the synthetic generator's)
+
+    @property
+    def from_people(self) -> bool:
+        """A *crowd pair*: the consensus of people's counted votes, not a gold answer nor synthetic votes alone."""
+        return not self.is_gold and self.people > 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,20 @@ class PairBatch:
     excluded_annotators: list[str] = field(default_factory=list)  # handles below the trust threshold
     # The held-out items' consensus pairs (never trained on; the gate scores crowd agreement on them).
     held_out: list[TrainingPair] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CrowdGrowth:
+    """How many crowd pairs (:attr:`TrainingPair.from_people`) the labels after a watermark added.
+
+    Attributes:
+        pairs: crowd pairs gained; negative when more items lost their majority than found one.
+        complete: False when more labels arrived than were read; ``pairs`` then counts what the first of them
+            added, a lower bound.
+    """
+
+    pairs: int
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,29 @@ class PairsMixin(JudgmentsMixin):
                 (held if not pair.is_gold and held_out(pair) else kept).append(pair)
             return PairBatch(kept, watermark, skipped, excluded, held)
 
+    def crowd_growth(self, watermark: int, limit: int) -> CrowdGrowth:
+        """The crowd pairs that people's labels after judgment ``watermark`` added (or took away).
+
+        The items those labels touched are decided twice by the rules of :meth:`training_pairs`, on their votes
+        up to ``watermark`` and on all of them; the growth is the difference in crowd pairs. Held-out items count
+        like any other. Items nobody labelled since keep their decision (a trust that moved, or an older label
+        undone since, shows in the next run's full count), and the share cap applies among the touched items.
+
+        Reads at most ``limit`` labels after the watermark: O(limit + the votes on their items), whatever the
+        size of the store.
+        """
+        with self.db.reading() as s:
+            newest = s.scalar(select(func.max(Judgment.id))) or 0
+            if newest <= watermark:
+                return CrowdGrowth(0, True)
+            people = (Judgment.id > watermark, Judgment.kind == JudgmentKind.HUMAN)
+            beyond = s.scalar(select(Judgment.id).where(*people).order_by(Judgment.id).offset(limit).limit(1))
+            upto = newest if beyond is None else beyond - 1
+            touched = select(Judgment.sample_id).where(*people, Judgment.id <= upto)
+            after = sum(pair.from_people for pair in self._aggregate(s, touched, upto, None)[0])
+            before = sum(pair.from_people for pair in self._aggregate(s, touched, watermark, None)[0])
+            return CrowdGrowth(after - before, beyond is None)
+
     def version_watermark(self, version_id: int) -> int:
         """The id of the last judgment that version ``version_id`` was trained on (0: none)."""
         version_id = check_id(version_id, "model version id")
@@ -232,7 +275,7 @@ class PairsMixin(JudgmentsMixin):
                 if sample_id in votes:
                     skipped += 1
                 continue
-            chosen, rejected, agreement, n_votes, is_gold = decided
+            chosen, rejected, agreement, n_votes, is_gold, people = decided
             pairs.append(
                 TrainingPair(
                     sample_id,
@@ -247,17 +290,19 @@ class PairsMixin(JudgmentsMixin):
                     agreement,
                     n_votes,
                     is_gold,
+                    people,
                 )
             )
         return pairs, skipped
 
-    def _decide(self, votes: list[_Vote]) -> tuple[str, str, float, int, bool] | None:
+    def _decide(self, votes: list[_Vote]) -> tuple[str, str, float, int, bool, int] | None:
         counted = [v for v in votes if v.kind is not JudgmentKind.GOLD and v.trusted]
+        people = sum(v.kind is JudgmentKind.HUMAN for v in counted)
         gold = next((v for v in votes if v.kind is JudgmentKind.GOLD), None)
         chosen_counts = Counter(v.chosen for v in counted)
         if gold is not None:
             agreement = chosen_counts[gold.chosen] / len(counted) if counted else 1.0
-            return gold.chosen, gold.rejected, agreement, len(counted), True
+            return gold.chosen, gold.rejected, agreement, len(counted), True, people
         if not counted:
             return None
         (top, top_n), *rest = chosen_counts.most_common()
@@ -270,4 +315,4 @@ class PairsMixin(JudgmentsMixin):
         # Ties among rejected labels: the alphabetically first, so the result does not depend on row order.
         best = rejected_counts[0][1]
         rejected = min(label for label, count in rejected_counts if count == best)
-        return top, rejected, agreement, len(counted), False
+        return top, rejected, agreement, len(counted), False, people

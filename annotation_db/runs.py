@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotation_db.errors import InvalidTransitionError, NotFoundError, RunLostError, RunnerBusyError
-from annotation_db.models import SPEC_MAX, ModelVersion, RunStatus, TrainingRun
+from annotation_db.models import SPEC_MAX, ModelVersion, RunStatus, TrainingRun, VersionStatus
 from annotation_db.store import StoreBase
 from annotation_db.validation import check_id, check_json_object, check_text, free_text
 
@@ -65,6 +65,14 @@ class RunInfo:
             row.lease,
             row.judgment_watermark,
         )
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run that finished with a version, and whether that version was rejected (by the gate, or an admin)."""
+
+    run: RunInfo
+    rejected: bool
 
 
 def worker_name(tag: str = "") -> str:
@@ -265,6 +273,22 @@ class RunsMixin(StoreBase):
                 )
                 or 0
             )
+
+    def trained_runs(self, limit: int = 4) -> list[TrainedRun]:
+        """The newest ``limit`` runs that finished with a version, newest first, each with whether that version
+        was rejected (a scheduler reads the crowd pairs each used and the rejections in a row).
+
+        One indexed read of ``limit`` rows, whatever the number of runs.
+        """
+        with self.db.reading() as s:
+            rows = s.execute(
+                select(TrainingRun, ModelVersion.status)
+                .join(ModelVersion, ModelVersion.id == TrainingRun.version_id)
+                .where(TrainingRun.status == RunStatus.SUCCEEDED)
+                .order_by(TrainingRun.id.desc())
+                .limit(max(0, int(limit)))
+            )
+            return [TrainedRun(RunInfo.of(row), status is VersionStatus.REJECTED) for row, status in rows]
 
     def fail_run(self, run_id: int, error: str) -> RunInfo:
         """Mark a queued or running run failed, keeping the error text (stored verbatim, any length)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotation_db import NotFoundError, RepositoryConfig
+from annotation_db import CrowdGrowth, NotFoundError, RepositoryConfig
 
 
 def vote(repo, sample_id, votes):
@@ -181,3 +181,31 @@ def test_held_out_items_go_apart_from_the_training_pairs_and_gold_is_never_held_
     assert set(held) == {s1, s2} and (held[s1].chosen, held[s1].rejected, held[s1].votes) == ("cat", "dog", 3)
     assert batch.watermark == everything.watermark and batch.skipped == everything.skipped
     assert repo.training_pairs(held_out=lambda pair: False).pairs == everything.pairs
+
+
+def test_crowd_growth_counts_the_pairs_people_made_or_unmade_after_a_watermark(repo, world):
+    s1, s2, s3 = world.samples[:3]
+    vote(repo, s1, [("annotator-a", "cat", "dog")])
+    watermark = repo.training_pairs().watermark
+    assert repo.crowd_growth(watermark, 100) == CrowdGrowth(0, True)
+    vote(repo, s2, [("annotator-a", "bird", "fish")])  # a new pair
+    vote(repo, s1, [("annotator-b", "dog", "cat")])  # a tie now: a pair lost
+    vote(repo, s3, [("annotator-a", "cat", "dog"), ("annotator-b", "cat", "dog")])  # a new pair, from two labels
+    assert repo.crowd_growth(watermark, 100) == CrowdGrowth(1, True)
+    assert repo.crowd_growth(0, 100).pairs == 2 == sum(p.from_people for p in repo.training_pairs().pairs)
+    # Reading the first two labels after the watermark only (s2's pair, s1's tie): a lower bound, said so.
+    assert repo.crowd_growth(watermark, 2) == CrowdGrowth(0, False)
+
+
+def test_gold_answers_and_synthetic_votes_alone_are_no_crowd_pairs(repo, world):
+    s1, s2, s3 = world.samples[:3]
+    repo.ensure_annotator("gold-keeper")
+    repo.record_judgment(s1, "gold-keeper", "cat", "dog", kind="gold")
+    vote(repo, s1, [("annotator-a", "cat", "dog")])
+    repo.ensure_annotator("generator")
+    repo.record_judgment(s2, "generator", "bird", "fish", kind="synthetic")
+    vote(repo, s3, [("annotator-a", "dog", "cat")])
+    pairs = {p.sample_id: p for p in repo.training_pairs().pairs}
+    assert [(p.is_gold, p.people, p.from_people) for p in (pairs[s1], pairs[s2], pairs[s3])] == [
+        (True, 1, False), (False, 0, False), (False, 1, True)]
+    assert repo.crowd_growth(0, 100) == CrowdGrowth(1, True)

@@ -206,3 +206,26 @@ def test_a_run_whose_worker_process_died_is_reaped_at_once(repo, tmp_path):
     repo.enqueue_run({})
     assert repo.claim_run(f"{socket.gethostname()}:{os.getpid()}") is not None  # no 300 s wait
     assert "worker process" in repo.get_run(dead.id).error
+
+
+def test_trained_runs_are_the_newest_runs_with_a_version_and_say_which_were_rejected(repo):
+    def run_to_the_end(promote: bool | None, watermark: int):
+        run = repo.claim_run("host-1:123", repo.enqueue_run({"loss": "dpo"}).id)
+        if promote is None:
+            return repo.fail_run(run.id, "out of memory")
+        version = repo.register_version("bundled", f"heads/run{run.id}.safetensors", {}, run_id=run.id,
+                                        lease=run.lease)
+        if promote:
+            repo.promote_version(version.id, run_id=run.id, lease=run.lease)
+        else:
+            repo.reject_version(version.id, "the gate said no", run_id=run.id, lease=run.lease)
+        return repo.finish_run(run.id, metrics={"crowd_pairs": watermark}, version_id=version.id,
+                               lease=run.lease, judgment_watermark=watermark)
+
+    assert repo.trained_runs() == []
+    promoted, rejected, _, again = (run_to_the_end(True, 10), run_to_the_end(False, 20), run_to_the_end(None, 30),
+                                    run_to_the_end(False, 40))
+    trained = repo.trained_runs()
+    assert [(t.run.id, t.rejected) for t in trained] == [(again.id, True), (rejected.id, True), (promoted.id, False)]
+    assert (trained[0].run.judgment_watermark, trained[0].run.metrics) == (40, {"crowd_pairs": 40})
+    assert [t.run.id for t in repo.trained_runs(limit=1)] == [again.id]
