@@ -31,18 +31,6 @@ class Repository(StatsMixin, ServingMixin, RunsMixin, VersionsMixin):
         engine = create_db_engine(DatabaseConfig.from_settings(settings))
         return cls(Database(engine), settings.data_dir, config)
 
-    def new_since_last_run(self, limit: int | None = None) -> tuple[int, int]:
-        """(watermark, count): judgments that can make pairs recorded after the newest judgment any run or the
-        active version trained on. Rejected and failed runs count as having seen their data, so a scheduler
-        never retrains on the same judgments. O(1) lookups plus a primary-key range scan of the new rows,
-        stopped after ``limit`` of them.
-        """
-        floor = self.last_run_watermark()
-        active = self.active_version()
-        if active is not None and active.judgment_watermark:
-            floor = max(floor, active.judgment_watermark)
-        return floor, self.judgments_since(floor, limit)
-
     def close(self) -> None:
         """Release pooled connections."""
         self.db.dispose()

@@ -258,22 +258,6 @@ class RunsMixin(StoreBase):
             self._transition(s, run_id, values, lease)
             return RunInfo.of(s.get_one(TrainingRun, run_id, populate_existing=True))
 
-    def last_run_watermark(self) -> int:
-        """The newest judgment any finished run trained on (0: none); the scheduler counts pairs after it.
-
-        Rejected candidates count too, so a rejection is not retried on the same data. Indexed: O(1).
-        """
-        with self.db.reading() as s:
-            return int(
-                s.scalar(
-                    select(TrainingRun.judgment_watermark)
-                    .where(TrainingRun.judgment_watermark.is_not(None))
-                    .order_by(TrainingRun.id.desc())
-                    .limit(1)
-                )
-                or 0
-            )
-
     def trained_runs(self, limit: int = 4) -> list[TrainedRun]:
         """The newest ``limit`` runs that finished with a version, newest first, each with whether that version
         was rejected (a scheduler reads the crowd pairs each used and the rejections in a row).

@@ -47,27 +47,6 @@ class StatsMixin(PairsMixin):
         with self.db.reading() as s:
             return read_counters(s)
 
-    def judgments_since(self, watermark: int | None, limit: int | None = None) -> int:
-        """Judgments that can make pairs (human and synthetic, not undone) with an id above ``watermark``,
-        counted up to ``limit`` (a scheduler only needs to know whether its threshold is reached).
-
-        A range scan of the primary key from ``watermark``, stopped after ``limit`` rows: O(min(new, limit)),
-        whatever the database size.
-        """
-        fresh = (
-            select(Judgment.id)
-            .where(
-                Judgment.id > (watermark or 0),
-                Judgment.kind != JudgmentKind.GOLD,
-                Judgment.undone_at.is_(None),
-            )
-            .order_by(Judgment.id)
-        )
-        if limit is not None:
-            fresh = fresh.limit(max(0, int(limit)))
-        with self.db.reading() as s:
-            return int(s.scalar(select(func.count()).select_from(fresh.subquery())) or 0)
-
     def stats(self) -> Stats:
         """Counts, per-annotator figures and agreement between people, for the maintainer's dashboard.
 

@@ -113,10 +113,13 @@ class Settings:
                           help="`thread` trains inside the app; `off` leaves it to a standalone "
                                "`python -m poclip worker` against the same database")
     retrain_every_pairs: int = option(50, env="POCLIP_RETRAIN_EVERY_PAIRS", parse=int, low=0,
-                                      help="the scheduler queues a retrain once this many new pairs exist "
-                                           "(`0`: never by count)")
+                                      help="the scheduler queues a retrain once the crowd pairs grew by this "
+                                           "many since the last run, or by a fifth of that run's crowd pairs if "
+                                           "more; each rejected run in a row doubles it (up to 8 times), a "
+                                           "promotion resets it (`0`: never by count)")
     retrain_every_minutes: float = option(0.0, env="POCLIP_RETRAIN_EVERY_MINUTES", parse=float, low=0,
-                                          help="and at most this often, when there is anything new (`0`: no timer)")
+                                          help="and at most this often, when at least 10 new crowd pairs exist "
+                                               "(`0`: no timer)")
     head: str = option(
         "", env="POCLIP_HEAD", parse=_stripped,
         help="the head the trainer trains: `linear`, `projection` or `last_blocks:K`; empty = the engine's "

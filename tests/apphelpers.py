@@ -53,6 +53,12 @@ def footprint(service: AppService) -> dict[str, int]:
             "annotators": len(stats.per_annotator), "files": files}
 
 
+def crowd_pairs_in_store(repo) -> int:
+    """The crowd pairs counted the long way: every item decided from all of its votes (what a run counts)."""
+    batch = repo.training_pairs(None)
+    return sum(pair.from_people for pair in batch.pairs + batch.held_out)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

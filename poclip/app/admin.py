@@ -151,7 +151,7 @@ class Administration:
         }
         if admin:  # the maintainer's dashboard reads everything: O(judgments), on demand only
             s = self.repo.stats()
-            summary.update(pairs=s.pairs, alpha=s.alpha,
+            summary.update(alpha=s.alpha,
                            per_annotator=[a for a in s.per_annotator if a.handle != GOLD_HANDLE],
                            recent=self.repo.recent_judgments(20))
         return summary

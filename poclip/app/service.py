@@ -28,6 +28,7 @@ from poclip.app.compare import Comparisons
 from poclip.app.identity import Identity, server_secret
 from poclip.app.limits import ClientLimits, Rate
 from poclip.app.live import LiveHead
+from poclip.app.pair_counts import PairCounts, count_pairs
 from poclip.app.seeding import Seeding
 from poclip.app.training import TrainingControl
 from poclip.app.visitors import Visitors
@@ -79,7 +80,7 @@ class AppService:
         self.comparisons = Comparisons(encoder, self.live_head, repo, self.visitors, self.seeding)
         self.annotation = Annotation(repo, self.visitors, self.comparisons)
         self.admin = Administration(settings, repo, self.live_head, self.seeding)
-        self.training = TrainingControl(settings, repo, self.admin.require_admin)
+        self.training = TrainingControl(repo, self.admin.require_admin)
 
     @classmethod
     def create(cls, settings: Settings, encoder: ClipEncoder | None = None) -> AppService:
@@ -107,26 +108,33 @@ class AppService:
         return f"{self.encoder.description} (`{self.encoder.spec}`, {self.encoder.device.type}); aligned head: " \
                f"{self.live_head.current.label}"
 
+    def pair_counts(self) -> PairCounts:
+        """Labels, crowd pairs, replay pairs and the retrain threshold: the figures Annotate, Data and ``/status``
+        show (:func:`~poclip.app.pair_counts.count_pairs`; bounded whatever the database size)."""
+        return count_pairs(self.repo, self.settings.retrain_every_pairs, self.seeding.gold_items)
+
     def status(self) -> dict[str, Any]:
         """Live model, data counts and the trainer's state, as one JSON-friendly dict.
 
-        Cheap whatever the database size: maintained counters (five primary-key rows) and the trainer's summary
-        (:meth:`~poclip.app.training.TrainingControl.summary`). ``judgments`` and ``annotators`` count people
-        only (the gold pseudo-annotator's reference answers are ``gold_items``).
+        ``labels`` (also ``judgments``, its older name), ``crowd_pairs``, ``replay_pairs`` and
+        ``next_retrain_after_crowd_pairs`` (None when retrains are not scheduled by count) are
+        :meth:`pair_counts`; ``annotators`` counts people only (the gold pseudo-annotator's reference answers
+        are ``gold_items``); ``trainer`` is the newest run's progress. Cheap whatever the database size.
         """
         counts = self.admin.people_counts()
+        pairs = self.pair_counts()
         live = self.live_head.current
-        training = self.training.summary()
         stats = self.comparisons.batcher.stats
         return {
             "backbone": self.encoder.spec,
             "live_version": live.version.id if live.version else None,
-            "judgments": counts["judgments"],
+            "labels": pairs.labels,
+            "judgments": pairs.labels,
             "gold_items": counts["gold_items"],
-            "pairs": training["pairs"],
             "annotators": counts["annotators"],
-            "new_pairs": training["new_pairs"],
-            "next_retrain_at": training["next_retrain_at"],
-            "trainer": training["trainer"],
+            "crowd_pairs": pairs.crowd_pairs,
+            "replay_pairs": pairs.replay_pairs,
+            "next_retrain_after_crowd_pairs": pairs.more_needed,
+            "trainer": self.training.progress().as_status(),
             "image_batches": {"batches": stats.batches, "pictures": stats.items, "largest": stats.largest},
         }

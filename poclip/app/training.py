@@ -17,10 +17,8 @@ from typing import Any
 from annotation_db import NotFoundError, Repository, RunInfo
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.errors import UserError
-from poclip.settings import Settings
 
 MAX_HISTORY = 200  # metric records a heartbeat carries (the chart's points)
-MIN_PAIRS_SHOWN = 10  # new pairs are counted up to the retrain threshold, and at least this far
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,11 @@ class TrainingControl:
     """Retrain on request and report the trainer's progress, reading and writing only the store.
 
     Args:
-        settings: the retrain threshold (``POCLIP_RETRAIN_EVERY_PAIRS``).
         repo: the store: the run queue and each run's heartbeat.
         require_admin: raises unless the token or Hugging Face orgs give admin rights.
     """
 
-    def __init__(self, settings: Settings, repo: Repository,
-                 require_admin: Callable[[str | None, list[str] | None], None]) -> None:
-        self.settings = settings
+    def __init__(self, repo: Repository, require_admin: Callable[[str | None, list[str] | None], None]) -> None:
         self.repo = repo
         self.require_admin = require_admin
 
@@ -122,26 +117,6 @@ class TrainingControl:
             return "rejected" if self.repo.get_version(run.version_id).status == "rejected" else "promoted"
         except NotFoundError:
             return run.status
-
-    def summary(self) -> dict[str, Any]:
-        """The trainer's part of ``/status``: ``pairs`` the newest finished run trained on, ``new_pairs`` since
-        the last run (counted up to the retrain threshold, at least 10), ``next_retrain_at`` (how many more
-        until a scheduled retrain; None when retrains are not scheduled by count) and ``trainer`` (the newest
-        run's progress).
-
-        Cheap whatever the database size: the three newest runs (primary-key order) and a primary-key range
-        count of the judgments since the last run.
-        """
-        runs = self.repo.list_runs(limit=3)
-        finished = next((r for r in runs if r.status == "succeeded" and r.metrics), None)
-        every = self.settings.retrain_every_pairs
-        _, fresh = self.repo.new_since_last_run(limit=max(every, MIN_PAIRS_SHOWN))
-        return {
-            "pairs": int(finished.metrics.get("pairs", 0)) if finished else 0,
-            "new_pairs": fresh,
-            "next_retrain_at": (every - fresh) if every and fresh < every else (0 if every else None),
-            "trainer": self.progress_of(runs[0] if runs else None).as_status(),
-        }
 
     def latest_evaluation(self) -> dict | None:
         """The newest finished run's held-out evaluation (candidate, live before, base), if any."""

@@ -25,6 +25,7 @@ from typing import Any
 from annotation_db import Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
 from poclip.app.identity import server_secret
 from poclip.app.live import LiveHead, LiveModel
+from poclip.app.pair_counts import PairCounts, count_pairs
 from poclip.app.retrain.crowd import HeldOutSplit, crowd_agreement
 from poclip.app.retrain.data import MIN_CLEAN, MIN_PAIRS, REPLAY_SEED, NotEnoughData, collect, text_invariance_pairs
 from poclip.app.retrain.evaluation import GATE_SEED, GateEvaluation
@@ -199,22 +200,23 @@ class Trainer:
 
     # ----- the schedule ---------------------------------------------------------------------------------------
 
-    def new_pairs(self) -> int:
-        """Judgments that can make pairs, recorded after the newest one any run or the active version used
-        (counted up to the scheduling threshold: the count's cost stays bounded)."""
-        return self.repo.new_since_last_run(limit=max(self.settings.retrain_every_pairs, MIN_PAIRS))[1]
+    def pair_counts(self) -> PairCounts:
+        """The crowd pairs since the newest run that produced a version, and the threshold they must reach
+        (:func:`poclip.app.pair_counts.count_pairs`; its ``labels`` keep the gold answers in, unread here)."""
+        return count_pairs(self.repo, self.settings.retrain_every_pairs)
 
     def maybe_schedule(self) -> RunInfo | None:
-        """Queue a run when enough judgments arrived since the last run, or when the timer is due and at least
-        ``MIN_PAIRS`` arrived. Never while a run is queued or running, never during a failure backoff."""
+        """Queue a run when the crowd pairs grew by the threshold since the newest run that produced a version
+        (:mod:`poclip.app.retrain.schedule`), or when the timer is due and at least ``MIN_PAIRS`` new crowd pairs
+        exist. Never while a run is queued or running, never during a failure backoff."""
         now = self.clock()
         if not self.schedule.enabled or self.schedule.waiting(now):
             return None
         if any(r.status in ("queued", "running") for r in self.repo.list_runs(limit=2)):
             return None
-        fresh = self.new_pairs()
-        if self.schedule.due(now, fresh):
-            return self.request(reason=f"scheduled: {fresh} new judgments since the last run")
+        counts = self.pair_counts()
+        if self.schedule.due(now, counts.new_crowd_pairs, counts.threshold):
+            return self.request(reason=f"scheduled: {counts.new_crowd_pairs} new crowd pairs since the last run")
         return None
 
     def maybe_backup(self) -> None:

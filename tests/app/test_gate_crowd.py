@@ -104,7 +104,7 @@ def test_held_out_items_are_never_trained_on_and_the_split_survives_a_restart(tm
         assert all(split(p) for p in batch.held_out) and not any(split(p) for p in batch.pairs if not p.is_gold)
         # What the trainer trains on leaves the held-out pictures out.
         data = collect(svc.repo, lambda _: None, augment_attacks=0, replay_pairs=0, held_out=split)
-        assert data.crowd_pairs == len(batch.pairs) and len(data.held_out) == len(held)
+        assert data.judged_pairs == len(batch.pairs) and len(data.held_out) == len(held)
         trained = {(p.image.sha256, p.attack.to_json() if p.attack else None) for p in data.prefs}
         assert not trained & {(p.image_sha256, TextAttack.from_dict(p.attack).to_json()) for p in batch.held_out}
     finally:

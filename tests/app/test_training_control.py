@@ -60,11 +60,12 @@ def test_with_the_trainer_in_another_process_the_train_tab_shows_its_heartbeat(t
         version = svc.repo.register_version(bundled.spec, str(path), {"loss": "dpo"}, run_id=run.id,
                                             lease=run.lease)
         svc.repo.promote_version(version.id, run_id=run.id, lease=run.lease)
-        svc.repo.finish_run(run.id, metrics={"gate": "typographic accuracy 0.500 -> 0.900", "pairs": 12,
-                                             "history": curves(180)}, version_id=version.id, lease=run.lease)
+        svc.repo.finish_run(run.id, metrics={"gate": "typographic accuracy 0.500 -> 0.900", "pairs": 1012,
+                                             "replay_pairs": 1000, "history": curves(180)}, version_id=version.id,
+                            lease=run.lease)
         assert progress_text(svc) == (f"**Trainer:** run {run.id} promoted after 180 steps\n\n"
                                       "typographic accuracy 0.500 -> 0.900")
-        assert svc.status()["trainer"]["phase"] == "promoted" and svc.status()["pairs"] == 12
+        assert svc.status()["trainer"]["phase"] == "promoted" and svc.status()["replay_pairs"] == 1000
         assert svc.live_head.current.version is None  # nothing follows here until asked (app.py starts it)
         svc.live_head.sync()
         assert svc.live_head.current.version.id == version.id
@@ -137,15 +138,16 @@ def test_too_few_pairs_fails_the_run_with_the_reason(service):
     assert service.repo.list_versions() == []
 
 
-def test_new_pairs_count_and_scheduler(tmp_path, bundled):
-    svc = make_service(tmp_path, bundled, retrain_every_pairs=5)
+def test_five_new_crowd_pairs_schedule_a_run(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled, retrain_every_pairs=5, **ONE_PERSON)
     try:
-        for _ in range(5):
-            item = svc.annotation.next_item("sched")
-            svc.annotation.answer_item("sched", item.sample.id, item.labels[0])
         trainer = make_trainer(svc)
-        assert trainer.new_pairs() >= 5
-        assert svc.status()["next_retrain_at"] == 0
+        while svc.status()["next_retrain_after_crowd_pairs"] > 0:
+            assert trainer.maybe_schedule() is None
+            item = svc.annotation.next_item("sched")
+            truth = TRUTH[TextAttack.from_dict(item.sample.attack).to_json()]
+            svc.annotation.answer_item("sched", item.sample.id, truth)
+        assert svc.status()["crowd_pairs"] == trainer.pair_counts().new_crowd_pairs == 5
         run = trainer.maybe_schedule()
         assert run is not None and run.status == "queued"
     finally:

@@ -1,31 +1,17 @@
 """The trainer loop against a real SQLite file and the bundled model: scheduling, leases and the gate."""
 
 import math
-import types
 
 import pytest
-from apphelpers import make_service, make_trainer
+from apphelpers import ONE_PERSON, crowd_pairs_in_store, make_service, make_trainer, truth_by_attack
 
 import poclip.app.worker as worker_module
 from annotation_db.models import Sample
+from poclip.app.retrain.schedule import Schedule, crowd_threshold
 from poclip.app.seeding import annotation_item
 from poclip.world.attacks import TextAttack
 
-
-class FakeTime:
-    """Stands in for the worker module's ``time``: the clock moves only when the test says so."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+TRUTH = truth_by_attack(40)
 
 
 def seeded_samples(repo, n):
@@ -44,28 +30,67 @@ def judge(repo, who, sample_id, chosen, rejected, kind="human"):
     repo.record_judgment(sample_id, who, chosen, rejected, kind=kind, enforce_rate_limit=False)
 
 
-def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tmp_path, bundled, monkeypatch):
-    fake = FakeTime()
-    monkeypatch.setattr(worker_module, "time", types.SimpleNamespace(time=fake.time, monotonic=fake.monotonic,
-                                                                      sleep=fake.sleep))
-    monkeypatch.setattr(worker_module, "gate", lambda *a, **k: (False, "refused for the test"))
-    svc = make_service(tmp_path, bundled, seed_items=30, retrain_every_pairs=10, augment_attacks=0)
+def label_truthfully(svc, who, n):
+    """``who`` answers the next ``n`` items served to them with the object's true shape."""
+    for _ in range(n):
+        item = svc.annotation.next_item(who)
+        svc.annotation.answer_item(who, item.sample.id, TRUTH[TextAttack.from_dict(item.sample.attack).to_json()])
+
+
+def finish_as_the_trainer_would(svc, *, promote: bool):
+    """Claim the queued run (or a new one) and finish it as the trainer does, without training: a version
+    promoted or rejected, the record's crowd pairs counted the long way, the watermark the newest judgment."""
+    from poclip.engine.policy import Policy, save_head
+
+    run = svc.repo.claim_run("test-worker", svc.repo.enqueue_run({"loss": "dpo"}).id)
+    watermark = svc.repo.training_pairs(None).watermark
+    record = {"crowd_pairs": crowd_pairs_in_store(svc.repo), "judged_pairs": 0, "replay_pairs": 0, "gate": "test"}
+    head = save_head(Policy(svc.encoder), svc.settings.data_dir / "heads" / f"run{run.id}.safetensors")
+    lease = {"run_id": run.id, "lease": run.lease}
+    version = svc.repo.register_version(svc.encoder.spec, str(head), record, judgment_watermark=watermark, **lease)
+    version = (svc.repo.promote_version(version.id, **lease) if promote
+               else svc.repo.reject_version(version.id, "refused for the test", **lease))
+    return svc.repo.finish_run(run.id, metrics=record, version_id=version.id, lease=run.lease,
+                               judgment_watermark=watermark)
+
+
+def test_after_a_rejection_an_idle_app_waits_for_twice_the_new_crowd_pairs_and_a_promotion_resets_it(tmp_path,
+                                                                                                   bundled):
+    """POCLIP_RETRAIN_EVERY_PAIRS=4: a run needs 4 new crowd pairs (20% of a small crowd is less); after a rejected
+    run 8, however often the idle trainer ticks; after a promotion 4 again. Gold items give no crowd pair."""
+    svc = make_service(tmp_path, bundled, seed_items=40, retrain_every_pairs=4, **ONE_PERSON)
     try:
-        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
         trainer = make_trainer(svc)
-        trainer.tick()  # 12 new judgments >= 10: scheduled, trained, rejected
-        [first] = svc.repo.list_runs()
-        assert first.status == "succeeded"
-        assert svc.repo.get_version(first.version_id).status == "rejected"
-        for _ in range(300):  # ten idle minutes, one tick per two seconds
-            fake.sleep(2.0)
+        label_truthfully(svc, "ann", 6)
+        assert trainer.pair_counts().threshold == 4 and trainer.pair_counts().new_crowd_pairs >= 4
+        first = finish_as_the_trainer_would(svc, promote=False)  # the scheduled run, refused by the gate
+        used = first.metrics["crowd_pairs"]
+        assert used == svc.pair_counts().crowd_pairs >= 4
+        counts = svc.pair_counts()
+        assert (counts.threshold, counts.rejections, counts.new_crowd_pairs, counts.more_needed) == (8, 1, 0, 8)
+        assert svc.status()["next_retrain_after_crowd_pairs"] == 8
+
+        for _ in range(50):  # an idle app: the trainer ticks and nothing new arrives
             trainer.tick()
-            assert [r.id for r in svc.repo.list_runs()] == [first.id], "a new run started with nothing new"
-        assert len(svc.repo.list_versions()) == 1
-        # New data does schedule again: ten more judgments after the rejected run's.
-        for sid, shape, written in seeded_samples(svc.repo, 30)[12:22]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        assert [r.id for r in svc.repo.list_runs()] == [first.id], "a run was queued with nothing new"
+
+        while svc.pair_counts().new_crowd_pairs < 8:  # one label at a time: no run before the eighth new pair
+            assert trainer.maybe_schedule() is None
+            label_truthfully(svc, "ann", 1)
+            assert svc.pair_counts().crowd_pairs == crowd_pairs_in_store(svc.repo)
+        assert svc.pair_counts().crowd_pairs == used + 8
+        queued = trainer.maybe_schedule()
+        assert queued is not None and queued.status == "queued" and "8 new crowd pairs" in queued.config["reason"]
+        assert trainer.maybe_schedule() is None and [r.status for r in svc.repo.list_runs()] == ["queued",
+                                                                                                 "succeeded"]
+
+        second = finish_as_the_trainer_would(svc, promote=True)
+        assert second.id == queued.id
+        counts = svc.pair_counts()
+        assert (counts.threshold, counts.rejections, counts.last_run_crowd_pairs) == (4, 0, used + 8)
+        while svc.pair_counts().new_crowd_pairs < 4:
+            assert trainer.maybe_schedule() is None
+            label_truthfully(svc, "ann", 1)
         assert trainer.maybe_schedule() is not None
     finally:
         svc.close()
@@ -149,6 +174,21 @@ def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_defaul
             service.close()
 
 
+def test_the_threshold_is_the_setting_or_a_fifth_of_the_last_runs_crowd_pairs_doubled_per_rejection_to_8x():
+    assert [crowd_threshold(50, used, 0) for used in (0, 100, 250, 1000, 1001)] == [50, 50, 50, 200, 201]
+    assert [crowd_threshold(50, 1000, r) for r in range(6)] == [200, 400, 800, 1600, 1600, 1600]
+    assert crowd_threshold(0, 1000, 2) is None  # POCLIP_RETRAIN_EVERY_PAIRS=0: never by count
+    assert crowd_threshold(1, 15, 0) == 3
+
+
+def test_the_timer_still_needs_ten_new_crowd_pairs():
+    schedule = Schedule(every_pairs=0, every_minutes=10, now=0.0)
+    assert not schedule.due(599.0, 50, None)  # not yet ten minutes
+    assert not schedule.due(600.0, 9, None)  # ten minutes, nine new crowd pairs
+    assert schedule.due(600.0, 10, None)
+    assert not schedule.due(601.0, 10, None)  # the timer starts again from the run it queued
+
+
 def test_replay_keeps_a_retrain_to_the_steps_of_its_larger_part():
     from poclip.app.worker import replay_epochs
 
@@ -170,8 +210,10 @@ def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_p
         run = trainer.run_pending()
         assert run.status == "succeeded", run.error
         m = run.metrics
-        # Each typographic judgment gives 4 augmented pairs more; 200 replayed pairs and 200 clean pictures.
-        assert (m["crowd_pairs"], m["replay_pairs"], m["pairs"]) == (5 * judged, 200, 5 * judged + 200)
+        # Each typographic judgment gives 4 augmented pairs more; 200 replayed pairs and 200 clean pictures. The
+        # synthetic generator's votes and the gold answers are no crowd pairs: those are people's.
+        assert (m["judged_pairs"], m["replay_pairs"], m["pairs"]) == (5 * judged, 200, 5 * judged + 200)
+        assert m["crowd_pairs"] == 0
         assert m["clean"] == 300  # the judged pictures + 200 replayed, topped up to 300
         assert m["epochs"] == round(8 * 200 / (5 * judged + 200))
     finally:

@@ -34,9 +34,11 @@ class TrainingData:
     """What a retrain trains on.
 
     Attributes:
-        prefs: the crowd's pairs with their augmentation, then the replayed synthetic pairs.
+        prefs: the pairs from judgments with their augmentation, then the replayed synthetic pairs.
         clean: the clean regularization pictures.
-        crowd_pairs: how many of ``prefs`` come from the crowd (augmentation included).
+        crowd_pairs: the crowd pairs the run uses (people's consensus pairs, :attr:`TrainingPair.from_people`),
+            trained and held out: the figure the schedule compares (see :mod:`poclip.app.pair_counts`).
+        judged_pairs: how many of ``prefs`` come from judgments (gold answers and augmentation included).
         replay_pairs: how many of ``prefs`` are replayed synthetic pairs.
         watermark: the newest judgment the pairs were built from (None: no judgments yet).
         held_out: the held-out crowd items' consensus pairs, never trained on (the gate scores them).
@@ -45,6 +47,7 @@ class TrainingData:
     prefs: list[Preference]
     clean: list[CleanImage]
     crowd_pairs: int
+    judged_pairs: int
     replay_pairs: int
     watermark: int | None
     held_out: list[TrainingPair]
@@ -72,8 +75,8 @@ def collect(repo: Repository, record_watermark: Callable[[int], None], *, augmen
 
     Args:
         repo: the preference store.
-        record_watermark: called with the judgment watermark before anything can fail, so the scheduler
-            counts only judgments after it even when this run fails.
+        record_watermark: called with the judgment watermark before anything can fail, so the run's row says
+            which judgments it saw even when it fails.
         augment_attacks: ``POCLIP_AUGMENT``; replay_pairs: ``POCLIP_REPLAY_PAIRS``.
         held_out: which items are held out (:class:`poclip.app.retrain.crowd.HeldOutSplit`); their pairs are
             kept apart for the gate and never trained on. None: nothing is held out.
@@ -96,10 +99,11 @@ def collect(repo: Repository, record_watermark: Callable[[int], None], *, augmen
         prefs.append(Preference(pictures[pair.image_sha256], pair.chosen, pair.rejected, tuple(pair.labels),
                                 pair.prompt_template, attack))
         prefs += text_invariance_pairs(prefs[-1], pair.sample_id, augment_attacks)
-    crowd = len(prefs)
+    judged = len(prefs)
     if replay_pairs:
         prefs += synth_preferences(replay_pairs, REPLAY_SEED)
         clean += synth_clean(replay_pairs, REPLAY_SEED)
     if len(clean) < MIN_CLEAN:
         clean += synth_clean(MIN_CLEAN - len(clean), seed=1)
-    return TrainingData(prefs, clean, crowd, len(prefs) - crowd, batch.watermark, batch.held_out)
+    crowd = sum(pair.from_people for pair in batch.pairs + batch.held_out)
+    return TrainingData(prefs, clean, crowd, judged, len(prefs) - judged, batch.watermark, batch.held_out)

@@ -28,6 +28,11 @@ def run_record(candidate: dict, live: dict, base: dict, result: TrainResult, dat
                table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The metrics a run row and its version keep (the UI and the README read these keys).
 
+    The pair figures: ``pairs`` trained on in all; of them ``judged_pairs`` from judgments (gold answers and
+    augmentation included) and ``replay_pairs`` replayed synthetic ones; ``crowd_pairs``, the people's consensus
+    pairs the run used, trained and held out (what the schedule counts growth from); ``held_out_pairs`` scored by
+    the gate.
+
     Args:
         candidate, live, base: gate metrics of the candidate, the live model before the run, and the base model.
         result: the engine's training result; data: what it trained on; config: how.
@@ -39,7 +44,8 @@ def run_record(candidate: dict, live: dict, base: dict, result: TrainResult, dat
         "candidate": summary(candidate), "live_before": summary(live), "base": summary(base),
         "per_class": class_table(candidate, live),
         "train": result.metrics, "pairs": len(data.prefs), "crowd_pairs": data.crowd_pairs,
-        "replay_pairs": data.replay_pairs, "clean": len(data.clean), "epochs": config.epochs, "loss": config.loss,
+        "judged_pairs": data.judged_pairs, "replay_pairs": data.replay_pairs, "clean": len(data.clean),
+        "epochs": config.epochs, "loss": config.loss,
         "train_seconds": round(result.train_seconds, 2), "embed_seconds": round(result.embed_seconds, 2),
         "gate": reason, "gate_table": table or [], "held_out_pairs": len(data.held_out),
         "crowd_agreement": {name: agreement.as_dict() for name, agreement in (crowd or {}).items()},

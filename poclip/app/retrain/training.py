@@ -36,9 +36,9 @@ def replay_epochs(epochs: int, crowd: int, replay: int) -> int:
 
 def run_config(head: HeadSpec, requested: dict[str, Any], data: TrainingData) -> TrainConfig:
     """The config of a run: the default recipe for ``head``, the run's ``loss`` (default ``dpo``) and ``seed``
-    (default 0), and the epochs :func:`replay_epochs` gives for ``data``'s crowd and replayed pairs."""
+    (default 0), and the epochs :func:`replay_epochs` gives for ``data``'s judged and replayed pairs."""
     config = TrainConfig(head=str(head), loss=str(requested.get("loss", "dpo")), seed=int(requested.get("seed", 0)))
-    return replace(config, epochs=replay_epochs(config.resolved_epochs, data.crowd_pairs, data.replay_pairs))
+    return replace(config, epochs=replay_epochs(config.resolved_epochs, data.judged_pairs, data.replay_pairs))
 
 
 def train_candidate(encoder: ClipEncoder, data: TrainingData, config: TrainConfig, out: Path,

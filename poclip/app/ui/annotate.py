@@ -10,7 +10,7 @@ from poclip.app.annotation import Item
 from poclip.app.display import display_file
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
-from poclip.app.ui.counts import counted
+from poclip.app.ui.counts import counted, pairs_text
 from poclip.app.ui.identity import annotator_handle, keep_name
 from poclip.errors import UserError
 from poclip.world.photos import CREDIT, is_photo_label_set
@@ -61,17 +61,14 @@ class ItemView:
 
 
 def counter_text(service: AppService, who: str) -> str:
-    """The person's own labels, everyone's, and what a training pair is."""
-    status = service.status()
+    """The person's own labels, everyone's, and the pair figures (:func:`~poclip.app.ui.counts.pairs_text`)."""
+    counts = service.pair_counts()
+    people = service.admin.people_counts()["annotators"]
     mine = service.annotation.labelled_by(who)
     name = service.visitors.display_name(who)
     you = "you" if name is None else f"you ({name})"
-    text = (f"{counted(mine, 'label', bold=True)} from {you} · **{status['judgments']}** from "
-            f"{counted(status['annotators'], 'person', 'people')} · "
-            f"{counted(status['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)")
-    if status["next_retrain_at"] is not None:
-        text += f" · next retrain after {counted(status['next_retrain_at'], 'more new pair', bold=True)}"
-    return text
+    return (f"{counted(mine, 'label', bold=True)} from {you} · {counted(counts.labels, 'label', bold=True)} from "
+            f"{counted(people, 'person', 'people')} · {pairs_text(counts)}")
 
 
 def item_view(service: AppService, who: str, item: Item | None, note: str = "") -> ItemView:

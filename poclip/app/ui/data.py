@@ -7,7 +7,7 @@ import pandas as pd
 
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
-from poclip.app.ui.counts import counted
+from poclip.app.ui.counts import counted, pairs_text
 from poclip.app.ui.identity import hf_orgs
 
 PEOPLE_COLUMNS = ["annotator", "labels", "undone", "gold seen", "gold correct", "trust"]
@@ -18,15 +18,15 @@ def data_view(service: AppService, token: str | None, oauth_token: gr.OAuthToken
     """(summary text, per-annotator table or None, recent judgments or None): the tables for admins only."""
     admin = service.admin.is_admin(token or None, hf_orgs(oauth_token))
     s = service.admin.data_summary(admin=admin)
-    text = (f"{counted(s['judgments'], 'label', bold=True)} from "
+    counts = service.pair_counts()
+    text = (f"{counted(counts.labels, 'label', bold=True)} from "
             f"{counted(s['annotators'], 'person', 'people', bold=True)} ({s['undone']} undone) on "
             f"{counted(s['items'], 'item', bold=True)} "
-            f"({counted(s['gold_items'], 'gold item')} with a reference answer)")
-    if not admin:  # counters only: O(1) whatever the database size, and nothing that identifies anyone
-        return text + "\n\n_Who labelled what, agreement and training pairs are shown to admins only._", None, None
+            f"({counted(s['gold_items'], 'gold item')} with a reference answer) · {pairs_text(counts)}")
+    if not admin:  # counters only: bounded whatever the database size, and nothing that identifies anyone
+        return text + "\n\n_Who labelled what and agreement are shown to admins only._", None, None
     alpha = "n/a (needs items with two or more human labels)" if s["alpha"] is None else f"{s['alpha']:.3f}"
-    text += (f" · {counted(s['pairs'], 'training pair', bold=True)} (an item gives a pair once its labels agree)"
-             f" · agreement (Krippendorff's alpha): **{alpha}**")
+    text += f" · agreement (Krippendorff's alpha): **{alpha}**"
     people = pd.DataFrame([{"annotator": a.handle, "labels": a.judgments, "undone": a.undone,
                             "gold seen": a.gold_seen, "gold correct": a.gold_correct, "trust": round(a.trust, 3)}
                            for a in s["per_annotator"]], columns=PEOPLE_COLUMNS)
