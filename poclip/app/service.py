@@ -121,6 +121,7 @@ class AppService:
         return {
             "backbone": self.encoder.spec,
             "live_version": live.version.id if live.version else None,
+            "live_model": live.label,
             "judgments": counts["judgments"],
             "gold_items": counts["gold_items"],
             "pairs": training["pairs"],
