@@ -40,15 +40,17 @@ from annotation_db.errors import (
 from annotation_db.images import ImageInfo
 from annotation_db.judgments import JudgmentInfo
 from annotation_db.migrations import upgrade_schema
+from annotation_db.models import VersionKind
 from annotation_db.pairs import CrowdGrowth, PairBatch, TrainingPair
 from annotation_db.repository import Repository, open_repository
 from annotation_db.runs import RunInfo, TrainedRun, worker_name
 from annotation_db.stats import AnnotatorStats, Stats
 from annotation_db.store import RepositoryConfig
-from annotation_db.versions import VersionInfo
+from annotation_db.versions import NAMED_VERSIONS, VersionInfo
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "NAMED_VERSIONS",
     "AnnotationDBError",
     "AnnotatorInfo",
     "AnnotatorStats",
@@ -80,6 +82,7 @@ __all__ = [
     "TrainingPair",
     "ValidationError",
     "VersionInfo",
+    "VersionKind",
     "create_db_engine",
     "krippendorff_alpha_nominal",
     "list_snapshots",

@@ -95,6 +95,14 @@ class VersionStatus(enum.StrEnum):
     ARCHIVED = "archived"
 
 
+class VersionKind(enum.StrEnum):
+    """What a version serves: a trained head file, or one of the two named versions an admin can roll back to."""
+
+    TRAINED = "trained"
+    STARTER = "starter"  # the shipped starter head (no head file of its own)
+    BASE = "base"  # the base model, no head at all
+
+
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -244,6 +252,14 @@ class ModelVersion(Base):
     # The version that was live when this one was promoted: what a rollback returns to (migration 0002; a
     # plain id, as versions are never deleted).
     previous_id: Mapped[int | None] = mapped_column(Integer)
+    # Migration 0005. ``kind``: a trained head, or the named "starter head" / "base model" rows a rollback makes
+    # live (one row per kind and backbone, reused; their head_path is empty). ``promoted_by`` and
+    # ``promotion_reason``: the admin who last made this version live by hand (their Hugging Face name, or
+    # "admin" for the token) and the reason they typed; NULL when the gate promoted it. The time is promoted_at.
+    kind: Mapped[VersionKind] = mapped_column(_enum(VersionKind, "version_kind"), server_default=text("'trained'"),
+                                              default=VersionKind.TRAINED)
+    promoted_by: Mapped[str | None] = mapped_column(String(HF_USERNAME_MAX))
+    promotion_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class TrainingRun(Base):

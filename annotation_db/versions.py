@@ -2,6 +2,10 @@
 
 A partial unique index allows at most one ``active`` row; promote and rollback archive the old active
 version and activate the new one in the same transaction, so readers never see zero or two.
+
+Besides trained heads, two *named* versions can be made live by a rollback: the shipped starter head and the base
+model (:class:`~annotation_db.models.VersionKind`). Each is a row of its own (one per kind and backbone, reused, no
+head file), so "what serves" is always the one active row, whichever it is.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation_db.errors import InvalidTransitionError, NotFoundError
-from annotation_db.models import PATH_MAX, SPEC_MAX, ModelVersion, VersionStatus
+from annotation_db.errors import InvalidTransitionError, NotFoundError, ValidationError
+from annotation_db.models import HF_USERNAME_MAX, PATH_MAX, SPEC_MAX, ModelVersion, VersionKind, VersionStatus
 from annotation_db.runs import check_lease
 from annotation_db.store import StoreBase
-from annotation_db.validation import check_id, check_json_object, check_text, free_text
+from annotation_db.validation import check_id, check_json_object, check_optional_text, check_text, free_text
+
+# What the named versions are called wherever a version is named (the versions table, the live model's label).
+NAMED_VERSIONS = {VersionKind.STARTER.value: "starter head", VersionKind.BASE.value: "base model"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,14 @@ class VersionInfo:
     created_at: datetime
     promoted_at: datetime | None
     previous_id: int | None = None  # the version live before this one was promoted
+    kind: str = VersionKind.TRAINED.value  # "trained", or a named version: "starter" or "base"
+    promoted_by: str | None = None  # the admin who last made it live by hand (None: the gate)
+    promotion_reason: str | None = None  # ... and the reason they gave
+
+    @property
+    def name(self) -> str:
+        """``version 4``, or the named version's name (``starter head``, ``base model``)."""
+        return NAMED_VERSIONS.get(self.kind, f"version {self.id}")
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionInfo:
@@ -49,6 +64,9 @@ class VersionInfo:
             row.created_at,
             row.promoted_at,
             row.previous_id,
+            row.kind.value,
+            row.promoted_by,
+            row.promotion_reason,
         )
 
 
@@ -129,19 +147,30 @@ class VersionsMixin(StoreBase):
             return VersionInfo.of(row)
 
     def promote_version(
-        self, version_id: int, *, run_id: int | None = None, lease: str | None = None
+        self,
+        version_id: int,
+        *,
+        run_id: int | None = None,
+        lease: str | None = None,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> VersionInfo:
         """Make ``version_id`` the active version; the previously active one becomes ``archived``.
 
-        Candidates and archived versions can be promoted; rejected ones cannot.
+        Candidates, archived versions and (by an admin, with a reason) rejected ones can be promoted.
 
         Args:
             run_id, lease: a trainer promoting its own candidate passes its run and lease: the promotion then
                 happens only while that run still runs under that lease (:class:`RunLostError` otherwise), and
                 only if the version the candidate was gated against (its parent) is still the active one
                 (:class:`InvalidTransitionError` otherwise), both checked in the promoting transaction.
+            by, reason: an admin promoting by hand: their name ("admin" when the app knows none) and why,
+                recorded on the version with the time (``promoted_at``). Promoting a version the gate rejected
+                needs both, with a reason that is not blank (:class:`InvalidTransitionError` otherwise, and
+                nothing changes).
         """
         version_id = check_id(version_id, "model version id")
+        by, reason = self._admin_note(by, reason)
         try:
             with self.db.writing() as s:
                 if run_id is not None:
@@ -156,22 +185,26 @@ class VersionsMixin(StoreBase):
                         )
                 if row.status is VersionStatus.ACTIVE:
                     return VersionInfo.of(row)
-                if row.status is VersionStatus.REJECTED:
+                if row.status is VersionStatus.REJECTED and (by is None or reason is None or run_id is not None):
                     raise InvalidTransitionError(
-                        f"version {version_id} was rejected ({row.reason}); it cannot be promoted"
+                        f"version {version_id} was rejected by the promotion gate; to promote it anyway, give "
+                        "the reason (it is recorded with your name and shown in the versions table)"
                     )
-                self._activate(s, row, reason=None)
+                self._activate(s, row, archive_reason=None, by=by, note=reason)
                 return VersionInfo.of(row)
         except IntegrityError as exc:
             raise InvalidTransitionError(_CONCURRENT) from exc
 
-    def rollback_version(self, to_version_id: int | None = None, reason: str = "rolled back") -> VersionInfo:
+    def rollback_version(
+        self, to_version_id: int | None = None, reason: str = "rolled back", *, by: str | None = None
+    ) -> VersionInfo:
         """Re-activate an earlier version: ``to_version_id``, or the version that was live before the active one.
 
         "Live before" is recorded at each promotion (not the training parent: a manually promoted version
         may have been trained from another one). A rollback does not overwrite the target's own record, so
         repeated rollbacks walk back through the history. The version that was active becomes ``archived``
-        with ``reason`` recorded; it can be promoted again.
+        with ``reason`` recorded; it can be promoted again. ``by``: the admin who rolled back (recorded on the
+        target with ``reason``, as for :meth:`promote_version`).
 
         Returns:
             The version that is now active.
@@ -179,6 +212,7 @@ class VersionsMixin(StoreBase):
         if to_version_id is not None:
             to_version_id = check_id(to_version_id, "model version id")
         reason = free_text(reason, "reason")
+        by, note = self._admin_note(by, reason)
         try:
             with self.db.writing() as s:
                 current = s.scalar(select(ModelVersion).where(ModelVersion.status == VersionStatus.ACTIVE))
@@ -187,15 +221,58 @@ class VersionsMixin(StoreBase):
                 target_id = to_version_id if to_version_id is not None else current.previous_id
                 if target_id is None:
                     raise InvalidTransitionError(
-                        f"version {current.id} was the first live version; there is nothing earlier to roll back to"
+                        f"{VersionInfo.of(current).name} was the first live version; there is nothing earlier to "
+                        "roll back to"
                     )
                 if target_id == current.id:
                     raise InvalidTransitionError(f"version {target_id} is already active")
                 target = self._version(s, target_id)
                 if target.status is VersionStatus.REJECTED:
                     raise InvalidTransitionError(f"version {target_id} was rejected; pick another version")
-                self._activate(s, target, reason=f"{reason} (to version {target_id})", rollback=True)
+                self._activate(s, target, archive_reason=f"{reason} (to version {target_id})", rollback=True,
+                               by=by, note=note)
                 return VersionInfo.of(target)
+        except IntegrityError as exc:
+            raise InvalidTransitionError(_CONCURRENT) from exc
+
+    def rollback_to_named(
+        self, kind: str, backbone: str, reason: str = "rolled back", *, by: str | None = None
+    ) -> VersionInfo:
+        """Make a named version live: the starter head (``kind="starter"``) or the base model (``"base"``).
+
+        The named version is a row like any other (created on first use, one per kind and backbone, no head
+        file), so it is persistent and every process that follows the active version serves it; the gate's next
+        promotion replaces it as usual. It works when nothing is active yet too (the app then served its
+        default). The version that was active becomes ``archived`` with ``reason``; ``by`` and ``reason`` are
+        recorded on the named row, as for :meth:`rollback_version`. A named version has no earlier version to
+        roll back to (its ``previous_id`` stays empty): name a version to leave it.
+
+        Returns:
+            The named version, now active.
+        """
+        if kind not in NAMED_VERSIONS:
+            raise ValidationError(f"a named version is one of {', '.join(NAMED_VERSIONS)}, got {kind!r}")
+        backbone = check_text(backbone, "backbone spec", SPEC_MAX)
+        reason = free_text(reason, "reason")
+        by, note = self._admin_note(by, reason)
+        name = NAMED_VERSIONS[kind]
+        try:
+            with self.db.writing() as s:
+                row = s.scalar(
+                    select(ModelVersion)
+                    .where(ModelVersion.kind == VersionKind(kind), ModelVersion.backbone == backbone)
+                    .order_by(ModelVersion.id)
+                    .limit(1)
+                )
+                if row is not None and row.status is VersionStatus.ACTIVE:
+                    raise InvalidTransitionError(f"the {name} is already live (version {row.id})")
+                if row is None:
+                    row = ModelVersion(backbone=backbone, head_path="", metrics={}, status=VersionStatus.CANDIDATE,
+                                       kind=VersionKind(kind), created_at=self.now())
+                    s.add(row)
+                    s.flush()
+                self._activate(s, row, archive_reason=f"{reason} (to the {name})", rollback=True, by=by, note=note)
+                return VersionInfo.of(row)
         except IntegrityError as exc:
             raise InvalidTransitionError(_CONCURRENT) from exc
 
@@ -224,14 +301,22 @@ class VersionsMixin(StoreBase):
             raise NotFoundError(f"unknown model version {version_id}")
         return row
 
-    def _activate(self, s: Session, row: ModelVersion, reason: str | None, rollback: bool = False) -> None:
+    @staticmethod
+    def _admin_note(by: str | None, reason: str | None) -> tuple[str | None, str | None]:
+        """The admin's name and reason as recorded: the reason trimmed, None when blank or when no admin acts."""
+        by = check_optional_text(by, "admin name", HF_USERNAME_MAX)
+        reason = None if reason is None else free_text(reason, "reason").strip() or None
+        return by, reason if by is not None else None
+
+    def _activate(self, s: Session, row: ModelVersion, archive_reason: str | None, rollback: bool = False,
+                  by: str | None = None, note: str | None = None) -> None:
         if not rollback:
             row.previous_id = s.scalar(
                 select(ModelVersion.id).where(ModelVersion.status == VersionStatus.ACTIVE, ModelVersion.id != row.id)
             )
         values: dict[str, Any] = {"status": VersionStatus.ARCHIVED}
-        if reason is not None:
-            values["reason"] = reason
+        if archive_reason is not None:
+            values["reason"] = archive_reason
         # Archive first and flush: the partial unique index would refuse two active rows in between.
         s.execute(
             update(ModelVersion)
@@ -240,4 +325,5 @@ class VersionsMixin(StoreBase):
             .execution_options(synchronize_session=False)
         )
         row.status, row.promoted_at = VersionStatus.ACTIVE, self.now()
+        row.promoted_by, row.promotion_reason = by, note  # this activation's record (None: the gate's)
         s.flush()

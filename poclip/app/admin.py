@@ -11,8 +11,8 @@ import hmac
 import secrets
 from typing import Any
 
-from annotation_db import Repository, VersionInfo
-from poclip.app.live import LiveHead
+from annotation_db import NAMED_VERSIONS, Repository, VersionInfo
+from poclip.app.live import NO_STARTER, LiveHead
 from poclip.app.seeding import GOLD_HANDLE, Seeding
 from poclip.errors import UserError
 from poclip.settings import Settings
@@ -20,6 +20,16 @@ from poclip.settings import Settings
 SWITCHED_OFF = ("Admin actions are switched off on this server: set POCLIP_ADMIN_TOKEN (or POCLIP_ADMIN_ORG for "
                 "Hugging Face logins) and restart the app.")
 WRONG_TOKEN = "The admin token is wrong: sign in with the admin token set in POCLIP_ADMIN_TOKEN on the server."
+# Where a rollback goes: the version live before the current one (or the id given), or a named version.
+ROLLBACK_TARGETS = ("previous", *NAMED_VERSIONS)
+# Recorded as who promoted when the admin is not logged in with Hugging Face: the admin token names nobody.
+TOKEN_ADMIN = "admin"
+
+
+def serving(version: VersionInfo) -> dict:
+    """What an admin action made live: ``{"active_version": id, "kind": "trained" | "starter" | "base",
+    "serving": "version 4" | "starter head" | "base model"}``."""
+    return {"active_version": version.id, "kind": version.kind, "serving": version.name}
 
 
 class AdminRequired(UserError):
@@ -78,22 +88,55 @@ class Administration:
         """The newest model versions (id, status, metrics, reason), newest first."""
         return self.repo.list_versions(limit=limit)
 
-    def promote(self, version_id: int, *, token: str | None = None, hf_orgs: list[str] | None = None) -> dict:
-        """Make ``version_id`` the active version (admin); this process serves it at once, other replicas and
-        the trainer follow the store. Returns ``{"active_version": id}``."""
-        self.require_admin(token, hf_orgs)
-        version = self.repo.promote_version(int(version_id))
-        self.live_head.sync()
-        return {"active_version": version.id}
+    def version(self, version_id: int) -> VersionInfo:
+        """One model version, with everything recorded about it."""
+        return self.repo.get_version(version_id)
 
-    def rollback(self, version_id: int | None = None, *, token: str | None = None,
-                 hf_orgs: list[str] | None = None) -> dict:
-        """Return to ``version_id``, or to the version live before the current one (admin).
-        Returns ``{"active_version": id}``."""
+    def promote(self, version_id: int, reason: str = "", *, token: str | None = None,
+                hf_orgs: list[str] | None = None, username: str | None = None) -> dict:
+        """Make ``version_id`` the active version (admin); this process serves it at once, other replicas and
+        the trainer follow the store.
+
+        Args:
+            reason: why, recorded with the admin's name and the time and shown in the versions table; required
+                (not blank) for a version the promotion gate rejected, which is refused without one.
+            username: the admin's Hugging Face name when logged in (else they are recorded as "admin").
+        Returns:
+            :func:`serving` of the version now live.
+        """
         self.require_admin(token, hf_orgs)
-        version = self.repo.rollback_version(int(version_id) if version_id else None)
+        version = self.repo.promote_version(int(version_id), by=username or TOKEN_ADMIN, reason=reason or "")
         self.live_head.sync()
-        return {"active_version": version.id}
+        return serving(version)
+
+    def rollback(self, version_id: int | None = None, to: str = "previous", reason: str = "", *,
+                 token: str | None = None, hf_orgs: list[str] | None = None, username: str | None = None) -> dict:
+        """Return to an earlier version (admin): ``version_id``, else by ``to``.
+
+        Args:
+            version_id: the version to return to (with ``to`` left at "previous").
+            to: "previous" (``version_id``, or the version live before the current one), "starter" (the shipped
+                starter head) or "base" (the base model, no head). Starter and base are named versions in the
+                store, so every replica and the trainer serve them and they outlast a restart.
+            reason: why, recorded as for :meth:`promote` (optional).
+        Returns:
+            :func:`serving` of the version now live.
+        """
+        self.require_admin(token, hf_orgs)
+        if to not in ROLLBACK_TARGETS:
+            raise UserError(f"Roll back to one of {', '.join(ROLLBACK_TARGETS)}, not {to!r}.")
+        if version_id and to != "previous":
+            raise UserError(f"Give a version id or a named version ({to}) to roll back to, not both.")
+        by = username or TOKEN_ADMIN
+        why = f"rolled back: {reason.strip()}" if reason and reason.strip() else "rolled back"
+        if to == "previous":
+            version = self.repo.rollback_version(int(version_id) if version_id else None, why, by=by)
+        else:
+            if to == "starter" and self.live_head.fallback is None:
+                raise UserError(f"There is no starter head to roll back to: {NO_STARTER}.")
+            version = self.repo.rollback_to_named(to, self.live_head.encoder.spec, why, by=by)
+        self.live_head.sync()
+        return serving(version)
 
     # ----- exports and backups ----------------------------------------------------------------------------------------
 

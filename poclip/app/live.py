@@ -3,6 +3,9 @@
 The app's service and the worker process each hold one :class:`LiveHead`; both follow the database's active
 version: the trainer's loop syncs it on every pass, and a serving process that does not train follows it
 from a thread of its own (:meth:`LiveHead.follow`). Serving imports this module, never the trainer.
+
+The active version is a trained head, or one of the named versions an admin rolled back to: the starter head
+(this process's shipped one) or the base model (no head). With no active version the starter head serves.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from annotation_db import Repository, VersionInfo
+from annotation_db import Repository, VersionInfo, VersionKind
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import HeadError, Policy, load_head
 
 log = logging.getLogger(__name__)
 
 STARTER_LABEL = "starter head (trained on synthetic pairs; no version trained here yet)"
+NO_STARTER = "this process has no starter head (POCLIP_STARTER_HEAD is off, or none was shipped for its backbone)"
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,14 @@ class LiveModel:
 
     @property
     def label(self) -> str:
+        """What serves, in words: ``version 4``, the starter head or the base model, and why."""
         if self.version is None:
             return "base model (no aligned version yet)" if self.policy is None else STARTER_LABEL
-        return f"version {self.version.id}"
+        if self.version.kind == VersionKind.BASE:
+            return "base model (no aligned head: an admin rolled back to it)"
+        if self.version.kind == VersionKind.STARTER:
+            return "starter head (an admin rolled back to it)"
+        return self.version.name
 
 
 class LiveHead:
@@ -71,7 +80,7 @@ class LiveHead:
             if active.id in self._unloadable:
                 return current
             try:
-                policy = load_head(active.head_path, self.encoder)
+                policy = self._policy_of(active)
             except HeadError as exc:
                 # e.g. the version was trained on another backbone (auto fell back to bundled on an earlier
                 # start): serve the base model rather than fail, and say why.
@@ -80,8 +89,18 @@ class LiveHead:
                 self._live = LiveModel(None, None)
                 return self._live
             self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
-            log.info("live head is now version %s", active.id)
+            log.info("live head is now %s", active.name)
             return self._live
+
+    def _policy_of(self, version: VersionInfo) -> Policy | None:
+        """The head a version serves: its file, this process's starter head, or none (the base model)."""
+        if version.kind == VersionKind.BASE:
+            return None
+        if version.kind == VersionKind.STARTER:
+            if self.fallback is None:
+                raise HeadError(NO_STARTER)
+            return self.fallback
+        return load_head(version.head_path, self.encoder)
 
     def follow(self, interval_s: float = 2.0) -> None:
         """Sync every ``interval_s`` seconds from a daemon thread until :meth:`close`, for a process that serves

@@ -128,6 +128,7 @@ class AppService:
         return {
             "backbone": self.encoder.spec,
             "live_version": live.version.id if live.version else None,
+            "live_model": live.label,
             "labels": pairs.labels,
             "judgments": pairs.labels,
             "gold_items": counts["gold_items"],

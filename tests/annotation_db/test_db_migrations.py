@@ -6,6 +6,7 @@ import re
 import threading
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -188,3 +189,31 @@ def test_journal_mode_is_configurable_for_network_file_systems(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
     finally:
         repo.close()
+
+
+def test_upgrading_to_named_versions_keeps_every_version_and_the_one_active_rule(empty_db_url):
+    """Migration 0005 rebuilds model_versions on SQLite: the rows stay (as trained heads) and the partial unique
+    index still allows one active version and any number of archived ones."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = create_db_engine(DatabaseConfig(empty_db_url))
+    insert = text("INSERT INTO model_versions (backbone, head_path, metrics, status, created_at) "
+                  "VALUES ('bundled', :path, '{}', :status, '2025-06-01 12:00:00')")
+    try:
+        upgrade_schema(engine, "0004")
+        with engine.begin() as conn:
+            for path, status in (("heads/a", "archived"), ("heads/b", "archived"), ("heads/c", "active")):
+                conn.execute(insert, {"path": path, "status": status})
+        upgrade_schema(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT head_path, status, kind, promoted_by FROM model_versions "
+                                     "ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("heads/a", "archived", "trained", None),
+                                            ("heads/b", "archived", "trained", None),
+                                            ("heads/c", "active", "trained", None)]
+        with engine.begin() as conn:
+            conn.execute(insert, {"path": "heads/d", "status": "archived"})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"path": "heads/e", "status": "active"})
+    finally:
+        engine.dispose()

@@ -122,3 +122,63 @@ def test_concurrent_promotions_leave_exactly_one_active(make_repo):
         t.join()
     assert len(outcomes) == 4 and "ok" in outcomes
     assert active_count(repos[0]) == 1
+
+
+GATE_REASON = ("neither rule holds: per-class accuracy drops by more than 0.15 versus the live model on: star "
+               "(attacked -0.200)\nclass      attacked live -> cand   clean live -> cand\n"
+               "star           0.900 -> 0.700 (-0.200)  0.950 -> 0.940 (-0.010)  <-")
+
+
+def test_a_rejected_version_is_promoted_only_by_an_admin_who_gives_a_reason(repo, clock):
+    v1 = register(repo, "v1")
+    repo.promote_version(v1.id)
+    v2 = register(repo, "v2")
+    repo.reject_version(v2.id, GATE_REASON)
+    for by, reason in ((None, "looks fine"), ("admin", None), ("admin", ""), ("admin", " \n\t ")):
+        with pytest.raises(InvalidTransitionError, match="rejected by the promotion gate; to promote it anyway, "
+                                                         "give the reason"):
+            repo.promote_version(v2.id, by=by, reason=reason)
+        refused = repo.get_version(v2.id)
+        assert (refused.status, refused.promoted_by, refused.promotion_reason) == ("rejected", None, None)
+        assert repo.active_version().id == v1.id  # nothing changed
+
+    clock.advance(60)
+    promoted = repo.promote_version(v2.id, by="alice", reason="  star is not in our label sets  ")
+    assert (promoted.status, promoted.promoted_by, promoted.promotion_reason) == (
+        "active", "alice", "star is not in our label sets")
+    assert promoted.promoted_at == clock() and promoted.previous_id == v1.id
+    assert promoted.reason == GATE_REASON  # the gate's verdict stays on the record
+    assert repo.get_version(v1.id).status == "archived"
+    # The gate's own promotions record no admin.
+    v3 = register(repo, "v3")
+    assert (repo.promote_version(v3.id).promoted_by, repo.get_version(v3.id).promotion_reason) == (None, None)
+
+
+def test_rollback_to_the_starter_head_or_the_base_model_makes_a_named_version_live(make_repo, repo):
+    with pytest.raises(ValidationError, match="one of starter, base, got 'previous'"):
+        repo.rollback_to_named("previous", "bundled")
+    # Nothing was live (the app served its default): the base model can still be chosen.
+    base = repo.rollback_to_named("base", "bundled", "the starter misreads photos", by="admin")
+    assert (base.kind, base.name, base.status, base.head_path) == ("base", "base model", "active", "")
+    assert (base.promoted_by, base.promotion_reason) == ("admin", "the starter misreads photos")
+    with pytest.raises(InvalidTransitionError, match="the base model is already live"):
+        repo.rollback_to_named("base", "bundled")
+    with pytest.raises(InvalidTransitionError, match="base model was the first live version"):
+        repo.rollback_version()
+
+    v1 = register(repo, "v1")
+    assert v1.parent_id == base.id  # trained against what serves
+    repo.promote_version(v1.id)  # the gate's promotion replaces the named version as usual
+    assert repo.get_version(base.id).status == "archived"
+    starter = repo.rollback_to_named("starter", "bundled", by="bob")
+    assert (starter.name, starter.promotion_reason, repo.get_version(v1.id).reason) == (
+        "starter head", "rolled back", "rolled back (to the starter head)")
+
+    # A new process on the same database (a restart, another replica, the trainer) serves the same.
+    other = make_repo()
+    assert other.active_version().id == starter.id and other.active_version().kind == "starter"
+    again = other.rollback_to_named("base", "bundled", by="admin")
+    assert again.id == base.id  # one row per named version and backbone, reused
+    assert [v.name for v in repo.list_versions()] == ["starter head", "version 2", "base model"]
+    assert active_count(repo) == 1
+    assert repo.rollback_version(to_version_id=v1.id).id == v1.id  # and back to a trained version

@@ -1,5 +1,6 @@
 """Administration against a real SQLite file and the bundled model: who may act, and what each refusal says;
-promote and rollback change the store and this process's live head at once."""
+promote and rollback change the store and this process's live head at once; an admin overrides the gate only with a
+reason, and returns to the starter head or the base model as named versions that outlast a restart."""
 
 import random
 from dataclasses import replace
@@ -12,7 +13,9 @@ from apphelpers import ADMIN_TOKEN, make_service
 from poclip.app.admin import Administration, AdminRequired
 from poclip.app.ui.boundary import user_errors
 from poclip.app.ui.identity import sign_in_handler
+from poclip.errors import UserError
 from poclip.world import synth
+from poclip.world.attacks import TextAttack
 
 TOKEN = ADMIN_TOKEN
 
@@ -105,7 +108,99 @@ def test_rollback_after_a_manual_promote_returns_to_what_was_live(tmp_path, bund
         svc.admin.promote(ids[0], token=TOKEN)
         svc.admin.promote(ids[2], token=TOKEN)
         svc.admin.promote(ids[1], token=TOKEN)  # manual: version 3 was live, version 2's parent is version 1
-        assert svc.admin.rollback(token=TOKEN) == {"active_version": ids[2]}
+        assert svc.admin.rollback(token=TOKEN) == {"active_version": ids[2], "kind": "trained",
+                                                   "serving": f"version {ids[2]}"}
         assert svc.live_head.current.version.id == ids[2]
+    finally:
+        svc.close()
+
+
+ATTACKED = [TextAttack(word, size=0.15) for word in ("circle", "square", "heart")]
+
+
+def answers(svc):
+    """Base and aligned answers (probabilities) on a star with a wrong word written on it, per word."""
+    shown = [svc.comparisons.compare(star_scene(), list(synth.SHAPES), attack) for attack in ATTACKED]
+    return [c.base.probs for c in shown], [c.aligned.probs for c in shown]
+
+
+def test_an_admin_promotes_a_rejected_version_only_with_a_reason(tmp_path, bundled):
+    from poclip.engine.policy import Policy, save_head
+
+    svc = make_service(tmp_path, bundled, seed_items=0)
+    try:
+        path = save_head(Policy(bundled), tmp_path / "heads" / "rejected.safetensors")
+        version = svc.repo.register_version(bundled.spec, str(path), {"loss": "dpo"})
+        svc.repo.reject_version(version.id, "neither rule holds: star drops\nclass  attacked\nstar   0.9 -> 0.7  <-")
+        for reason in ("", "   "):
+            with pytest.raises(UserError, match="rejected by the promotion gate; to promote it anyway, give the "
+                                                "reason"):
+                svc.admin.promote(version.id, reason, token=TOKEN)
+        assert svc.repo.get_version(version.id).status == "rejected" and svc.repo.active_version() is None
+        assert svc.live_head.current.version is None  # nothing changed
+        with pytest.raises(AdminRequired):  # the reason does not stand in for the rights
+            svc.admin.promote(version.id, "fine", token="wrong")
+
+        assert svc.admin.promote(version.id, "star is not in our label sets", token=TOKEN,
+                                 username="maintainer") == {"active_version": version.id, "kind": "trained",
+                                                            "serving": f"version {version.id}"}
+        live = svc.repo.get_version(version.id)
+        assert (live.status, live.promoted_by, live.promotion_reason) == (
+            "active", "maintainer", "star is not in our label sets")
+        assert svc.live_head.current.version.id == version.id
+    finally:
+        svc.close()
+
+
+def test_rollback_to_the_base_model_or_the_starter_head_serves_it_here_after_a_restart_and_in_the_trainer(
+        tmp_path, bundled):
+    from poclip.app.live import LiveHead
+    from poclip.engine.starter import load_starter
+
+    svc = make_service(tmp_path, bundled, seed_items=0, starter_head=True)  # the product default
+    try:
+        base, starter = answers(svc)
+        assert base != starter  # the starter head serves a fresh app: its answers are not the base model's
+        with pytest.raises(UserError, match="version id or a named version \\(base\\).*not both"):
+            svc.admin.rollback(3, "base", token=TOKEN)
+        with pytest.raises(UserError, match="one of previous, starter, base"):
+            svc.admin.rollback(to="newest", token=TOKEN)
+
+        result = svc.admin.rollback(to="base", reason="the starter misreads our photos", token=TOKEN)
+        assert (result["kind"], result["serving"]) == ("base", "base model")
+        assert answers(svc) == (base, base)  # aligned = base: no head serves
+        assert "base model (no aligned head" in svc.model_info()
+        assert svc.status()["live_version"] == result["active_version"]
+        assert svc.status()["live_model"].startswith("base model")
+    finally:
+        svc.close()
+
+    svc = make_service(tmp_path, bundled, seed_items=0, starter_head=True)  # a restart on the same data dir
+    try:
+        assert svc.live_head.current.policy is None and answers(svc) == (base, base)
+        # The trainer (or a worker process) follows the same store: it trains from, and gates against, the base.
+        worker = LiveHead(svc.repo, bundled, load_starter(bundled)).sync()
+        assert (worker.version.kind, worker.policy) == ("base", None)
+
+        assert svc.admin.rollback(to="starter", token=TOKEN)["serving"] == "starter head"
+        assert answers(svc) == (base, starter)
+        with pytest.raises(UserError, match="the starter head is already live"):
+            svc.admin.rollback(to="starter", token=TOKEN)
+    finally:
+        svc.close()
+
+    svc = make_service(tmp_path, bundled, seed_items=0, starter_head=True)
+    try:
+        assert svc.live_head.current.label == "starter head (an admin rolled back to it)"
+        assert answers(svc) == (base, starter)
+    finally:
+        svc.close()
+
+    svc = make_service(tmp_path, bundled, seed_items=0, starter_head=False)  # a process without the starter head
+    try:
+        assert answers(svc) == (base, base)  # it serves the base model, and refuses to roll back to a starter
+        svc.admin.rollback(to="base", token=TOKEN)
+        with pytest.raises(UserError, match="no starter head to roll back to: .*POCLIP_STARTER_HEAD is off"):
+            svc.admin.rollback(to="starter", token=TOKEN)
     finally:
         svc.close()

@@ -238,6 +238,11 @@ def test_every_endpoint_answers_a_call_by_name_or_says_what_is_wrong(tmp_path, b
             assert "Snapshot written" in client.predict(token=ADMIN_TOKEN, api_name="/backup")
             refused("version", token=ADMIN_TOKEN, version_id=999, api_name="/promote")
             refused("[Nn]othing to roll back", token=ADMIN_TOKEN, api_name="/rollback")
+            refused("version id or a named version", token=ADMIN_TOKEN, version_id=1, to="base",
+                    api_name="/rollback")
+            assert client.predict(token=ADMIN_TOKEN, to="base", reason="check the API", api_name="/rollback") == \
+                "Rolled back. The base model is live (version 1)."
+            assert client.predict(api_name="/status")["live_model"].startswith("base model")
             refused("Name the Hub dataset", token=ADMIN_TOKEN, api_name="/push_to_hub")
             exported = client.predict(token=ADMIN_TOKEN, api_name="/export")
             assert str(exported).endswith(".parquet")

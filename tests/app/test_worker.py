@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from apphelpers import ONE_PERSON, crowd_pairs_in_store, make_service, make_trainer, truth_by_attack
+from apphelpers import ADMIN_TOKEN, ONE_PERSON, crowd_pairs_in_store, make_service, make_trainer, truth_by_attack
 
 import poclip.app.worker as worker_module
 from annotation_db.models import Sample
@@ -291,3 +291,34 @@ def test_a_beat_thins_a_long_curve_evenly_keeps_the_newest_and_fits_the_store():
     assert len(beat["history"]) == 200 and beat["history"][-1] == {"step": 5001, "loss": None}  # JSON has no NaN
     assert beat["history"][0]["rewards/margins"] == 12.346
     assert len(canonical_json(beat).encode()) < MAX_JSON_BYTES
+
+
+def test_after_a_rollback_to_the_base_model_a_retrain_is_gated_against_it_and_replaces_it(tmp_path, bundled,
+                                                                                          monkeypatch):
+    verdicts = []
+
+    def accept(candidate, live, base, **kwargs):  # the real gate's inputs, recorded; the verdict forced
+        verdicts.append((live, base))
+        return True, "accepted for the test"
+
+    monkeypatch.setattr(worker_module, "gate", accept)
+    # A linear head on 100 gate pictures keeps the run short; what is checked is what the gate compares against.
+    svc = make_service(tmp_path, bundled, seed_items=30, augment_attacks=0, starter_head=True, head="linear",
+                       gate_eval_n=100)
+    try:
+        named = svc.admin.rollback(to="base", token=ADMIN_TOKEN)
+        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        trainer = make_trainer(svc)
+        trainer.request()
+        run = trainer.run_pending()
+        assert run.status == "succeeded", run.error
+        [(live, base)] = verdicts
+        assert live == base  # "live" is what served: the base model, not the starter head this app has
+        assert run.metrics["live_before"] == run.metrics["base"]
+        version = svc.repo.get_version(run.version_id)
+        assert (version.status, version.parent_id) == ("active", named["active_version"])
+        assert svc.repo.get_version(named["active_version"]).status == "archived"  # replaced as usual
+        assert svc.live_head.current.version.id == version.id
+    finally:
+        svc.close()

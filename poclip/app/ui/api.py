@@ -22,6 +22,7 @@ import gradio as gr
 from gradio.context import get_blocks_context
 from gradio.data_classes import FileData
 
+from poclip.app.admin import ROLLBACK_TARGETS
 from poclip.app.compare import VERDICTS
 from poclip.app.service import AppService
 from poclip.app.ui.annotate import ItemView, answer_handler, next_item_handler, skip_handler, undo_handler
@@ -35,11 +36,13 @@ from poclip.app.ui.compare import (
     upload_handler,
     vote_handler,
 )
-from poclip.app.ui.identity import hf_orgs
+from poclip.app.ui.identity import admin_name, hf_orgs
+from poclip.app.ui.train import now_serving
 from poclip.engine.losses import PREFERENCE_LOSSES
 
 Verdict = Literal[VERDICTS]  # type: ignore[valid-type]  # the service's vocabulary, once
 Loss = Literal[tuple(PREFERENCE_LOSSES)]  # type: ignore[valid-type]
+RollbackTarget = Literal[ROLLBACK_TARGETS]  # type: ignore[valid-type]
 
 
 class Confidence(TypedDict):
@@ -220,16 +223,32 @@ class PublicApi:
         """The live model, data counts and the trainer's state."""
         return Status(self.service.status())
 
-    def promote(self, token: str, version_id: int, oauth_token: gr.OAuthToken | None = None) -> Message:
-        """Make version ``version_id`` live (admin)."""
-        live = self.service.admin.promote(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
-        return Message(f"Version {live['active_version']} is live.")
+    def promote(self, token: str, version_id: int, reason: str = "", oauth_token: gr.OAuthToken | None = None,
+                profile: gr.OAuthProfile | None = None) -> Message:
+        """Make version ``version_id`` live (admin).
 
-    def rollback(self, token: str, version_id: int | None = None,
-                 oauth_token: gr.OAuthToken | None = None) -> Message:
-        """Return to version ``version_id``, or to the version live before the current one (admin)."""
-        live = self.service.admin.rollback(version_id, token=token, hf_orgs=hf_orgs(oauth_token))
-        return Message(f"Rolled back: version {live['active_version']} is live.")
+        Args:
+            reason: why; recorded with the admin's name and the time and shown in the versions table. Required to
+                promote a version the promotion gate rejected.
+        """
+        live = self.service.admin.promote(version_id, reason, token=token, hf_orgs=hf_orgs(oauth_token),
+                                          username=admin_name(profile))
+        return Message(now_serving(live))
+
+    def rollback(self, token: str, version_id: int | None = None, to: RollbackTarget = "previous", reason: str = "",
+                 oauth_token: gr.OAuthToken | None = None, profile: gr.OAuthProfile | None = None) -> Message:
+        """Return to version ``version_id``, the version live before the current one, the starter head or the
+        base model (admin).
+
+        Args:
+            version_id: the version to return to (leave ``to`` at "previous").
+            to: "previous" (version_id, or the version live before the current one), "starter" (the shipped starter
+                head) or "base" (the base model, no head).
+            reason: why (optional); recorded as for /promote.
+        """
+        live = self.service.admin.rollback(version_id, to, reason, token=token, hf_orgs=hf_orgs(oauth_token),
+                                           username=admin_name(profile))
+        return Message(f"Rolled back. {now_serving(live)}")
 
     def export(self, token: str, oauth_token: gr.OAuthToken | None = None) -> Export:
         """The preference pairs as a Hugging Face dataset in one parquet file (admin)."""

@@ -55,6 +55,12 @@ def hf_orgs(oauth_token: gr.OAuthToken | None) -> list[str]:
         return []
 
 
+def admin_name(profile: gr.OAuthProfile | None) -> str | None:
+    """The Hugging Face name an admin action is recorded under (None when not logged in: the token names
+    nobody)."""
+    return None if profile is None else profile.username
+
+
 def sign_in_handler(service: AppService, token: str | None, oauth_token: gr.OAuthToken | None = None):
     """Check the admin token (or the Hugging Face login) once; returns (token kept for this page, message).
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import pandas as pd
 
+from annotation_db import VersionInfo, VersionKind
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, user_errors
 from poclip.app.ui.chart import chart_svg
 from poclip.app.ui.counts import counted
-from poclip.app.ui.identity import hf_orgs
+from poclip.app.ui.identity import admin_name, hf_orgs
 from poclip.engine.losses import PREFERENCE_LOSSES
 from poclip.errors import UserError
 
 EVAL_KEYS = ("clean_accuracy", "typographic_accuracy", "attack_success_rate", "kl_drift")
-VERSION_COLUMNS = ["id", "status", "loss", "parent", "created", "typographic acc", "clean acc", "pairs", "reason"]
+VERSION_COLUMNS = ["id", "model", "status", "loss", "parent", "created", "typographic acc", "clean acc", "pairs",
+                   "reason"]
+ROLLBACK_CHOICES = [("the id above, or the version live before the current one", "previous"),
+                    ("the starter head", "starter"), ("the base model (no head)", "base")]
 
 
 def progress_text(service: AppService) -> str:
@@ -67,14 +73,70 @@ def progress_view(service: AppService) -> tuple[str, str, pd.DataFrame]:
     return progress_text(service), chart, table
 
 
+def first_line(text: str) -> str:
+    """The first line of ``text``, marked when more follows (a gate verdict's per-class table, a long reason)."""
+    head, _, rest = text.strip().partition("\n")
+    return head + (" [more in the version's details]" if rest.strip() else "")
+
+
+def version_reason(v: VersionInfo) -> str:
+    """The versions table's short reason: who made the version live by hand and why, the rollback note, and the
+    gate's verdict, each by its first line (whole lines only: a per-class table is never cut in the middle; the
+    details show everything)."""
+    gate = v.metrics.get("gate")
+    parts = []
+    if v.promoted_by:
+        parts.append(f"promoted by {v.promoted_by}" + (f": {first_line(v.promotion_reason)}"
+                                                       if v.promotion_reason else ""))
+    if v.reason and v.reason != gate:
+        parts.append(first_line(v.reason))
+    if gate:
+        parts.append(f"gate: {first_line(gate)}")
+    return "; ".join(parts)
+
+
 def versions_table(service: AppService) -> pd.DataFrame:
-    rows = [{"id": v.id, "status": v.status, "loss": v.metrics.get("loss"), "parent": v.parent_id,
+    rows = [{"id": v.id, "model": v.name, "status": v.status, "loss": v.metrics.get("loss"), "parent": v.parent_id,
              "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
              "typographic acc": (v.metrics.get("candidate") or {}).get("typographic_accuracy"),
              "clean acc": (v.metrics.get("candidate") or {}).get("clean_accuracy"),
-             "pairs": v.metrics.get("pairs"), "reason": v.reason or v.metrics.get("gate", "")}
+             "pairs": v.metrics.get("pairs"), "reason": version_reason(v)}
             for v in service.admin.versions(limit=50)]
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+
+
+def fenced(text: str) -> str:
+    """``text`` as a Markdown code block, line for line (the fence is longer than any run of backticks in it)."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    body = text.strip("\n")
+    return f"{fence}text\n{body}\n{fence}"
+
+
+def version_details(service: AppService, version_id: int | float | None) -> str:
+    """Everything recorded about one version, as Markdown: what it serves, who made it live by hand, when and
+    why, the rollback note, and the gate's verdict with its per-class table, line for line."""
+    if not version_id:
+        return "Click a version's row (or enter its id) to see its full record."
+    v = service.admin.version(int(version_id))
+    at = f" {v.promoted_at:%Y-%m-%d %H:%M} UTC" if v.promoted_at else ""
+    parts = [f"**{v.name.capitalize()}** (id {v.id}, `{v.backbone}`): {v.status}"
+             + (f", live since{at}" if v.status == "active" else "")]
+    if v.promoted_by:
+        parts.append(f"**Promoted by {v.promoted_by}** at{at}" + (f", because:\n\n{fenced(v.promotion_reason)}"
+                                                                   if v.promotion_reason else ""))
+    gate = v.metrics.get("gate")
+    if v.reason and v.reason != gate:
+        parts.append(f"**Note:**\n\n{fenced(v.reason)}")
+    if gate:
+        parts.append(f"**Promotion gate:**\n\n{fenced(gate)}")
+    return "\n\n".join(parts)
+
+
+def now_serving(result: dict) -> str:
+    """What an admin action made live, in words: ``Version 4 is live.`` or ``The base model is live (version 7).``"""
+    if result["kind"] == VersionKind.TRAINED:
+        return f"Version {result['active_version']} is live."
+    return f"The {result['serving']} is live (version {result['active_version']})."
 
 
 def retrain_handler(service: AppService, token: str | None, loss: str | None,
@@ -84,16 +146,24 @@ def retrain_handler(service: AppService, token: str | None, loss: str | None,
     return f"**Trainer:** run {run['run_id']} is {run['status']}; progress appears here."
 
 
-def promote_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
+def promote_handler(service: AppService, token: str | None, version_id, reason: str | None = "",
+                    oauth_token: gr.OAuthToken | None = None, profile: gr.OAuthProfile | None = None):
+    """Promote the version (admin); a version the gate rejected needs the reason typed beside it."""
     if not version_id:
         raise UserError("Enter the id of the version to promote.")
-    service.admin.promote(int(version_id), token=token, hf_orgs=hf_orgs(oauth_token))
-    return f"Version {int(version_id)} is live.", versions_table(service)
+    result = service.admin.promote(int(version_id), reason or "", token=token, hf_orgs=hf_orgs(oauth_token),
+                                   username=admin_name(profile))
+    return now_serving(result), versions_table(service), version_details(service, result["active_version"])
 
 
-def rollback_handler(service: AppService, token: str | None, version_id, oauth_token: gr.OAuthToken | None = None):
-    result = service.admin.rollback(int(version_id) if version_id else None, token=token, hf_orgs=hf_orgs(oauth_token))
-    return f"Rolled back: version {result['active_version']} is live.", versions_table(service)
+def rollback_handler(service: AppService, token: str | None, version_id, to: str | None = "previous",
+                     reason: str | None = "", oauth_token: gr.OAuthToken | None = None,
+                     profile: gr.OAuthProfile | None = None):
+    """Roll back (admin) to the version id given, the version live before, the starter head or the base model."""
+    result = service.admin.rollback(int(version_id) if version_id else None, to or "previous", reason or "",
+                                    token=token, hf_orgs=hf_orgs(oauth_token), username=admin_name(profile))
+    return (f"Rolled back. {now_serving(result)}", versions_table(service),
+            version_details(service, result["active_version"]))
 
 
 def build_train(service: AppService, admin_token: gr.State) -> dict:
@@ -106,30 +176,49 @@ def build_train(service: AppService, admin_token: gr.State) -> dict:
     chart = gr.HTML(chart_svg([]), elem_id="train-chart-box")
     before_after = gr.Dataframe(label="Promotion gate of the latest run: live model before, candidate, base",
                                 interactive=False, headers=GATE_COLUMNS)
-    versions = gr.Dataframe(label="Model versions", interactive=False, headers=VERSION_COLUMNS)
+    versions = gr.Dataframe(label="Model versions (click a row for its full record)", interactive=False,
+                            headers=VERSION_COLUMNS, wrap=True, elem_id="versions-table")
     with gr.Row():
-        version_id = gr.Number(label="Version id", precision=0)
-        promote_btn = gr.Button("Promote")
-        rollback_btn = gr.Button("Roll back (to this id, or to the version live before the current one)")
+        version_id = gr.Number(label="Version id", precision=0, scale=1)
+        reason = gr.Textbox(label="Reason (recorded with your name; required to promote a version the gate "
+                                  "rejected)", max_lines=4, scale=3, elem_id="admin-reason")
+    with gr.Row():
+        promote_btn = gr.Button("Promote", scale=1)
+        target = gr.Radio(ROLLBACK_CHOICES, value="previous", label="Roll back to", scale=3)
+        rollback_btn = gr.Button("Roll back", scale=1)
     admin_message = gr.Markdown(elem_id="admin-message")
+    details = gr.Markdown(version_details(service, None), elem_id="version-details")
 
     @user_errors
     def on_retrain(token, loss_name, oauth_token: gr.OAuthToken | None = None):
         return retrain_handler(service, token, loss_name, oauth_token)
 
     @user_errors
-    def on_promote(token, version, oauth_token: gr.OAuthToken | None = None):
-        return promote_handler(service, token, version, oauth_token)
+    def on_promote(token, version, why, oauth_token: gr.OAuthToken | None = None,
+                   profile: gr.OAuthProfile | None = None):
+        return promote_handler(service, token, version, why, oauth_token, profile)
 
     @user_errors
-    def on_rollback(token, version, oauth_token: gr.OAuthToken | None = None):
-        return rollback_handler(service, token, version, oauth_token)
+    def on_rollback(token, version, to, why, oauth_token: gr.OAuthToken | None = None,
+                    profile: gr.OAuthProfile | None = None):
+        return rollback_handler(service, token, version, to, why, oauth_token, profile)
+
+    @user_errors
+    def on_details(version):
+        return version_details(service, version)
+
+    def on_select(event: gr.SelectData):
+        chosen = event.row_value[0] if event.row_value else None
+        return chosen, version_details(service, chosen)
 
     # The token comes from the page's sign-in state; API clients pass theirs to /retrain, /promote, /rollback.
     private = {"api_visibility": "private", **QUIET}
     retrain_btn.click(on_retrain, [admin_token, loss], progress, **private)
-    promote_btn.click(on_promote, [admin_token, version_id], [admin_message, versions], **private)
-    rollback_btn.click(on_rollback, [admin_token, version_id], [admin_message, versions], **private)
+    promote_btn.click(on_promote, [admin_token, version_id, reason], [admin_message, versions, details], **private)
+    rollback_btn.click(on_rollback, [admin_token, version_id, target, reason], [admin_message, versions, details],
+                       **private)
+    versions.select(on_select, None, [version_id, details], **private)
+    version_id.submit(on_details, version_id, details, **private)
 
     def refresh():
         text, svg, table = progress_view(service)
