@@ -31,7 +31,7 @@ def test_annotate_data_and_status_show_the_same_labels_crowd_pairs_and_replay_pa
     try:
         me = svc.identity.issue()
         shown = next_item_handler(svc, handle="ann", anon_id=me)
-        for _ in range(12):
+        for _ in range(16):  # gold and held-out items among them; at least 10 pairs are left to train on
             truth = TRUTH[TextAttack.from_dict(svc.repo.get_sample(shown.sample_id).attack).to_json()]
             shown = answer_handler(svc, sample_id=shown.sample_id, chosen=truth, handle="ann", anon_id=me)
         trainer = make_trainer(svc)
@@ -50,9 +50,9 @@ def test_annotate_data_and_status_show_the_same_labels_crowd_pairs_and_replay_pa
         assert annotate == data == {key: status[key] for key in annotate}, (annotate, data, status)
         rejected = svc.repo.get_version(run.version_id).status == "rejected"
         new = crowd_pairs_in_store(svc.repo) - used
-        assert status == {**status, "labels": 15, "judgments": 15, "crowd_pairs": used + new, "replay_pairs": 200,
+        assert status == {**status, "labels": 19, "judgments": 19, "crowd_pairs": used + new, "replay_pairs": 200,
                           "next_retrain_after_crowd_pairs": 50 * (2 if rejected else 1) - new}
-        assert shown.counter.startswith("**15** labels from you (ann) · **15** labels from 1 person · ")
+        assert shown.counter.startswith("**19** labels from you (ann) · **19** labels from 1 person · ")
     finally:
         svc.close()
 
