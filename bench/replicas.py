@@ -113,7 +113,8 @@ def measure(args: argparse.Namespace, work: Path) -> int:
            "POCLIP_STARTER_HEAD": "0",
            # Every simulated person answers truthfully from 127.0.0.1: the per-address limits and the gold check
            # (tested on their own) would only throttle this run or leave its first labels out of training.
-           "POCLIP_CLIENT_RATE_LIMIT": "off", "POCLIP_CLIENT_NEW_ANNOTATORS": "off", "POCLIP_MIN_GOLD_SEEN": "0"}
+           "POCLIP_CLIENT_RATE_LIMIT": "off", "POCLIP_CLIENT_NEW_ANNOTATORS": "off", "POCLIP_CLIENT_PREDICTIONS": "off",
+           "POCLIP_MIN_GOLD_SEEN": "0"}
     procs = Processes(work, env)
     settings = Settings(data_dir=work / "shared", database_url=url)
     truth = seeded_truth(4 * args.labels)

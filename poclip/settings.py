@@ -152,11 +152,25 @@ class Settings:
     max_annotator_share: float = option(0.25, env="POCLIP_MAX_ANNOTATOR_SHARE", parse=float, low=0, low_open=True,
                                         high=1, help="largest share of a training set's items one annotator's "
                                                      "votes may decide (`1`: no cap)")
+    client_predictions: str = option(
+        "60/60", env="POCLIP_CLIENT_PREDICTIONS",
+        help="predictions (`/predict` calls and Predict presses) per client network address per window, "
+             "`COUNT/SECONDS`, or `off`; the default never stops one press a second")
+    client_record_share: float = option(
+        0.125, env="POCLIP_CLIENT_RECORD_SHARE", parse=float, low=0, low_open=True, high=1,
+        help="share of the kept comparisons (512 records, 512 MB) one client network address may hold: past it, its "
+             "own oldest go first, so a flood of predictions never expires another visitor's comparison")
     decode_budget_mp: float = option(
         100.0, env="POCLIP_DECODE_BUDGET_MP", parse=float, low=0, low_open=True,
-        help="megapixels all concurrent uploads may hold decoded at once (about 8 bytes each: 0.8 GB); eight "
-             "concurrent 128 KB PNGs of 6320x6320 grew the process by 2,144 MB without the budget and 465 MB "
-             "with it, in the same time (`python bench/decode_budget.py`, one run, shared 2-core machine)")
+        help="megapixels all concurrent uploads may hold decoded at once (about 4.5 bytes each, 8 with "
+             "transparency: 0.45-0.8 GB); eight concurrent 128 KB PNGs of 6320x6320 grew the process's peak by "
+             "1,262 MB without the budget and 173 MB with it, in the same time (`python bench/decode_budget.py`, one "
+             "run, busy shared 2-core machine)")
+    client_decode_share: float = option(
+        0.5, env="POCLIP_CLIENT_DECODE_SHARE", parse=float, low=0, low_open=True, high=1,
+        help="share of the decode budget one client network address may hold, decoding or waiting; past it, its "
+             "next upload is refused at once (\"wait until yours are open\"), and waiting uploads are served "
+             "lightest address first. An address holding nothing may always open one picture")
     decode_wait_s: float = option(10.0, env="POCLIP_DECODE_WAIT_S", parse=float, low=0,
                                   help="how long an upload waits for decoding room before \"server busy, try "
                                        "again\"")

@@ -4,6 +4,8 @@ that must come out upright, RGB, bounded and faithful. Shared by the validator, 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,10 +37,22 @@ def _animated() -> bytes:
     return buf.getvalue()
 
 
-def _rotated() -> bytes:
+def _rotated(size: tuple[int, int] = (60, 20)) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to display
-    return encode(Image.new("RGB", (60, 20), "blue"), "JPEG", exif=exif)
+    return encode(Image.new("RGB", size, "blue"), "JPEG", exif=exif)
+
+
+def lying_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` RGB pixels while its data holds four rows (Pillow would
+    allocate them all and fill in the rest)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 4, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 def _palette(transparent: bool) -> bytes:
@@ -73,6 +87,8 @@ CORPUS: list[Case] = [
     Case("random bytes", "noise.bin", lambda: bytes(np.random.default_rng(0).integers(128, 256, 600, dtype=np.uint8)),
          message="not a picture in a format"),
     Case("decompression bomb", "bomb.png", lambda: encode(Image.new("1", (9000, 9000))), message="megapixels"),
+    Case("150-byte PNG declaring 36 megapixels", "liar.png", lambda: lying_png(6000, 6000),
+         message="cannot hold that many pixels"),
     Case("20000x20000 PNG", "huge.png", lambda: encode(Image.new("1", (20000, 20000))), message="megapixels"),
     Case("1 pixel", "dot.png", lambda: encode(Image.new("RGB", (1, 1), "red")), message="only 1x1 pixels"),
     Case("1x40000 strip", "strip.png", lambda: encode(Image.new("L", (1, 40000))), message="only 1x40000 pixels"),
@@ -101,4 +117,9 @@ CORPUS: list[Case] = [
     Case("WebP", "pic.webp", lambda: encode(Image.new("RGB", (48, 48), "yellow"), "WEBP"),
          check=_is((255, 255, 0), tol=10)),
     Case("1-bit PNG", "bits.png", lambda: encode(Image.new("1", (32, 32), 1)), check=_is((255, 255, 255))),
+    # large ones: shrunk before they are turned upright or flattened, with the same result
+    Case("large EXIF-rotated JPEG", "turned-big.jpg", lambda: _rotated((3000, 1000)),
+         check=lambda im: im.size == (341, 1024) and _is((0, 0, 255), tol=10)(im)),
+    Case("large transparent PNG", "clear-big.png", lambda: encode(Image.new("RGBA", (2400, 1200), (255, 0, 0, 0))),
+         check=lambda im: im.size == (1024, 512) and _is((255, 255, 255))(im)),
 ]

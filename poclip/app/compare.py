@@ -85,18 +85,19 @@ class Comparisons:
         encoder: the backbone; its image tower's passes are shared by concurrent requests.
         live_head: the aligned version serving (read once per comparison).
         repo: where a vote's picture, sample and judgment are written together.
-        visitors: who votes, and the per-address limits.
+        visitors: who predicts and votes, and the per-address limits.
         seeding: the stored label sets a vote's labels belong to.
+        records: where predictions are kept for their votes (default: a store with its default bounds).
     """
 
     def __init__(self, encoder: ClipEncoder, live_head: LiveHead, repo: Repository, visitors: Visitors,
-                 seeding: Seeding) -> None:
+                 seeding: Seeding, records: ComparisonStore | None = None) -> None:
         self.encoder = encoder
         self.live_head = live_head
         self.repo = repo
         self.visitors = visitors
         self.seeding = seeding
-        self.records = ComparisonStore()
+        self.records = records or ComparisonStore()
         # Concurrent Compare requests share image-tower passes (see poclip.app.batching).
         self.batcher = ImageBatcher(encoder.encode_pixels)
         self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
@@ -175,13 +176,18 @@ class Comparisons:
             shared: for uploads, the person agreed that the picture is stored with their vote and shown to
                 other annotators; without it a vote on an upload is refused.
         Returns:
-            The kept comparison; its ``id`` is what a vote names.
+            The kept comparison; its ``id`` is what a vote names. It is kept under the request's network address,
+            which holds a bounded share of the records (:class:`~poclip.app.comparisons.ComparisonStore`).
+        Raises:
+            ClientLimited: the address is over its prediction rate (nothing is computed or kept).
         """
         if source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}.")
+        self.visitors.admit_prediction()
         result = self.compare(image, labels, attack, template, t, normalize=False)
         shown_left = (rng or random).choice(SIDES) if arena else "base"
-        return self.records.put(replace(result, shown_left=shown_left, source=source, shared=bool(shared)))
+        return self.records.put(replace(result, shown_left=shown_left, source=source, shared=bool(shared)),
+                                self.visitors.client())
 
     def comparison(self, comparison_id: str) -> Comparison:
         """The kept comparison with this id (:class:`~poclip.app.comparisons.ComparisonExpired`, a UserError,

@@ -4,8 +4,14 @@ A comparison record is made when the models answer and is looked up by its id wh
 browser holds only the id; the picture, the attack, the label set, which model was on which side and both
 answers stay here, so a vote cannot be stored against predictions that were never on screen.
 
-Records live in memory, bounded by a count, a byte budget and an age limit (least recently used first);
-put, get and eviction are O(1) amortised, independent of how many comparisons were ever made.
+Records live in memory, bounded by a count, a byte budget and an age limit. The pool is shared by every visitor,
+so each record is kept under the client (network address) whose Predict made it, and one client may hold at most
+``client_share`` of the pool (its count and its bytes): past that its own least recently used records go. When
+the pool is full, the requesting client's own least recently used records go first, and only when it holds no
+other the heaviest client's. A flood of predictions from one address therefore never evicts another visitor's
+comparison. put and get are O(1) amortised, independent of how many comparisons were ever made; when a client
+under its share meets a full pool, finding the heaviest client is O(clients holding records), at most
+``max_records``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -84,29 +90,45 @@ class Comparison:
 
     @property
     def n_bytes(self) -> int:
-        """Memory the record holds, approximately (both pictures, 3 bytes a pixel)."""
-        return 3 * (self.picture.width * self.picture.height + self.seen.width * self.seen.height)
+        """Memory the record holds, approximately (both pictures; Pillow keeps an RGB pixel in 4 bytes)."""
+        return 4 * (self.picture.width * self.picture.height + self.seen.width * self.seen.height)
 
 
 def new_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+@dataclass
+class _Holding:
+    """One client's records in the pool: ids least recently used first, and their bytes."""
+
+    ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    n_bytes: int = 0
+
+
 class ComparisonStore:
-    """A bounded, thread-safe map id -> :class:`Comparison` (least recently used evicted first).
+    """A bounded, thread-safe map id -> :class:`Comparison`, shared by clients (see the module's docstring).
 
     Args:
         max_records: at most this many records.
-        max_bytes: at most this much picture memory in all (a 1024 px upload is about 6 MB with its
-            attacked copy); the oldest records go first when a new one would not fit.
+        max_bytes: at most this much picture memory in all (a 1024 px upload is about 8 MB with its
+            attacked copy).
         ttl_s: a record older than this is gone (the person must predict again).
+        client_share: the share of ``max_records`` and of ``max_bytes`` one client may hold (records put with no
+            client, by calls from Python itself, have no share limit).
         clock: seconds, monotonic; tests pass their own.
     """
 
     def __init__(self, max_records: int = 512, max_bytes: int = 512 * 2**20, ttl_s: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 client_share: float = 0.125, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < client_share <= 1:
+            raise ValueError(f"a client's share of the comparison records must be in (0, 1], got {client_share!r}")
         self.max_records, self.max_bytes, self.ttl_s, self._clock = max_records, max_bytes, ttl_s, clock
-        self._records: OrderedDict[str, Comparison] = OrderedDict()
+        self.client_records = max(1, int(max_records * client_share))
+        self.client_bytes = int(max_bytes * client_share)
+        self._records: OrderedDict[str, Comparison] = OrderedDict()  # least recently used first
+        self._owner: dict[str, str | None] = {}  # id -> the client that made it
+        self._clients: dict[str | None, _Holding] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -120,15 +142,24 @@ class ComparisonStore:
     def now(self) -> float:
         return self._clock()
 
-    def put(self, record: Comparison) -> Comparison:
-        """Keep ``record`` (its ``created`` stamped now); evicts expired, then least recently used records."""
-        from dataclasses import replace
+    def held_by(self, client: str | None) -> int:
+        """How many records ``client`` holds."""
+        holding = self._clients.get(client)
+        return len(holding.ids) if holding else 0
 
+    def put(self, record: Comparison, client: str | None = None) -> Comparison:
+        """Keep ``record`` (its ``created`` stamped now) for ``client``; evicts expired records, then the client's
+        own beyond its share, then (pool full) the client's own or the heaviest client's, least recently used
+        first."""
         record = replace(record, created=self._clock())
         with self._lock:
             self._records[record.id] = record
+            self._owner[record.id] = client
+            holding = self._clients.setdefault(client, _Holding())
+            holding.ids[record.id] = None
+            holding.n_bytes += record.n_bytes
             self._bytes += record.n_bytes
-            self._evict(record.created)
+            self._evict(record.created, client)
         return record
 
     def get(self, comparison_id: str | None) -> Comparison:
@@ -143,18 +174,38 @@ class ComparisonStore:
                 self._drop(comparison_id)
                 raise ComparisonExpired(EXPIRED_MESSAGE)
             self._records.move_to_end(comparison_id)
+            self._clients[self._owner[comparison_id]].ids.move_to_end(comparison_id)
             return record
 
     def _drop(self, key: str) -> None:
-        self._bytes -= self._records.pop(key).n_bytes
+        record = self._records.pop(key)
+        client = self._owner.pop(key)
+        holding = self._clients[client]
+        del holding.ids[key]
+        holding.n_bytes -= record.n_bytes
+        if not holding.ids:
+            del self._clients[client]
+        self._bytes -= record.n_bytes
 
-    def _evict(self, now: float) -> None:
-        # Oldest first in the OrderedDict (gets move records to the end), so each loop stops at the first
-        # record that may stay: O(number evicted).
+    def _drop_oldest_of(self, client: str | None) -> None:
+        self._drop(next(iter(self._clients[client].ids)))
+
+    def _evict(self, now: float, client: str | None) -> None:
+        # Expired records, oldest first in the OrderedDict (gets move records to the end), so the loop stops at
+        # the first record that may stay: O(number evicted).
         while self._records:
             key, oldest = next(iter(self._records.items()))
-            too_old = now - oldest.created > self.ttl_s
-            too_many = len(self._records) > self.max_records or self._bytes > self.max_bytes
-            if not (too_old or too_many) or len(self._records) == 1 and not too_old:
+            if now - oldest.created <= self.ttl_s:
                 break
             self._drop(key)
+        mine = self._clients[client]
+        if client is not None:  # the client's share: its own least recently used go
+            while len(mine.ids) > 1 and (len(mine.ids) > self.client_records or mine.n_bytes > self.client_bytes):
+                self._drop_oldest_of(client)
+        while (len(self._records) > self.max_records or self._bytes > self.max_bytes) and len(self._records) > 1:
+            if len(mine.ids) > 1:
+                self._drop_oldest_of(client)
+            else:  # the newcomer holds only this record: the heaviest client gives one up
+                heaviest = max((c for c in self._clients if c != client),
+                               key=lambda c: (self._clients[c].n_bytes, len(self._clients[c].ids)))
+                self._drop_oldest_of(heaviest)

@@ -1,11 +1,15 @@
-"""Per-client limits: how fast one network address may record labels and create annotators.
+"""Per-client limits: how fast one network address may predict, record labels and create annotators.
 
 The per-annotator rate limit lives in the database (:mod:`annotation_db`), but handles and anonymous ids cost
 nothing to rotate: ten rotating handles from one machine each stayed under it. The address a request comes
 from is what such a client cannot rotate cheaply, so the app also limits, per address:
 
 - judgments (votes and answers) per window, beside the per-annotator limit;
-- new annotator rows per window (the first request of a handle or anonymous id nobody used before).
+- new annotator rows per window (the first request of a handle or anonymous id nobody used before);
+- predictions per window: each costs an image-tower pass and a kept comparison record.
+
+The address is also the key of each client's share of the pools visitors share (comparison records in
+:mod:`poclip.app.comparisons`, the decode budget in :mod:`poclip.world.decode_budget`).
 
 The client's address is ``request.client.host``, or, behind ``proxy_hops`` trusted reverse proxies (a Space has
 one), the address the outermost of them saw: the ``proxy_hops``-th ``X-Forwarded-For`` entry from the right,
@@ -85,8 +89,9 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._tat)
 
-    def hit(self, key: str) -> float:
-        """Count one event for ``key``; 0.0 when allowed, else the seconds until one would be (not counted)."""
+    def hit(self, key: str, *, count: bool = True) -> float:
+        """Count one event for ``key``; 0.0 when allowed, else the seconds until one would be (not counted).
+        With ``count=False`` only the answer is given (a look before costly work the event would start)."""
         with self._lock:
             now = self._clock()
             while self._tat and next(iter(self._tat.values())) <= now:  # amortised O(1)
@@ -94,6 +99,8 @@ class RateLimiter:
             tat = max(self._tat.get(key, now), now)
             if tat - now > self._burst:
                 return tat - now - self._burst
+            if not count:
+                return 0.0
             self._tat[key] = tat + self._interval
             self._tat.move_to_end(key)
             if len(self._tat) > self._max_keys:
@@ -152,16 +159,25 @@ def client_address(origin: RequestOrigin, proxy_hops: int = 0) -> str | None:
 
 
 class ClientLimits:
-    """The app's per-address limits on judgments and on new annotators (either may be None: off)."""
+    """The app's per-address limits on judgments, new annotators and predictions (any may be None: off)."""
 
     def __init__(self, judgments: Rate | None, new_annotators: Rate | None, proxy_hops: int = 0, *,
-                 clock: Callable[[], float] = time.monotonic, max_clients: int = MAX_CLIENTS) -> None:
+                 predictions: Rate | None = None, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = MAX_CLIENTS) -> None:
         if proxy_hops < 0:
             raise ValueError(f"proxy_hops must be 0 or more, got {proxy_hops}")
         self.proxy_hops = proxy_hops
-        self.judgments = RateLimiter(judgments, clock=clock, max_keys=max_clients) if judgments else None
-        self.new_annotators = RateLimiter(new_annotators, clock=clock, max_keys=max_clients) if new_annotators \
-            else None
+
+        def limiter(rate: Rate | None) -> RateLimiter | None:
+            return RateLimiter(rate, clock=clock, max_keys=max_clients) if rate else None
+
+        self.judgments = limiter(judgments)
+        self.new_annotators = limiter(new_annotators)
+        self.predictions = limiter(predictions)
+
+    def client(self, origin: RequestOrigin | None) -> str | None:
+        """The key of the client behind ``origin`` (:func:`client_address`); None outside a request."""
+        return client_address(origin, self.proxy_hops) if origin is not None else None
 
     def admit_judgment(self, origin: RequestOrigin | None) -> None:
         """Count one judgment from ``origin``; ClientLimited when its address is over the limit."""
@@ -171,13 +187,15 @@ class ClientLimits:
         """Count one new annotator (handle or anonymous id) from ``origin``; ClientLimited when over."""
         self._admit(self.new_annotators, origin, "new annotator names or anonymous ids")
 
-    def _admit(self, limiter: RateLimiter | None, origin: RequestOrigin | None, what: str) -> None:
-        if limiter is None or origin is None:
+    def admit_prediction(self, origin: RequestOrigin | None, *, count: bool = True) -> None:
+        """Count one prediction from ``origin`` (``count=False``: only check); ClientLimited when over."""
+        self._admit(self.predictions, origin, "predictions", count=count)
+
+    def _admit(self, limiter: RateLimiter | None, origin: RequestOrigin | None, what: str,
+               count: bool = True) -> None:
+        if limiter is None or (key := self.client(origin)) is None:
             return
-        key = client_address(origin, self.proxy_hops)
-        if key is None:
-            return
-        wait = limiter.hit(key)
+        wait = limiter.hit(key, count=count)
         if wait > 0:
             raise ClientLimited(f"Too many {what} from your network address (at most {limiter.rate}); "
                                 f"try again in {max(1, round(wait))} s.")

@@ -25,6 +25,7 @@ from annotation_db import Repository, RepositoryConfig, open_repository
 from poclip.app.admin import Administration
 from poclip.app.annotation import Annotation
 from poclip.app.compare import Comparisons
+from poclip.app.comparisons import ComparisonStore
 from poclip.app.identity import Identity, server_secret
 from poclip.app.limits import ClientLimits, Rate
 from poclip.app.live import LiveHead
@@ -53,7 +54,8 @@ def client_limits(settings: Settings) -> ClientLimits:
     """The per-address limits from the app's settings (see :mod:`poclip.app.limits`)."""
     return ClientLimits(Rate.parse(settings.client_rate_limit, "POCLIP_CLIENT_RATE_LIMIT"),
                         Rate.parse(settings.client_new_annotators, "POCLIP_CLIENT_NEW_ANNOTATORS"),
-                        settings.proxy_hops)
+                        settings.proxy_hops,
+                        predictions=Rate.parse(settings.client_predictions, "POCLIP_CLIENT_PREDICTIONS"))
 
 
 class AppService:
@@ -77,7 +79,8 @@ class AppService:
         self.client_limits = client_limits(settings)
         self.visitors = Visitors(self.identity, self.client_limits, repo)
         self.seeding = Seeding(repo, encoder, secret, settings.seed_items)
-        self.comparisons = Comparisons(encoder, self.live_head, repo, self.visitors, self.seeding)
+        self.comparisons = Comparisons(encoder, self.live_head, repo, self.visitors, self.seeding,
+                                       ComparisonStore(client_share=settings.client_record_share))
         self.annotation = Annotation(repo, self.visitors, self.comparisons)
         self.admin = Administration(settings, repo, self.live_head, self.seeding)
         self.training = TrainingControl(repo, self.admin.require_admin)
@@ -86,7 +89,8 @@ class AppService:
     def create(cls, settings: Settings, encoder: ClipEncoder | None = None) -> AppService:
         """Open (restore, migrate) the database, load the model, seed annotation items, load the live head."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        DECODE_BUDGET.configure(settings.decode_budget_mp, settings.decode_wait_s)  # the process's uploads
+        # The process's uploads: the budget, and each address's share of it.
+        DECODE_BUDGET.configure(settings.decode_budget_mp, settings.decode_wait_s, settings.client_decode_share)
         encoder = encoder or load_model(settings.model_spec, settings)
         if settings.head:  # POCLIP_HEAD: refused before anything is opened, whichever process trains
             check_head(encoder, settings.head)

@@ -74,6 +74,16 @@ class Visitors:
         except NotFoundError:
             return None
 
+    def client(self) -> str | None:
+        """The network address the request in flight comes from (the key of its per-address limits and of its
+        share of shared pools); None for direct calls from Python."""
+        return self.limits.client(current_origin())
+
+    def admit_prediction(self, *, count: bool = True) -> None:
+        """Count one prediction against the request's address (``count=False``: only check, before the work a
+        prediction starts, such as decoding its upload); :class:`~poclip.app.limits.ClientLimited` when over."""
+        self.limits.admit_prediction(current_origin(), count=count)
+
     def admit(self, annotator: str, *, judgment: bool) -> None:
         """Count the request in flight against its address: a handle this database has not seen yet counts as a
         new annotator, and ``judgment`` counts one label. :class:`~poclip.app.limits.ClientLimited` (a

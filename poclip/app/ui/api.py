@@ -167,8 +167,11 @@ class PublicApi:
         """
         controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
                             arena, share)
-        # Gradio hands the upload over as its file record (a dict): the raw file's path, not yet decoded.
-        shown = predict_handler(self.service, upload_handler(picture["path"]), controls)
+        # An address over its prediction rate is refused before its upload is decoded. Gradio hands the upload
+        # over as its file record (a dict): the raw file's path, not yet decoded.
+        visitors = self.service.visitors
+        visitors.admit_prediction(count=False)
+        shown = predict_handler(self.service, upload_handler(picture["path"], visitors.client()), controls)
         return Prediction(FileData(path=shown_file(shown.seen)), top5(shown.left), top5(shown.right),
                           shown.left_title, shown.right_title, shown.comparison_id, list(shown.labels))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from contextlib import AbstractContextManager
 
 import gradio as gr
 from gradio.context import LocalContext
@@ -49,6 +50,12 @@ def origin_of(request: gr.Request | None) -> RequestOrigin | None:
     return RequestOrigin(getattr(client, "host", None), headers.get("x-forwarded-for"))
 
 
+def as_requested() -> AbstractContextManager[None]:
+    """Within the block, the service sees the origin of the Gradio event being processed in this thread (for
+    handlers that report their own refusals instead of going through :func:`user_errors`)."""
+    return request_origin(origin_of(LocalContext.request.get(None)))
+
+
 def user_errors(fn):
     """Wrap an event handler: user errors -> ``gr.Error`` with the app's message, logged on one line.
 
@@ -60,7 +67,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with request_origin(origin_of(LocalContext.request.get(None))):
+            with as_requested():
                 return fn(*args, **kwargs)
         except gr.Error as exc:
             exc.print_exception = False

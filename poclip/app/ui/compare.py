@@ -157,11 +157,12 @@ def compare_examples(backbone: str) -> tuple[list[Example], str]:
 # ----- handlers (plain functions of the service; tests call them by keyword) ----------------------------------
 
 
-def upload_handler(path: str | None) -> Picture | None:
-    """The app's validator on the raw uploaded file; ``None`` when the upload was cleared."""
+def upload_handler(path: str | None, client: str | None = None) -> Picture | None:
+    """The app's validator on the raw uploaded file, decoded within ``client``'s share of the decode budget (its
+    network address: :meth:`~poclip.app.visitors.Visitors.client`); ``None`` when the upload was cleared."""
     if not path:
         return None
-    return Picture(open_image(path), "upload")
+    return Picture(open_image(path, client=client), "upload")
 
 
 def upload_refusal(exc: BaseException) -> tuple[str, str]:

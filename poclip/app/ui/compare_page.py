@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from poclip.app.service import AppService
-from poclip.app.ui.boundary import QUIET, USER_ERRORS, user_errors
+from poclip.app.ui.boundary import QUIET, USER_ERRORS, as_requested, user_errors
 from poclip.app.ui.compare import (
     CONSENT,
     CUSTOM,
@@ -167,12 +167,13 @@ def compare_layout(examples: list[Example], credit: str, presets: list[str]) -> 
     return CompareView(**states, **left, **right, controls=controls)
 
 
-def picture_events(view: CompareView, examples: list[Example]) -> None:
+def picture_events(service: AppService, view: CompareView, examples: list[Example]) -> None:
     """Upload, example and synthetic object: each replaces the picture (and an example may set the label set)."""
 
     def on_upload(path):
         try:
-            loaded = upload_handler(path)
+            with as_requested():  # the upload is decoded within its address's share of the decode budget
+                loaded = upload_handler(path, service.visitors.client())
         except USER_ERRORS as exc:  # shown beside the upload; the previous picture is cleared
             message, note = upload_refusal(exc)
             gr.Warning(message)
@@ -273,7 +274,7 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     backbone = service.encoder.model_spec.name
     examples, credit = compare_examples(backbone)
     view = compare_layout(examples, credit, list(presets_for(backbone)))
-    picture_events(view, examples)
+    picture_events(service, view, examples)
     staleness_events(view)
     predict_events(service, view)
     vote_events(service, view, handle_box, anon_id)
