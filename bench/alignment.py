@@ -5,7 +5,7 @@
 
 One run, same data and seeds for every column: 1,000 training pairs and 1,000 clean pictures from the
 training streams (``pairs:0:i``, ``clean:0:i``), 1,000 held-out evaluation pictures (``eval:2024:i``, never
-seen in training) written on with each attack family of :data:`poclip.engine.evaluate.ATTACK_FAMILIES`
+seen in training) written on with each attack family of :data:`poclip.world.styles.ATTACK_FAMILIES`
 (text seeds ``eval-text:...``, disjoint from training; the held-out font and the neutral evaluation words are
 never used by training). Columns: the base model, the linear head (CE / DPO / KTO on the paper's pairs, DPO with
 the invariant recipe), the projection head with the invariant recipe, and the tower head :data:`TOWER_HEAD` (DPO /
@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poclip.engine.config import DEFAULT_HEAD, RECIPES, TrainConfig  # noqa: E402
 from poclip.engine.embed_cache import EmbeddingCache  # noqa: E402
-from poclip.engine.evaluate import ATTACK_FAMILIES, embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
+from poclip.engine.evaluate import embed_synth_eval, evaluate_policy, sweep_strength  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.engine.policy import Policy  # noqa: E402
 from poclip.engine.preferences import synth_clean, synth_preferences  # noqa: E402
 from poclip.engine.train import train  # noqa: E402
 from poclip.world import synth  # noqa: E402
+from poclip.world.styles import ATTACK_FAMILIES  # noqa: E402
 
 TOWER_HEAD = "last_blocks:2"  # the tower columns: the last two residual blocks and the attention pool
 # column -> (config, recipe). "paper" = the paper's pairs (one wrong word) and objective; "family" = pairs from

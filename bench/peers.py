@@ -3,7 +3,7 @@
     python bench/peers.py --json bench/results/peers.json            # the published numbers (n = 1000)
     python bench/peers.py --n 40 --columns base,prompts              # a quick look
 
-Rows: every attack family of :data:`poclip.engine.evaluate.ATTACK_FAMILIES` (held-out pictures ``eval:2024:i``
+Rows: every attack family of :data:`poclip.world.styles.ATTACK_FAMILIES` (held-out pictures ``eval:2024:i``
 with that family's text, as in bench/alignment.py), ``clean`` (the same pictures without text) and ``reading``
 (word-only signs whose word is the answer, :mod:`poclip.engine.defenses.reading`). With a real backbone
 (``--model``), also the real photos (``distill-wild``): ``wild_attacked``, ``wild_blank`` and ``wild_own_word``.
@@ -36,11 +36,11 @@ from poclip.engine.defenses.paint import Paint  # noqa: E402
 from poclip.engine.defenses.prefix import DefensePrefix  # noqa: E402
 from poclip.engine.defenses.prompts import PromptEnsemble  # noqa: E402
 from poclip.engine.defenses.reading import READING_SEED, reading_set  # noqa: E402
-from poclip.engine.evaluate import ATTACK_FAMILIES, family_attack  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
 from poclip.world import synth  # noqa: E402
 from poclip.world.attacks import render  # noqa: E402
+from poclip.world.styles import ATTACK_FAMILIES, family_attack  # noqa: E402
 
 COLUMNS: dict[str, type[Defense]] = {
     "base": BaseModel, "prompts": PromptEnsemble, "prefix": DefensePrefix, "ablation": Ablation,

@@ -226,11 +226,13 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
 # ----- a careful annotator -------------------------------------------------------------------------------------
 
 
-def seeded_truth(n: int) -> dict[str, str]:
-    """attack JSON -> true shape for the app's first ``n`` seeded annotation items: what a careful person answers."""
-    from poclip.app.seeding import annotation_item
+def seeded_truth(n: int, families: tuple[str, ...] | None = None) -> dict[str, str]:
+    """attack JSON -> true shape for the app's first ``n`` seeded annotation items (written in ``families``, the
+    app's default when None): what a careful person answers."""
+    from poclip.app.seeding import ANNOTATE_FAMILIES, annotation_item
 
-    return {attack.to_json(): scene.shape for scene, attack in map(annotation_item, range(n))}
+    items = (annotation_item(i, families or ANNOTATE_FAMILIES) for i in range(n))
+    return {attack.to_json(): scene.shape for scene, attack in items}
 
 
 class Annotator:

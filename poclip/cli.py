@@ -247,7 +247,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    from poclip.engine.evaluate import ATTACK_FAMILIES
+    from poclip.world.styles import ATTACK_FAMILIES
     from poclip.world.synth import DEFAULT_TEMPLATE
 
     p.add_argument("--model", default=None,
@@ -289,7 +289,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_t_args(p: argparse.ArgumentParser) -> None:
-    from poclip.engine.evaluate import ATTACK_FAMILIES
+    from poclip.world.styles import ATTACK_FAMILIES
 
     p.add_argument("--head", type=existing_file, required=True)
     p.add_argument("--model", default=None, help="default: the backbone the head was trained on")

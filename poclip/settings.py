@@ -26,6 +26,11 @@ BUCKET_MOUNT = Path("/data")
 FALSE_WORDS = ("0", "false", "off", "no")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    # A comma-separated list of names ("a, b,c" -> ("a", "b", "c")).
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _bucket_mounted() -> bool:
     # A Space with a storage bucket mounted as a volume at /data (the documented mount point).
     return BUCKET_MOUNT.is_dir() and os.access(BUCKET_MOUNT, os.W_OK)
@@ -128,6 +133,14 @@ class Settings:
              "starts from the base model")
     gate_eval_n: int = option(500, env="POCLIP_GATE_N", parse=int, low=1,
                               help="held-out synthetic pictures the promotion gate evaluates on")
+    gate_families: tuple[str, ...] = option(
+        ("paper", "upper_case", "several_words", "true_word", "neutral_word", "low_opacity", "small_text",
+         "label_patch"),
+        env="POCLIP_GATE_FAMILIES", parse=_names, default_doc="all but `held_out_font`",
+        help="comma-separated attack families the gate writes on its pictures (the names of "
+             "`POCLIP_ANNOTATE_FAMILIES`); its typographic accuracy is their mean, and none may fall more than 2 "
+             "points. Each family embeds `POCLIP_GATE_N` more pictures once (about 8 s per 500 on the bundled "
+             "model); `paper` alone judges the paper's style only")
     held_out_share: float = option(
         0.2, env="POCLIP_HELD_OUT_SHARE", parse=float, low=0, high=0.5,
         help="share of the annotation items (chosen by a keyed hash of the picture and its attack; gold items "
@@ -182,6 +195,13 @@ class Settings:
     seed_items: int = option(600, env="POCLIP_SEED_ITEMS", parse=int, low=0,
                              help="synthetic attacked items offered to annotators with the bundled model; with any "
                                   "other backbone a positive value offers the 212 real photos instead, 0 none")
+    annotate_families: tuple[str, ...] = option(
+        ("paper", "several_words", "label_patch", "true_word", "neutral_word", "upper_case", "low_opacity"),
+        env="POCLIP_ANNOTATE_FAMILIES", parse=_names, default_doc="all but `small_text`",
+        help="comma-separated attack families the synthetic items' writing takes turns in: `paper`, "
+             "`several_words`, `label_patch`, `true_word`, `neutral_word`, `upper_case`, `low_opacity`, "
+             "`small_text`; e.g. `several_words` to have the crowd teach what the served head gets wrong most "
+             "(items seeded earlier keep their writing)")
     augment_attacks: int = option(4, env="POCLIP_AUGMENT", parse=int, low=0,
                                   help="extra pairs per typographic judgment (other text from the style family on "
                                        "the same picture; `0`: the judgments alone)")

@@ -20,7 +20,8 @@ ONE_PERSON_ENV = {"POCLIP_MIN_GOLD_SEEN": "0", "POCLIP_MAX_ANNOTATOR_SHARE": "1"
 def make_service(data_dir, encoder, **overrides) -> AppService:
     """An app back end on a real SQLite file in ``data_dir``, with settings fit for tests.
 
-    Retrains use the crowd's pairs alone unless a test asks for replay (it adds 1,000 pairs by default).
+    Retrains use the crowd's pairs alone unless a test asks for replay (it adds 1,000 pairs by default), and the
+    gate writes the paper's style only unless a test asks for more attack families (each embeds 300 pictures).
     The deployment secret is fixed (unless the test wrote its own), so which seeded items are gold (a keyed
     hash) and hence every training set is the same on every run.
     """
@@ -30,8 +31,8 @@ def make_service(data_dir, encoder, **overrides) -> AppService:
         secret.write_text("5e" * 32)
     settings = Settings(**{
         "data_dir": data_dir, "model_spec": "bundled", "admin_token": ADMIN_TOKEN, "rate_limit": "off",
-        "gate_eval_n": 300, "retrain_every_pairs": 0, "backup_every_minutes": 0, "seed_items": 30,
-        "starter_head": False, "replay_pairs": 0, **overrides,
+        "gate_eval_n": 300, "gate_families": ("paper",), "retrain_every_pairs": 0, "backup_every_minutes": 0,
+        "seed_items": 30, "starter_head": False, "replay_pairs": 0, **overrides,
     })
     return AppService.create(settings, encoder=encoder)
 

@@ -1,6 +1,8 @@
 """What the store offers before anyone labels: the label sets, the items to annotate, and the gold among them.
 
-The bundled model gets a fixed stream of synthetic attacked pictures (:func:`annotation_item`); any other
+The bundled model gets a fixed stream of synthetic attacked pictures (:func:`annotation_item`), their writing
+drawn in turn from the attack families (``POCLIP_ANNOTATE_FAMILIES``: several words, label patches, the true
+word, neutral words, upper case, low opacity and the paper's style by default); any other
 backbone gets the real photos (:mod:`poclip.world.photos`). A keyed hash of each item (the deployment secret)
 makes about one in ten of them *gold*: the gold pseudo-annotator (:data:`GOLD_HANDLE`) holds its
 reference answer, and nobody outside the server can tell from ids which items those are.
@@ -16,21 +18,52 @@ import threading
 
 from annotation_db import Repository, ValidationError
 from poclip.engine.models import ClipEncoder
+from poclip.errors import UserError
+from poclip.settings import Settings
 from poclip.world import synth
-from poclip.world.attacks import TextAttack, random_attack
+from poclip.world.attacks import TextAttack
 from poclip.world.images import open_image
 from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS
+from poclip.world.styles import ATTACK_FAMILIES, StyledText, family_attack
 
 SYNTH_LABEL_SET = "Synthetic shapes"
 GOLD_SHARE = 0.1
 GOLD_HANDLE = "poclip-gold"  # the pseudo-annotator that holds gold answers; not a person
+# The families annotation items are written in, in turn: ``POCLIP_ANNOTATE_FAMILIES``'s default.
+ANNOTATE_FAMILIES: tuple[str, ...] = Settings.annotate_families
 
 
-def annotation_item(index: int) -> tuple[synth.Scene, TextAttack]:
-    """Item ``index`` of the synthetic annotation stream: a scene and the paper-style attack written on it."""
+def check_families(families: tuple[str, ...]) -> tuple[str, ...]:
+    """``families`` if every one may be an annotation item's family; else a :class:`UserError` naming them."""
+    allowed = [f for f in ATTACK_FAMILIES if f != "held_out_font"]  # its fonts stay out of training
+    unknown = [f for f in families if f not in allowed]
+    if unknown or not families:
+        raise UserError(f"POCLIP_ANNOTATE_FAMILIES: {', '.join(unknown) or 'none given'}; choose from "
+                        f"{', '.join(allowed)}")
+    return families
+
+
+def annotation_text(index: int, families: tuple[str, ...] = ANNOTATE_FAMILIES) -> tuple[synth.Scene, StyledText]:
+    """Item ``index`` of the synthetic annotation stream: a scene and the writing on it, of family
+    ``families[index % len(families)]`` (the paper's style alone gives the stream it always gave)."""
     rng = random.Random(f"annotate:{index}")
     scene = synth.sample_scene(rng)
-    return scene, random_attack(synth.SHAPES, scene.shape, rng)
+    family = families[index % len(families)]
+    return scene, family_attack(family, synth.SHAPES, scene.shape, rng, held_out=False)
+
+
+def annotation_item(index: int, families: tuple[str, ...] = ANNOTATE_FAMILIES) -> tuple[synth.Scene, TextAttack]:
+    """Item ``index`` of the synthetic annotation stream: a scene and the attack written on it."""
+    scene, text = annotation_text(index, families)
+    return scene, text.attack
+
+
+def misleading_label(index: int, scene: synth.Scene, text: StyledText) -> str:
+    """The wrong label item ``index``'s writing argues for: the first wrong label written, or (for the true word
+    or a neutral word) a wrong label picked by the index. The rejected label of a gold item's reference answer."""
+    if text.wrong:
+        return text.wrong[0]
+    return random.Random(f"gold-rejected:{index}").choice([s for s in synth.SHAPES if s != scene.shape])
 
 
 def photo_png(photo) -> bytes:
@@ -48,12 +81,17 @@ class Seeding:
         encoder: the backbone (the bundled model gets synthetic items, any other the real photos).
         secret: the deployment secret that keys gold placement.
         n_items: how many synthetic items to offer (``POCLIP_SEED_ITEMS``).
+        families: the attack families their writing takes turns in (``POCLIP_ANNOTATE_FAMILIES``).
+    Raises:
+        UserError: no family, or one an annotation item cannot have (see :func:`check_families`).
     """
 
-    def __init__(self, repo: Repository, encoder: ClipEncoder, secret: bytes, n_items: int) -> None:
+    def __init__(self, repo: Repository, encoder: ClipEncoder, secret: bytes, n_items: int,
+                 families: tuple[str, ...] = ANNOTATE_FAMILIES) -> None:
         self.repo = repo
         self.encoder = encoder
         self.n_items = n_items
+        self.families = check_families(tuple(families))
         self._secret = secret
         self._lock = threading.Lock()
         self.gold_items = 0  # gold reference answers seeded (see seed_items); counts leave them out
@@ -109,13 +147,13 @@ class Seeding:
                 return 0
             gold = self.repo.ensure_annotator(GOLD_HANDLE)
             for i in range(n):
-                scene, attack = annotation_item(i)
+                scene, text = annotation_text(i, self.families)
                 image = self.repo.store_image(synth.draw_scene(scene, 224), source="synthetic")
-                sample = self.repo.add_sample(image.sha256, SYNTH_LABEL_SET, attack.to_dict())
+                sample = self.repo.add_sample(image.sha256, SYNTH_LABEL_SET, text.attack.to_dict())
                 if self.is_gold_item(i):
                     try:
-                        self.repo.record_judgment(sample.id, gold.handle, scene.shape, attack.text, kind="gold",
-                                                  enforce_rate_limit=False)
+                        self.repo.record_judgment(sample.id, gold.handle, scene.shape, misleading_label(i, scene, text),
+                                                  kind="gold", enforce_rate_limit=False)
                     except ValidationError:
                         pass  # already recorded on an earlier start
             return n

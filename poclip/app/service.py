@@ -78,7 +78,7 @@ class AppService:
         self.identity = Identity(secret)
         self.client_limits = client_limits(settings)
         self.visitors = Visitors(self.identity, self.client_limits, repo)
-        self.seeding = Seeding(repo, encoder, secret, settings.seed_items)
+        self.seeding = Seeding(repo, encoder, secret, settings.seed_items, settings.annotate_families)
         self.comparisons = Comparisons(encoder, self.live_head, repo, self.visitors, self.seeding,
                                        ComparisonStore(client_share=settings.client_record_share))
         self.annotation = Annotation(repo, self.visitors, self.comparisons)

@@ -75,7 +75,7 @@ class Trainer:
         self.beat_every_s = beat_every_s
         self.heads_dir = settings.data_dir / "heads"
         self.cache_dir = settings.data_dir / "embeddings"
-        self.gate_evaluation = GateEvaluation(encoder, settings.gate_eval_n, self.cache_dir)
+        self.gate_evaluation = GateEvaluation(encoder, settings.gate_eval_n, self.cache_dir, settings.gate_families)
         # Keyed by the deployment secret, like gold placement: every replica holds out the same items.
         self.held_out = HeldOutSplit(server_secret(settings.data_dir), settings.held_out_share)
         self.schedule = Schedule(settings.retrain_every_pairs, settings.retrain_every_minutes, self.clock())

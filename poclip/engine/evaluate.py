@@ -21,8 +21,8 @@ from poclip.engine.losses import kl_to_reference
 from poclip.engine.models import DEFAULT_TEMPLATES, ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.world import synth
-from poclip.world.attacks import HELD_OUT_FONTS, TRAINING_FONTS, TextAttack, random_attack
-from poclip.world.styles import EVAL_NEUTRAL_WORDS, StyledText, styled_attack
+from poclip.world.attacks import TextAttack, random_attack
+from poclip.world.styles import StyledText, family_attack
 
 
 def evaluate_synth(
@@ -71,33 +71,6 @@ def evaluate_synth(
 
 
 # ----- aligned policies: embed an evaluation set once, then score any head and strength on it ----------------
-
-# The generalization table's rows (bench/alignment.py): which text is written on the held-out pictures.
-ATTACK_FAMILIES: tuple[str, ...] = (
-    "paper", "held_out_font", "upper_case", "several_words", "true_word", "neutral_word", "low_opacity",
-    "small_text", "label_patch",
-)
-_FAMILY_STYLES = {"upper_case": "upper", "true_word": "true", "neutral_word": "neutral", "low_opacity": "faint",
-                  "small_text": "small", "label_patch": "patch", "held_out_font": "wrong"}
-
-
-def family_attack(family: str, labels: Sequence[str], true_label: str, rng: random.Random) -> StyledText:
-    """The text of attack family ``family`` (:data:`ATTACK_FAMILIES`) for a picture of ``true_label``.
-
-    ``paper`` is the paper's attack; ``held_out_font`` the same in a font no training attack uses;
-    ``several_words`` alternates the same wrong word two or three times and two or three different wrong words;
-    ``neutral_word`` writes words training never wrote (:data:`~poclip.world.styles.EVAL_NEUTRAL_WORDS`).
-    """
-    if family == "paper":
-        attack = random_attack(labels, true_label, rng)
-        return StyledText("wrong", attack, (attack.text,))
-    if family == "several_words":
-        return styled_attack(rng.choice(("repeat", "mixed")), labels, true_label, rng)
-    if family not in _FAMILY_STYLES:
-        raise ValueError(f"unknown attack family {family!r}; choose one of {', '.join(ATTACK_FAMILIES)}")
-    fonts = HELD_OUT_FONTS if family == "held_out_font" else TRAINING_FONTS
-    return styled_attack(_FAMILY_STYLES[family], labels, true_label, rng, fonts, EVAL_NEUTRAL_WORDS)
-
 
 class _SynthPictures(Sequence):
     """The clean pictures of a synthetic evaluation set, drawn on demand (a set of 1,000 is not kept in memory)."""

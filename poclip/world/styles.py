@@ -16,6 +16,9 @@ Styles (:data:`STYLES`):
     ``faint``    a wrong word at 25-55 % opacity
     ``patch``    a wrong word in dark ink on a light label patch
 
+Attack *families* (:data:`ATTACK_FAMILIES`) group the styles as people meet them: the rows of the evaluation
+tables and the kinds of annotation items (:func:`family_attack`).
+
 Every attack is a plain :class:`~poclip.world.attacks.TextAttack`, so it is stored, rendered and cached like
 any other. Fonts come from ``fonts`` (the training fonts unless a caller asks for held-out ones).
 """
@@ -26,7 +29,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from poclip.world.attacks import ATTACK_COLOURS, TRAINING_FONTS, AttackError, TextAttack, random_attack
+from poclip.world.attacks import (
+    ATTACK_COLOURS,
+    HELD_OUT_FONTS,
+    TRAINING_FONTS,
+    AttackError,
+    TextAttack,
+    random_attack,
+)
 
 STYLES: tuple[str, ...] = ("wrong", "true", "neutral", "repeat", "mixed", "upper", "spaced", "small", "faint", "patch")
 # The mix the synthetic pair generator and the app's augmentation draw from: the paper's style stays the most
@@ -102,3 +112,40 @@ def styled_attack(
     # patch: dark ink on a light label, no outline, as on a price tag or a sticker
     return StyledText(style, replace(base, patch=rng.choice(PATCH_COLOURS), fill=rng.choice(PATCH_INK),
                                      stroke_width=0.0, stroke=ATTACK_COLOURS["black"]), (word,))
+
+
+# The families of writing, as the evaluation tables' rows and the annotation items name them.
+ATTACK_FAMILIES: tuple[str, ...] = (
+    "paper", "held_out_font", "upper_case", "several_words", "true_word", "neutral_word", "low_opacity",
+    "small_text", "label_patch",
+)
+_FAMILY_STYLES: dict[str, tuple[str, ...]] = {
+    "held_out_font": ("wrong",), "upper_case": ("upper",), "several_words": ("repeat", "mixed"),
+    "true_word": ("true",), "neutral_word": ("neutral",), "low_opacity": ("faint",), "small_text": ("small",),
+    "label_patch": ("patch",),
+}
+
+
+def family_attack(family: str, labels: Sequence[str], true_label: str, rng: random.Random, *,
+                  held_out: bool = True) -> StyledText:
+    """The text of attack family ``family`` (:data:`ATTACK_FAMILIES`) for a picture of ``true_label``.
+
+    ``paper`` is the paper's attack; ``held_out_font`` the same in a font no training attack uses;
+    ``several_words`` is the same wrong word two or three times or two or three different wrong words, half
+    each. With ``held_out`` (evaluation), ``neutral_word`` writes words training never wrote
+    (:data:`EVAL_NEUTRAL_WORDS`); without it (annotation items, which are trained on) the training words, and
+    ``held_out_font`` is refused.
+
+    Raises:
+        AttackError: an unknown family (or ``held_out_font`` without ``held_out``).
+    """
+    if family == "paper":
+        attack = random_attack(labels, true_label, rng)
+        return StyledText("wrong", attack, (attack.text,))
+    if family not in _FAMILY_STYLES or (family == "held_out_font" and not held_out):
+        choices = ATTACK_FAMILIES if held_out else [f for f in ATTACK_FAMILIES if f != "held_out_font"]
+        raise AttackError(f"unknown attack family {family!r}; choose one of {', '.join(choices)}")
+    styles = _FAMILY_STYLES[family]
+    style = styles[0] if len(styles) == 1 else rng.choice(styles)
+    fonts = HELD_OUT_FONTS if family == "held_out_font" else TRAINING_FONTS
+    return styled_attack(style, labels, true_label, rng, fonts, EVAL_NEUTRAL_WORDS if held_out else TRAIN_NEUTRAL_WORDS)

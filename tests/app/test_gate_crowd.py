@@ -8,7 +8,7 @@ from annotation_db.models import Sample
 from poclip.app.retrain.crowd import Agreement, HeldOutSplit, wilson
 from poclip.app.retrain.data import collect
 from poclip.app.retrain.gate import MIN_HELD_OUT, format_gate_table, gate, gate_table
-from poclip.app.seeding import annotation_item
+from poclip.app.seeding import annotation_text, misleading_label
 from poclip.world.attacks import TextAttack
 
 SYNTHETIC = {"typographic_accuracy": 0.80, "clean_accuracy": 0.95,
@@ -26,7 +26,7 @@ def test_a_candidate_that_improves_crowd_agreement_and_keeps_the_synthetic_figur
     assert ok, reason
     assert reason.startswith("rule A") and "crowd agreement 0.500 -> 0.750 on 120 held-out pairs" in reason
     rows = gate_table(SYNTHETIC, SYNTHETIC, BASE, crowd(90, 60))
-    assert [r["pass"] for r in rows] == [True, False, True, True, True, True]  # typographic did not improve
+    assert [r["pass"] for r in rows] == [True, False, True, True, True, True, True]  # typographic did not improve
     assert rows[0]["live"] == 0.5 and rows[0]["candidate"] == 0.75 and rows[0]["base"] == pytest.approx(0.3333)
     # One point of synthetic typographic accuracy may go; two may not.
     assert gate({**SYNTHETIC, "typographic_accuracy": 0.79}, SYNTHETIC, BASE, crowd=crowd(90, 60))[0]
@@ -48,6 +48,28 @@ def test_a_candidate_that_improves_the_synthetic_figures_but_lowers_crowd_agreem
     # Too few pairs never promote on crowd agreement, however good it looks.
     ok, reason = gate(SYNTHETIC, SYNTHETIC, BASE, crowd=crowd(few, 0, n=few, base_k=0))
     assert not ok and f"(at least {MIN_HELD_OUT} needed)" in reason
+
+
+FAMILIES = {"paper": 0.80, "several_words": 0.60, "label_patch": 0.70}
+
+
+def with_families(metrics, **changed):
+    per_family = {**FAMILIES, **changed}
+    return {**metrics, "family_accuracy": per_family, "family_mean": round(sum(per_family.values()) / 3, 4)}
+
+
+def test_with_attack_families_the_gate_judges_their_mean_and_guards_each_one():
+    live = with_families(SYNTHETIC)
+    # A crowd that taught several words: 6 points there lift the mean by 2, and rule B promotes.
+    ok, reason = gate(with_families(SYNTHETIC, several_words=0.66), live, BASE, crowd=crowd(60, 60))
+    assert ok and reason.startswith("rule B") and "mean of 3 attack families) 0.700 -> 0.720" in reason, reason
+    # The same gain paid for with 3 points of label patches is refused, naming the family.
+    ok, reason = gate(with_families(SYNTHETIC, several_words=0.66, label_patch=0.67), live, BASE, crowd=crowd(60, 60))
+    assert not ok and "versus the live model on: label_patch (-0.030)" in reason, reason
+    rows = gate_table(with_families(SYNTHETIC, label_patch=0.67), live, BASE, crowd(60, 60))
+    guard = next(r for r in rows if r["key"] == "family_guard")
+    assert guard["metric"] == "worst attack-family change vs live (label_patch)" and guard["candidate"] == -0.03
+    assert not guard["pass"] and guard["rule"] == "A, B"
 
 
 def test_a_crowd_win_that_wrecks_a_class_is_refused_with_the_per_class_table():
@@ -80,14 +102,16 @@ def test_the_held_out_split_is_about_a_fifth_stable_and_keyed_by_the_secret():
 
 def judge_all(repo, n):
     """The synthetic generator answers the first ``n`` seeded items truthfully."""
-    truth = {annotation_item(i)[1].to_json(): annotation_item(i)[0].shape for i in range(n)}
+    truth = {}
+    for i in range(n):
+        scene, text = annotation_text(i)
+        truth[text.attack.to_json()] = (scene.shape, misleading_label(i, scene, text))
     with repo.db.reading() as s:
         rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
     repo.ensure_annotator("poclip-synthetic")
     for sid, attack in rows[:n]:
-        attack = TextAttack.from_dict(attack)
-        repo.record_judgment(sid, "poclip-synthetic", truth[attack.to_json()], attack.text, kind="synthetic",
-                             enforce_rate_limit=False)
+        repo.record_judgment(sid, "poclip-synthetic", *truth[TextAttack.from_dict(attack).to_json()],
+                             kind="synthetic", enforce_rate_limit=False)
 
 
 def test_held_out_items_are_never_trained_on_and_the_split_survives_a_restart(tmp_path, bundled):
@@ -118,7 +142,8 @@ def test_held_out_items_are_never_trained_on_and_the_split_survives_a_restart(tm
 
 
 def test_a_real_retrain_records_the_gate_table_and_crowd_agreement(tmp_path, bundled):
-    svc = make_service(tmp_path, bundled, seed_items=60, augment_attacks=0)
+    svc = make_service(tmp_path, bundled, seed_items=60, augment_attacks=0, gate_eval_n=200,
+                       gate_families=("paper", "several_words"))
     try:
         judge_all(svc.repo, 60)
         trainer = make_trainer(svc)
@@ -132,8 +157,15 @@ def test_a_real_retrain_records_the_gate_table_and_crowd_agreement(tmp_path, bun
         for agreement in record["crowd_agreement"].values():
             assert agreement["n"] == held and 0 <= agreement["low"] <= agreement["share"] <= agreement["high"] <= 1
         assert [r["metric"].split(" (")[0] for r in record["gate_table"]] == [
-            "crowd agreement improves", "typographic accuracy improves", "crowd agreement does not fall",
-            "typographic accuracy holds", "clean accuracy", "worst per-class change vs live"]
+            "crowd agreement improves", "typographic accuracy", "crowd agreement does not fall",
+            "typographic accuracy", "clean accuracy", "worst attack-family change vs live",
+            "worst per-class change vs live"]
+        assert record["gate_table"][1]["metric"] == "typographic accuracy (mean of 2 attack families) improves"
+        for who in ("candidate", "live_before", "base"):
+            families = record[who]["family_accuracy"]
+            assert set(families) == {"paper", "several_words"} and all(0 <= a <= 1 for a in families.values())
+            assert record[who]["family_mean"] == pytest.approx(sum(families.values()) / 2, abs=1e-4)
+        assert record["base"]["family_accuracy"]["several_words"] < 0.5  # the base model reads the words
         assert {"gate", "candidate", "live_before", "base", "per_class", "pairs"} <= set(record)
         version = svc.repo.get_version(run.version_id)
         assert (version.status == "active") == (record["gate"].startswith("rule"))

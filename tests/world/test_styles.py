@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poclip.engine.evaluate import ATTACK_FAMILIES, family_attack
 from poclip.engine.preferences import synth_preferences
 from poclip.world import synth
 from poclip.world.attacks import HELD_OUT_FONTS, TRAINING_FONTS, AttackError, TextAttack, render
-from poclip.world.styles import EVAL_NEUTRAL_WORDS, STYLES, TRAIN_NEUTRAL_WORDS, styled_attack
+from poclip.world.styles import (
+    ATTACK_FAMILIES,
+    EVAL_NEUTRAL_WORDS,
+    STYLES,
+    TRAIN_NEUTRAL_WORDS,
+    family_attack,
+    styled_attack,
+)
 
 LABELS = synth.SHAPES
 

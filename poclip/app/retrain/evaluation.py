@@ -2,7 +2,10 @@
 
 The held-out set is :data:`GATE_SEED`'s synthetic pictures (``POCLIP_GATE_N`` of them, clean and attacked),
 embedded once per process through the on-disk cache; the base model's metrics on it are computed with it and
-kept, since the backbone does not change.
+kept, since the backbone does not change. The same pictures carry the writing of each attack family of
+``POCLIP_GATE_FAMILIES`` (the paper's style always), so the gate sees a crowd teaching one family (several
+words, label patches...) and any family a candidate loses. The held-out font is never one of them: no choice
+the project makes looks at it, so it stays a clean test of generalization.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from poclip.engine.embed_cache import EmbeddingCache
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
+from poclip.errors import UserError
+from poclip.world.styles import ATTACK_FAMILIES
 
 GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training stream
 
@@ -21,30 +26,51 @@ GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training str
 class GateEvaluation:
     """The gate's data and metrics for one backbone; safe to share between threads."""
 
-    def __init__(self, encoder: ClipEncoder, n: int, cache_dir: Path) -> None:
+    def __init__(self, encoder: ClipEncoder, n: int, cache_dir: Path, families: tuple[str, ...] = ("paper",)) -> None:
+        allowed = [f for f in ATTACK_FAMILIES if f != "held_out_font"]
+        if unknown := [f for f in families if f not in allowed]:
+            raise UserError(f"POCLIP_GATE_FAMILIES: {', '.join(unknown)}; choose from {', '.join(allowed)}")
         self.encoder, self.n, self.cache_dir = encoder, n, cache_dir
-        self._data: EvalEmbeddings | None = None
+        self.family_names = ("paper", *(f for f in families if f != "paper"))
+        self._data: dict[str, EvalEmbeddings] = {}
         self._base: dict | None = None
         self._lock = threading.Lock()
 
     def data(self) -> EvalEmbeddings:
-        """The held-out pictures' embeddings, computed on first use (with the base model's metrics)."""
+        """The held-out pictures' embeddings with paper-style writing, computed on first use with every other
+        family's (and the base model's metrics)."""
+        return self.families()["paper"]
+
+    def families(self) -> dict[str, EvalEmbeddings]:
+        """The held-out pictures' embeddings for each of the gate's families (computed on first use)."""
         with self._lock:
-            if self._data is None:
+            if not self._data:
                 cache = EmbeddingCache(self.encoder, self.cache_dir)
-                self._data = embed_synth_eval(self.encoder, self.n, GATE_SEED, cache)
-                self._base = evaluate_policy(None, self._data, encoder=self.encoder)
+                self._data = {family: embed_synth_eval(self.encoder, self.n, GATE_SEED, cache, family=family)
+                              for family in self.family_names}
+                self._base = self._metrics(None)
             return self._data
+
+    def _metrics(self, policy: Policy | None) -> dict:
+        # The paper-style metrics, plus typographic accuracy per family and their mean.
+        metrics = evaluate_policy(policy, self._data["paper"], encoder=self.encoder)
+        per_family = {family: metrics["typographic_accuracy"] if family == "paper" else
+                      evaluate_policy(policy, data, encoder=self.encoder)["typographic_accuracy"]
+                      for family, data in self._data.items()}
+        return {**metrics, "family_accuracy": per_family,
+                "family_mean": round(sum(per_family.values()) / len(per_family), 4)}
 
     def base_metrics(self) -> dict:
         """The base model's gate metrics (computed once)."""
-        self.data()
+        self.families()
         assert self._base is not None
         return self._base
 
     def evaluate(self, policy: Policy | None) -> dict:
-        """Gate metrics (clean / typographic accuracy, attack success, KL drift, per class) of ``policy``;
-        ``None`` is the base model."""
+        """Gate metrics of ``policy`` (``None`` is the base model): clean and paper-style typographic accuracy,
+        attack success, KL drift and per class (:func:`~poclip.engine.evaluate.evaluate_policy`), with
+        ``family_accuracy`` (family -> typographic accuracy) and ``family_mean``."""
         if policy is None:
             return self.base_metrics()
-        return evaluate_policy(policy, self.data(), encoder=self.encoder)
+        self.families()
+        return self._metrics(policy)
