@@ -4,12 +4,9 @@ import math
 import types
 
 import pytest
-from apphelpers import make_service, make_trainer
+from apphelpers import judge, make_service, make_trainer, seeded_samples
 
 import poclip.app.worker as worker_module
-from annotation_db.models import Sample
-from poclip.app.seeding import annotation_item
-from poclip.world.attacks import TextAttack
 
 
 class FakeTime:
@@ -26,22 +23,6 @@ class FakeTime:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
-
-
-def seeded_samples(repo, n):
-    """(sample id, true shape, written word) of the seeded annotation items, in seeding order."""
-    truth = {}
-    for i in range(n):
-        scene, attack = annotation_item(i)
-        truth[attack.to_json()] = (scene.shape, attack.text)
-    with repo.db.reading() as s:
-        rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
-    return [(sid, *truth[TextAttack.from_dict(attack).to_json()]) for sid, attack in rows]
-
-
-def judge(repo, who, sample_id, chosen, rejected, kind="human"):
-    repo.ensure_annotator(who)
-    repo.record_judgment(sample_id, who, chosen, rejected, kind=kind, enforce_rate_limit=False)
 
 
 def test_idle_app_after_a_rejected_candidate_starts_no_new_run_for_10_minutes(tmp_path, bundled, monkeypatch):
