@@ -122,9 +122,9 @@ class Settings:
         env="POCLIP_TRAIN_THREADS", parse=int, low=1, default_factory=_default_train_threads,
         default_doc="the cores the app may use",
         help="torch threads a training process uses (the app's child and `python -m poclip worker`). The app's "
-             "child also runs at lower CPU priority, so serving comes first on every core; on 2 cores a 200-label "
-             "retrain's training takes about 86 s of CPU, so one thread cannot finish it within a minute (see "
-             "\"The loop, measured\")")
+             "child also runs at lower CPU priority, so serving comes first on every core; a 200-label retrain's "
+             "training takes about 80 s of CPU, so one thread cannot finish it within a minute (see \"The loop, "
+             "measured\")")
     retrain_every_pairs: int = option(50, env="POCLIP_RETRAIN_EVERY_PAIRS", parse=int, low=0,
                                       help="the scheduler queues a retrain once this many new pairs exist "
                                            "(`0`: never by count)")
