@@ -22,11 +22,12 @@ if gr.NO_RELOAD:
     settings = Settings.from_env()
     service = AppService.create(settings)
     if settings.trainer == "thread":
-        # The trainer runs beside the service and shares its live head; they talk only through the store (the
-        # Train tab queues runs there and reads the heartbeat). Its loop also follows promotions made elsewhere.
-        from poclip.app.worker import Trainer
+        # A thread schedules retrains and runs each in a child process at lower CPU priority; this process only
+        # loads the head a run promotes. They talk through the store (the Train tab queues runs there and reads
+        # the heartbeat); the thread's loop also follows promotions made elsewhere.
+        from poclip.app.child_trainer import ChildTrainer
 
-        Trainer(settings, service.repo, service.encoder, service.live_head).start(train=True)
+        ChildTrainer(settings, service.repo, service.live_head).start(train=True)
     else:  # POCLIP_TRAINER=off: a `python -m poclip worker` process trains, promotes and backs up
         service.live_head.follow()
 

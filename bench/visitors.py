@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -88,6 +89,29 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MB (``VmRSS``, Linux ``/proc``; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``; [] elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while we looked
+    return found
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
     try:
@@ -100,7 +124,8 @@ def cpu_seconds(pid: int) -> float | None:
 class BrowserVisitor:
     """One visitor as the page behaves: the picture is uploaded once (``/gradio_api/upload``) when it is chosen,
     then every Predict is Gradio's two-step HTTP call (``POST /gradio_api/call/predict``, then the event
-    stream of its result) followed by fetching the returned picture, over one kept-alive connection.
+    stream of its result) followed by fetching the returned picture, over one kept-alive connection and in one
+    Gradio session (a page load has one; a call without one opens a new session, whose state the server keeps).
 
     ``gradio_client`` instead uploads the picture again on every call and does several times the client-side
     work; both share this machine's cores with the server, so the lean visitor is what measures the server.
@@ -110,6 +135,7 @@ class BrowserVisitor:
         import httpx
 
         self.url, self.http = url.rstrip("/"), httpx.Client(timeout=120)
+        self.session = secrets.token_hex(6)
         with open(picture, "rb") as fh:
             response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (picture.name, fh)})
         response.raise_for_status()
@@ -117,7 +143,8 @@ class BrowserVisitor:
 
     def predict(self, args: Sequence) -> list:
         """One /predict with the uploaded picture and ``args``; returns the outputs (raises on an error event)."""
-        response = self.http.post(f"{self.url}/gradio_api/call/predict", json={"data": [self.picture, *args]})
+        response = self.http.post(f"{self.url}/gradio_api/call/predict",
+                                  json={"data": [self.picture, *args], "session_hash": self.session})
         response.raise_for_status()
         event_id = response.json()["event_id"]
         event, outputs = None, None
@@ -150,14 +177,17 @@ def batch_counts(url: str) -> dict | None:
 
 
 def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tuple[Path, Sequence]],
-                 server_pid: int | None = None, client: str = "gradio_client") -> dict:
+                 server_pid: int | None = None, client: str = "gradio_client", pause_s: float = 0.0,
+                 until: Callable[[], bool] | None = None) -> dict:
     """``clients`` threads, each one visitor sending ``requests`` /predict calls.
 
     ``call(k)`` gives client ``k``'s picture file and the other /predict inputs (word, font, size, fill, outline,
     x, y, opacity, rotation, label set, custom labels, strength t, arena mode, share). ``client``: ``gradio_client``
-    (the picture uploaded with every call, as a script does) or ``browser`` (:class:`BrowserVisitor`). Returns
-    requests, errors, requests/s, p50 and p95 latency, a few error messages, the CPU one request cost this
-    process (the clients) and, given ``server_pid``, the server, and the mean image batch when the app reports it.
+    (the picture uploaded with every call, as a script does) or ``browser`` (:class:`BrowserVisitor`). A visitor
+    waits ``pause_s`` after each answer (a person looking at it; 0: at once); with ``until``, it keeps sending
+    until ``until()`` is true (at least one call each) instead of ``requests`` calls. Returns requests, errors,
+    requests/s, p50 and p95 latency, a few error messages, the CPU one request cost this process (the clients)
+    and, given ``server_pid``, the server, and the mean image batch when the app reports it.
     """
     if client == "browser":
         pool = [BrowserVisitor(url, call(k)[0]) for k in range(clients)]
@@ -180,7 +210,11 @@ def predict_load(url: str, clients: int, requests: int, call: Callable[[int], tu
     def worker(k: int) -> None:
         picture, args = call(k)
         start.wait()
-        for _ in range(requests):
+        sent = 0
+        while (until is None and sent < requests) or (until is not None and (sent == 0 or not until())):
+            if sent and pause_s:
+                time.sleep(pause_s)
+            sent += 1
             t = time.perf_counter()
             try:
                 send(k, picture, args)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +19,8 @@ from typing import NamedTuple
 from poclip.argtypes import DATA_FORMS, DataSource, Parser, at_least, data_source, existing_file, positive, template
 from poclip.errors import UserError
 from poclip.settings import settings_table
+
+STARTED = time.perf_counter()  # a training child reports its start-up (imports included) from here
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
@@ -206,35 +209,24 @@ def _examples(args: argparse.Namespace) -> dict:
 
 
 def _worker(args: argparse.Namespace) -> dict:
-    import signal
+    import os
 
     from poclip.settings import Settings
 
     settings = Settings.from_env()  # a bad variable is refused before the model loads
+    if args.nice and hasattr(os, "nice"):  # not on Windows
+        os.nice(args.nice)  # before any thread starts: Linux keeps a niceness per thread, and new ones inherit it
+    # Before torch loads OpenMP: its threads sleep at a barrier instead of spinning. Where the cores are busy
+    # (serving, other work) spinning tripled a training step's CPU time and made it slower than one thread.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from annotation_db import open_repository
     from poclip.app.service import repository_config
-    from poclip.app.worker import Trainer
-    from poclip.engine.models import load_model
+    from poclip.app.worker import run_worker
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    repo = open_repository(settings, repository_config(settings))
-    trainer = Trainer(settings, repo, load_model(settings.model_spec, settings))
-    # SIGTERM (a supervisor stopping us) ends the loop between ticks, or aborts the run at its next step.
-    signal.signal(signal.SIGTERM, lambda *_: trainer._stop.set())
-    finished = []
-
-    def report(run) -> None:
-        finished.append({"run": run.id, "status": run.status, "version": run.version_id, "error": run.error})
-        print(json.dumps(finished[-1]), file=sys.stderr, flush=True)
-
-    try:
-        trainer.loop(train=True, interval_s=args.interval, once=args.once, on_run=report)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        repo.close()
-    return {"runs": finished}
+    return run_worker(settings, open_repository(settings, repository_config(settings)), interval_s=args.interval,
+                      once=args.once, run_id=args.run_id, prepare=args.prepare, parent=args.parent, started=STARTED)
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
@@ -330,6 +322,14 @@ def _examples_args(p: argparse.ArgumentParser) -> None:
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="run the queued run (if any) and exit")
     p.add_argument("--interval", type=positive, default=2.0, help="seconds between polls")
+    p.add_argument("--run", dest="run_id", type=at_least(1), default=None,
+                   help="execute this queued run, then exit (the app's trainer starts a child process with it for "
+                        "each run)")
+    p.add_argument("--prepare", action="store_true", help="put what every retrain reuses (the gate's pictures, the "
+                   "replayed pairs) into the embedding cache, then exit (the loop does this first)")
+    p.add_argument("--parent", type=at_least(1), default=None,
+                   help="stop the run and exit when the process with this pid (the app) exits")
+    p.add_argument("--nice", type=at_least(0), default=0, help="lower this process's CPU priority by this much")
 
 
 class Command(NamedTuple):

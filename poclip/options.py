@@ -5,7 +5,8 @@ program checks is generated from the declaration, so they cannot drift apart:
 
 - :func:`check` validates an instance against the declared bounds and choices (:class:`~poclip.errors.UserError`
   naming the option, e.g. ``POCLIP_REPLAY_PAIRS must be 0 or more, got -1``);
-- :func:`read_env` builds the keyword arguments of a settings class from environment variables;
+- :func:`read_env` builds the keyword arguments of a settings class from environment variables, and
+  :func:`write_env` the variables that give an instance back (for a child process);
 - :func:`add_flags` adds command-line flags for chosen fields to an :class:`argparse.ArgumentParser`;
 - :func:`markdown_table` renders the fields as a Markdown table (variable, default, meaning) for the README.
 
@@ -123,6 +124,19 @@ def read_env(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
         elif meta.get("env_default") is not None:
             values[f.name] = meta["env_default"](env)
     return values
+
+
+def write_env(obj: Any) -> dict[str, str]:
+    """The environment variables that make :func:`read_env` give dataclass instance ``obj``'s values back:
+    ``{variable: text}`` for every field that reads one (``None`` as an empty text: the default; booleans as
+    ``1`` or ``0``; numbers exactly)."""
+    env = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("env"):
+            value = getattr(obj, f.name)
+            env[f.metadata["env"]] = ("" if value is None else str(int(value)) if isinstance(value, bool)
+                                      else repr(value) if isinstance(value, float) else str(value))
+    return env
 
 
 def default_text(f: dataclasses.Field) -> str:

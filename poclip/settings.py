@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from poclip.options import check, markdown_table, option, read_env
+from poclip.options import check, markdown_table, option, read_env, write_env
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -49,6 +49,11 @@ def _default_local_dir(env: Mapping[str, str]) -> Path | None:
 def _default_proxy_hops(env: Mapping[str, str]) -> int:
     # A Space's app sits behind the Hub's reverse proxy, which the client's address comes through.
     return 1 if env.get("SPACE_ID") else 0
+
+
+def _default_train_threads() -> int:
+    # The cores this process may run on (a container's CPU set), not the host's: threads beyond them only wait.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _word(text: str) -> str:
@@ -115,8 +120,16 @@ class Settings:
     export_repo: str = option("", env="POCLIP_EXPORT_REPO",
                               help="default Hub dataset repository for exports, `user/name`")
     trainer: str = option("thread", env="POCLIP_TRAINER", parse=_word, choices=TRAINER_MODES,
-                          help="`thread` trains inside the app; `off` leaves it to a standalone "
-                               "`python -m poclip worker` against the same database")
+                          help="`thread`: a thread of the app schedules retrains and runs each in a child process "
+                               "at lower CPU priority, whose head the app then loads; `off` leaves training to a "
+                               "standalone `python -m poclip worker` against the same database")
+    train_threads: int = option(
+        env="POCLIP_TRAIN_THREADS", parse=int, low=1, default_factory=_default_train_threads,
+        default_doc="the cores the app may use",
+        help="torch threads a training process uses (the app's child and `python -m poclip worker`). The app's "
+             "child also runs at lower CPU priority, so serving comes first on every core; a 200-label retrain's "
+             "training takes about 80 s of CPU, so one thread cannot finish it within a minute (see \"The loop, "
+             "measured\")")
     retrain_every_pairs: int = option(50, env="POCLIP_RETRAIN_EVERY_PAIRS", parse=int, low=0,
                                       help="the scheduler queues a retrain once the crowd pairs grew by this "
                                            "many since the last run, or by a fifth of that run's crowd pairs if "
@@ -226,6 +239,10 @@ class Settings:
         if self.storage == "bucket":
             return self.data_dir
         return self.local_dir if self.local_dir is not None else self.data_dir
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give these settings back through :meth:`from_env` (a child process's)."""
+        return write_env(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

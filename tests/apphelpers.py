@@ -4,10 +4,12 @@ import socket
 import threading
 from pathlib import Path
 
+from annotation_db.models import Sample
 from poclip.app.identity import SECRET_FILE
-from poclip.app.seeding import annotation_item
+from poclip.app.seeding import annotation_item, annotation_text, misleading_label
 from poclip.app.service import AppService
 from poclip.settings import Settings
+from poclip.world.attacks import TextAttack
 
 ADMIN_TOKEN = "s3cret-admin"
 # The app's abuse defaults count a person's labels only after 3 gold items and let one person decide at most a
@@ -89,3 +91,20 @@ def all_at_once(ask, n: int) -> dict:
     for th in threads:
         th.join(60)
     return results
+
+
+def seeded_samples(repo, n):
+    """(sample id, true shape, the wrong label its writing argues for) of the seeded items, in seeding order."""
+    truth = {}
+    for i in range(n):
+        scene, text = annotation_text(i)
+        truth[text.attack.to_json()] = (scene.shape, misleading_label(i, scene, text))
+    with repo.db.reading() as s:
+        rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
+    return [(sid, *truth[TextAttack.from_dict(attack).to_json()]) for sid, attack in rows]
+
+
+def judge(repo, who, sample_id, chosen, rejected, kind="human"):
+    """Record one judgment straight into the store (no rate limit), creating the annotator if new."""
+    repo.ensure_annotator(who)
+    repo.record_judgment(sample_id, who, chosen, rejected, kind=kind, enforce_rate_limit=False)

@@ -58,3 +58,15 @@ def test_keyword_construction_is_checked_the_same_way(tmp_path):
     assert Settings(data_dir=tmp_path, seed_items=0).seed_items == 0
     with pytest.raises(UserError, match="POCLIP_BACKUP_KEEP must be 1 or more, got 0"):
         Settings(data_dir=tmp_path, backup_keep=0)
+
+
+def test_a_child_process_gets_the_same_settings_back_from_the_variables_they_write(tmp_path):
+    """The app hands its settings to its training child through the environment: every kind of value (paths,
+    numbers, switches, unset ones) reads back equal, whatever the parent's own environment says."""
+    settings = Settings(data_dir=tmp_path, local_dir=None, starter_head=False, held_out_share=0.1 + 0.2,
+                        retrain_every_minutes=2.5, train_threads=3, head="last_blocks:1", admin_token="t0k3n")
+    env = settings.to_env()
+    assert (env["POCLIP_STARTER_HEAD"], env["POCLIP_TRAIN_THREADS"], env["POCLIP_LOCAL_DIR"]) == ("0", "3", "")
+    assert Settings.from_env(env) == settings
+    with pytest.raises(UserError, match="POCLIP_TRAIN_THREADS must be 1 or more, got 0"):
+        Settings.from_env({**env, "POCLIP_TRAIN_THREADS": "0"})

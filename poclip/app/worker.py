@@ -1,7 +1,8 @@
 """The trainer: turns collected preference pairs into a new head, gates it, and promotes or rejects it.
 
-One loop, :meth:`Trainer.loop`, runs either as a background thread inside the app (``POCLIP_TRAINER=thread``)
-or as the standalone process ``python -m poclip worker``, against the same database. The database decides
+:class:`Trainer` executes runs in the process that holds it: the standalone ``python -m poclip worker``, or the
+child process the app's trainer thread starts for each run (:mod:`poclip.app.child_trainer`;
+``POCLIP_TRAINER=thread``), so the serving process never trains. The database decides
 who trains: at most one run is queued and one running (partial unique indexes), and a claimed run carries a
 lease that registering, promoting and finishing must present, so a worker that lost its run (frozen past the
 heartbeat timeout, then resumed) cannot overwrite the next worker's result. A heartbeat thread beats through
@@ -15,19 +16,29 @@ importable from here too.
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
+import sys
 import time
 import traceback
 from collections.abc import Callable
+from time import perf_counter  # durations: the real clock even where tests move the module's time
 from typing import Any
 
-from annotation_db import Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
+from annotation_db import InvalidTransitionError, Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
+from poclip.app.child_trainer import process_info
 from poclip.app.identity import server_secret
-from poclip.app.live import LiveHead, LiveModel
-from poclip.app.pair_counts import PairCounts, count_pairs
+from poclip.app.live import LiveHead
 from poclip.app.retrain.crowd import HeldOutSplit, crowd_agreement
-from poclip.app.retrain.data import MIN_CLEAN, MIN_PAIRS, REPLAY_SEED, NotEnoughData, collect, text_invariance_pairs
+from poclip.app.retrain.data import (
+    MIN_CLEAN,
+    MIN_PAIRS,
+    REPLAY_SEED,
+    NotEnoughData,
+    collect,
+    synthetic,
+    text_invariance_pairs,
+)
 from poclip.app.retrain.evaluation import GATE_SEED, GateEvaluation
 from poclip.app.retrain.gate import (
     CLASS_DROP_LIMIT,
@@ -38,14 +49,16 @@ from poclip.app.retrain.gate import (
     gate,
     gate_table,
 )
-from poclip.app.retrain.heartbeat import BEAT_EVERY_S, Heartbeat, Progress, beat_metrics
+from poclip.app.retrain.heartbeat import BEAT_EVERY_S, PHASE_NAMES, Heartbeat, Progress, beat_metrics, clocks
+from poclip.app.retrain.loop import TrainerLoop
 from poclip.app.retrain.registration import finish, register, run_record
-from poclip.app.retrain.schedule import BACKOFF_S, Schedule
+from poclip.app.retrain.schedule import BACKOFF_S
 from poclip.app.retrain.training import replay_epochs, run_config, train_candidate
 from poclip.engine.config import DEFAULT_HEAD
 from poclip.engine.evaluate import EvalEmbeddings
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, check_head
+from poclip.engine.prepare import prepare as prepare_inputs
 from poclip.engine.starter import load_starter
 from poclip.settings import Settings
 
@@ -59,39 +72,36 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Trainer:
-    """Runs queued training runs one at a time and keeps its live head in step with the database."""
+class Trainer(TrainerLoop):
+    """Executes queued training runs in this process, one at a time, and keeps its live head in step with the
+    database (the loop, the schedule and the backups are :class:`~poclip.app.retrain.loop.TrainerLoop`'s).
+
+    Args:
+        settings, repo: as for the loop; encoder: the backbone the heads are trained on.
+        live: the live head to share (the app's, in tests); default a new one on ``encoder``.
+        clock: the schedule's time; beat_every_s: the heartbeat's period.
+        startup_s: (wall, CPU) seconds this process took to start (``start``: spawn and imports, ``model_load``),
+            added to the first run's ``phases_s`` and ``phases_cpu_s``: what a run in a fresh process pays before
+            its data is read.
+    """
 
     def __init__(self, settings: Settings, repo: Repository, encoder: ClipEncoder, live: LiveHead | None = None,
-                 *, clock: Callable[[], float] | None = None, beat_every_s: float = BEAT_EVERY_S) -> None:
-        self.settings = settings
+                 *, clock: Callable[[], float] | None = None, beat_every_s: float = BEAT_EVERY_S,
+                 startup_s: dict[str, tuple[float, float]] | None = None) -> None:
         self.head = check_head(encoder, settings.head or DEFAULT_HEAD)  # fails at start, not at the first run
-        self.repo = repo
+        live = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
+        # The clock looks up this module's time per call, so tests can move it.
+        super().__init__(settings, repo, live, clock or (lambda: time.time()))
         self.encoder = encoder
-        self.live_head = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
         self.worker_id = worker_name(f"{id(self):x}")
         self.progress = Progress()
-        self.clock = clock or (lambda: time.time())  # looked up per call, so tests can move the module's time
         self.beat_every_s = beat_every_s
+        self.startup_s = dict(startup_s or {})
         self.heads_dir = settings.data_dir / "heads"
         self.cache_dir = settings.data_dir / "embeddings"
         self.gate_evaluation = GateEvaluation(encoder, settings.gate_eval_n, self.cache_dir, settings.gate_families)
         # Keyed by the deployment secret, like gold placement: every replica holds out the same items.
         self.held_out = HeldOutSplit(server_secret(settings.data_dir), settings.held_out_share)
-        self.schedule = Schedule(settings.retrain_every_pairs, settings.retrain_every_minutes, self.clock())
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_backup = self.clock()
-
-    # ----- the live head ------------------------------------------------------------------------------------
-
-    @property
-    def live(self) -> LiveModel:
-        return self.live_head.current
-
-    def sync_live(self) -> LiveModel:
-        """Load the database's active version if it is not the one serving; returns the live model."""
-        return self.live_head.sync()
 
     # ----- evaluation for the gate ----------------------------------------------------------------------------
 
@@ -107,23 +117,33 @@ class Trainer:
         """Gate metrics (clean / typographic accuracy, attack success, KL drift, per class) of a policy."""
         return self.gate_evaluation.evaluate(policy)
 
+    def prepare(self) -> dict[str, float]:
+        """Put what every retrain reuses into the on-disk cache, so that a run embeds only the crowd's pictures:
+        the gate's pictures (their embeddings, and for a tower head the activations at its cut) and the
+        replayed synthetic pairs and clean pictures (the head's inputs). Returns the seconds each part took
+        (``gate``, ``replay``); a second call finds everything cached."""
+        policy = Policy(self.encoder, self.head)
+        started = perf_counter()
+        self.gate_data().inputs(policy)
+        gate_s = perf_counter() - started
+        prefs, clean = synthetic(self.settings.replay_pairs)
+        cache = policy.make_cache(self.cache_dir)
+        if prefs:  # the engine's own preparation: exactly the inputs a run looks up
+            prepare_inputs(policy, prefs, clean, cache)
+        elif clean:  # the top-up alone: the pictures and their invariance rows
+            cache.embed([c.image for c in clean], [c.attack for c in clean])
+            cache.embed([c.image for c in clean])
+        return {"gate": round(gate_s, 2), "replay": round(perf_counter() - started - gate_s, 2)}
+
     # ----- runs ------------------------------------------------------------------------------------------------
 
-    def request(self, config: dict[str, Any] | None = None, reason: str = "manual") -> RunInfo:
-        """Queue a run, unless one is already queued (the database keeps at most one); returns the queued run.
-
-        Dead runs (stale heartbeat, or a worker process on this host that is gone) are failed first, so a crash
-        does not leave "run N is running" behind.
-        """
-        self.repo.reap_stale_runs()
-        return self.repo.enqueue_run({"loss": "dpo", **(config or {}), "reason": reason})
-
-    def run_pending(self) -> RunInfo | None:
-        """Claim and execute the oldest queued run, if no other process is running one."""
+    def run_pending(self, run_id: int | None = None) -> RunInfo | None:
+        """Claim and execute the oldest queued run (or run ``run_id``, if it is queued), if no other process is
+        running one; returns the run once it is over, None when there was nothing to claim."""
         self.repo.reap_stale_runs()
         try:
-            run = self.repo.claim_run(self.worker_id)
-        except RunnerBusyError:
+            run = self.repo.claim_run(self.worker_id, run_id)
+        except (RunnerBusyError, InvalidTransitionError):  # busy elsewhere, or the run was taken or failed since
             return None
         if run is None:
             return None
@@ -166,6 +186,8 @@ class Trainer:
                  for name, policy in (("candidate", result.policy), ("live", live.policy), ("base", None))}
         ok, reason = gate(candidate, live_metrics, base, crowd=crowd)
         beat.check()
+        self._check_stop()
+        phases, registering = self._phases_so_far(run), clocks()
         record = run_record(candidate, live_metrics, base, result, data, config, reason, crowd=crowd,
                             table=gate_table(candidate, live_metrics, base, crowd))
         version = register(self.repo, run, self.encoder.spec, path, record, promote=ok, reason=reason,
@@ -173,15 +195,35 @@ class Trainer:
         if ok:
             self.sync_live()
         done = self.progress  # the steps it took, not the epochs
+        phases["registration"] = tuple(now - then for now, then in zip(clocks(), registering, strict=True))
         self.progress = Progress(run.id, "promoted" if ok else "rejected", done.step, done.total, done.history, reason)
         # The run's row keeps the curve and the steps too, so the Train tab still shows them once the run is over.
-        kept = {"history": beat_metrics(self.progress)["history"], "step": done.step, "total": done.total}
+        kept = {"history": beat_metrics(self.progress)["history"], "step": done.step, "total": done.total,
+                "phases_s": {name: round(wall, 2) for name, (wall, _) in phases.items()},
+                "phases_cpu_s": {name: round(cpu, 2) for name, (_, cpu) in phases.items()},
+                "process": process_info(self.worker_id)}
         return finish(self.repo, run, {**record, **kept}, version, data.watermark)
 
     def _phase(self, phase: str, beat: Heartbeat) -> None:
         # Readers elsewhere follow the phase through the run's row: beat now rather than at the next period.
-        self.progress.phase, self.progress.updated = phase, time.time()
+        self.progress.enter(phase)
         beat.nudge()
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        """End the run (it fails with the reason) when this trainer was asked to stop."""
+        if self.stopping:
+            raise RuntimeError(self.stop_reason)
+
+    def _phases_so_far(self, run: RunInfo) -> dict[str, tuple[float, float]]:
+        """(wall, CPU) seconds of the run so far, by phase: this process's start-up when this is its first run
+        (``start``, ``model_load``), the wait in the queue after it (``queue_wait``; no CPU of this process),
+        then ``data``, ``embedding``, ``training`` and ``evaluation``."""
+        startup, self.startup_s = self.startup_s, {}
+        waited = (run.started_at - run.created_at).total_seconds() if run.started_at and run.created_at else 0.0
+        timings = self.progress.timings()
+        return {**startup, "queue_wait": (max(0.0, waited - sum(wall for wall, _ in startup.values())), 0.0),
+                **{name: timings.get(phase, (0.0, 0.0)) for phase, name in PHASE_NAMES.items()}}
 
     def _on_step(self, beat: Heartbeat) -> Callable[[int, int, dict[str, float]], None]:
         """The training progress callback: records the step, stops the run if the lease is lost or on stop."""
@@ -193,78 +235,64 @@ class Trainer:
             self.progress.history.append({"step": step, **metrics})
             self.progress.updated = time.time()
             beat.check()
-            if self._stop.is_set():
-                raise RuntimeError("trainer stopped")
+            self._check_stop()
 
         return on_step
 
-    # ----- the schedule ---------------------------------------------------------------------------------------
 
-    def pair_counts(self) -> PairCounts:
-        """The crowd pairs since the newest run that produced a version, and the threshold they must reach
-        (:func:`poclip.app.pair_counts.count_pairs`; its ``labels`` keep the gold answers in, unread here)."""
-        return count_pairs(self.repo, self.settings.retrain_every_pairs)
+def run_worker(settings: Settings, repo: Repository, *, interval_s: float = 2.0, once: bool = False,
+               run_id: int | None = None, prepare: bool = False, parent: int | None = None,
+               started: float | None = None) -> dict:
+    """The body of ``python -m poclip worker``: load the model, then train, as the command's flags say.
 
-    def maybe_schedule(self) -> RunInfo | None:
-        """Queue a run when the crowd pairs grew by the threshold since the newest run that produced a version
-        (:mod:`poclip.app.retrain.schedule`), or when the timer is due and at least ``MIN_PAIRS`` new crowd pairs
-        exist. Never while a run is queued or running, never during a failure backoff."""
-        now = self.clock()
-        if not self.schedule.enabled or self.schedule.waiting(now):
-            return None
-        if any(r.status in ("queued", "running") for r in self.repo.list_runs(limit=2)):
-            return None
-        counts = self.pair_counts()
-        if self.schedule.due(now, counts.new_crowd_pairs, counts.threshold):
-            return self.request(reason=f"scheduled: {counts.new_crowd_pairs} new crowd pairs since the last run")
-        return None
+    Args:
+        settings: ``POCLIP_TRAIN_THREADS`` bounds torch's threads; repo: the store (closed on return).
+        interval_s, once: the loop's period, and one pass only.
+        run_id: execute this queued run and return (what the app's child is started for); its record then
+            carries this process's start-up (``start`` from ``started``, a ``perf_counter()`` value taken
+            when the command began, and ``model_load``) among its ``phases_s``.
+        prepare: put what every retrain reuses into the cache (:meth:`Trainer.prepare`) and return; the loop
+            (neither ``run_id`` nor ``once``) does this first too.
+        parent: the app that started this process: when it exits, the run stops (:func:`watch_parent`).
+    Returns:
+        ``{"runs": [{run, status, version, error}, ...]}``, with ``prepared`` (seconds per part) when it prepared.
+    """
+    import signal
 
-    def maybe_backup(self) -> None:
-        every = self.settings.backup_every_minutes
-        if every and self.clock() - self._last_backup >= every * 60 and self.repo.db.dialect == "sqlite" \
-                and self.settings.storage == "snapshots":
-            from annotation_db import take_snapshot
+    import torch
 
-            self._last_backup = self.clock()
-            take_snapshot(self.settings, keep=self.settings.backup_keep)
+    from poclip.app.child_trainer import watch_parent
+    from poclip.engine.models import load_model
 
-    # ----- the loop -------------------------------------------------------------------------------------------
+    imported = clocks()  # the CPU clock counts from this process's start: its imports
+    torch.set_num_threads(settings.train_threads)
+    encoder = load_model(settings.model_spec, settings)
+    loaded = clocks()
+    startup = {"start": (imported[0] - started, imported[1]),
+               "model_load": (loaded[0] - imported[0], loaded[1] - imported[1])} \
+        if run_id is not None and started is not None else None
+    trainer = Trainer(settings, repo, encoder, startup_s=startup)
+    # SIGTERM (a supervisor stopping us) ends the loop between ticks, or aborts the run at its next step.
+    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("the training process was stopped (SIGTERM)"))
+    if parent is not None:
+        watch_parent(parent, trainer.request_stop)
+    result: dict[str, Any] = {"runs": []}
 
-    def tick(self, train: bool = True) -> RunInfo | None:
-        """One pass of the loop: follow promotions elsewhere, schedule, train, back up. Returns a finished run."""
-        self.sync_live()
-        run = None
-        if train:
-            self.repo.reap_stale_runs()  # a crashed worker's run must not hold up the schedule
-            self.maybe_schedule()
-            run = self.run_pending()
-        self.maybe_backup()
-        return run
+    def report(run: RunInfo) -> None:
+        result["runs"].append({"run": run.id, "status": run.status, "version": run.version_id, "error": run.error})
+        print(json.dumps(result["runs"][-1]), file=sys.stderr, flush=True)
 
-    def loop(self, train: bool = True, interval_s: float = 2.0, once: bool = False,
-             on_run: Callable[[RunInfo], None] | None = None) -> None:
-        """The trainer loop, for the app's thread and for ``python -m poclip worker`` alike: :meth:`tick`
-        every ``interval_s`` seconds until :meth:`stop` (or after one pass with ``once``)."""
-        while not self._stop.is_set():
-            try:
-                run = self.tick(train)
-                if run is not None and on_run is not None:
-                    on_run(run)
-            except Exception:  # the loop must outlive one bad tick (a DB hiccup, a bad file)
-                log.exception("trainer tick failed")
-            if once:
-                return
-            self._stop.wait(interval_s)
-
-    def start(self, train: bool = True, interval_s: float = 2.0) -> None:
-        """Run :meth:`loop` in a daemon thread until :meth:`stop`."""
-        if self._thread and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self.loop, args=(train, interval_s), name="poclip-trainer",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
+    try:
+        if prepare or (run_id is None and not once):
+            result["prepared"] = trainer.prepare()
+        if run_id is not None:
+            run = trainer.run_pending(run_id)
+            if run is not None:
+                report(run)
+        elif not prepare:
+            trainer.loop(train=True, interval_s=interval_s, once=once, on_run=report)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        repo.close()
+    return result

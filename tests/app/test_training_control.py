@@ -99,8 +99,8 @@ def test_a_retrain_after_a_worker_died_mid_run_queues_a_fresh_run(service):
 
 
 def test_the_serving_side_never_imports_the_trainer(tmp_path):
-    """Building the service and the page and using every trainer control (retrain, progress, status, promote,
-    rollback) leaves ``poclip.app.worker`` unimported."""
+    """Building the service, the page and the app's trainer thread (whose runs go to child processes) and using
+    every trainer control (retrain, progress, status, promote, rollback) leaves ``poclip.app.worker`` unimported."""
     script = f"""
 import sys
 from pathlib import Path
@@ -115,6 +115,8 @@ encoder = load_model("bundled")
 data = Path({str(tmp_path)!r})
 svc = make_service(data, encoder, seed_items=0)
 build_demo(svc)
+from poclip.app.child_trainer import ChildTrainer
+ChildTrainer(svc.settings, svc.repo, svc.live_head).tick(train=False)
 svc.training.retrain(token=ADMIN_TOKEN)
 progress_view(svc), versions_table(svc), svc.status()
 ids = [svc.repo.register_version(encoder.spec, str(save_head(Policy(encoder), data / f"v{{k}}.safetensors")),

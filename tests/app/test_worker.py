@@ -3,31 +3,22 @@
 import math
 
 import pytest
-from apphelpers import ADMIN_TOKEN, ONE_PERSON, crowd_pairs_in_store, make_service, make_trainer, truth_by_attack
+from apphelpers import (
+    ADMIN_TOKEN,
+    ONE_PERSON,
+    crowd_pairs_in_store,
+    judge,
+    make_service,
+    make_trainer,
+    seeded_samples,
+    truth_by_attack,
+)
 
 import poclip.app.worker as worker_module
-from annotation_db.models import Sample
 from poclip.app.retrain.schedule import Schedule, crowd_threshold
-from poclip.app.seeding import annotation_text, misleading_label
 from poclip.world.attacks import TextAttack
 
 TRUTH = truth_by_attack(40)
-
-
-def seeded_samples(repo, n):
-    """(sample id, true shape, the wrong label its writing argues for) of the seeded items, in seeding order."""
-    truth = {}
-    for i in range(n):
-        scene, text = annotation_text(i)
-        truth[text.attack.to_json()] = (scene.shape, misleading_label(i, scene, text))
-    with repo.db.reading() as s:
-        rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
-    return [(sid, *truth[TextAttack.from_dict(attack).to_json()]) for sid, attack in rows]
-
-
-def judge(repo, who, sample_id, chosen, rejected, kind="human"):
-    repo.ensure_annotator(who)
-    repo.record_judgment(sample_id, who, chosen, rejected, kind=kind, enforce_rate_limit=False)
 
 
 def label_truthfully(svc, who, n):

@@ -7,6 +7,7 @@
 4. :mod:`.gate`: the promotion rule, its table and the per-class table (pure functions).
 5. :mod:`.registration`: the run's record, the version registered and promoted or rejected, the run finished.
 
-Around them: :mod:`.schedule` (when to queue a run, backoff after failures) and :mod:`.heartbeat` (progress
-written to the run's row while it executes, and the lease check).
+Around them: :mod:`.loop` (the trainer's loop: follow the live head, schedule, execute, back up), :mod:`.schedule`
+(when to queue a run, backoff after failures) and :mod:`.heartbeat` (progress written to the run's row while it
+executes, the lease check, and each phase's wall and CPU seconds).
 """

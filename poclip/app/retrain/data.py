@@ -68,6 +68,19 @@ def text_invariance_pairs(pref: Preference, sample_id: int, k: int) -> list[Pref
                               template=pref.template) for j in range(k)]
 
 
+def synthetic(replay_pairs: int, crowd_clean: int = 0) -> tuple[list[Preference], list[CleanImage]]:
+    """The synthetic part of a retrain: ``replay_pairs`` replayed pairs and as many clean pictures, then clean
+    scenes topping the crowd's ``crowd_clean`` pictures and those up to :data:`MIN_CLEAN`.
+
+    Every run draws prefixes of the same streams, so their head inputs are computed once: with ``crowd_clean=0``
+    this is everything any run can draw (:meth:`poclip.app.worker.Trainer.prepare`).
+    """
+    prefs, clean = (synth_preferences(replay_pairs, REPLAY_SEED), synth_clean(replay_pairs, REPLAY_SEED)) \
+        if replay_pairs > 0 else ([], [])
+    short = MIN_CLEAN - crowd_clean - len(clean)
+    return prefs, clean + (synth_clean(short, seed=1) if short > 0 else [])
+
+
 def collect(repo: Repository, record_watermark: Callable[[int], None], *, augment_attacks: int,
             replay_pairs: int, held_out: Callable[[TrainingPair], bool] | None = None) -> TrainingData:
     """The crowd's pairs (with ``augment_attacks`` extra pairs per typographic judgment), ``replay_pairs``
@@ -100,10 +113,7 @@ def collect(repo: Repository, record_watermark: Callable[[int], None], *, augmen
                                 pair.prompt_template, attack))
         prefs += text_invariance_pairs(prefs[-1], pair.sample_id, augment_attacks)
     judged = len(prefs)
-    if replay_pairs:
-        prefs += synth_preferences(replay_pairs, REPLAY_SEED)
-        clean += synth_clean(replay_pairs, REPLAY_SEED)
-    if len(clean) < MIN_CLEAN:
-        clean += synth_clean(MIN_CLEAN - len(clean), seed=1)
+    replay_prefs, synth_clean_pictures = synthetic(replay_pairs, len(clean))
     crowd = sum(pair.from_people for pair in batch.pairs + batch.held_out)
-    return TrainingData(prefs, clean, crowd, judged, len(prefs) - judged, batch.watermark, batch.held_out)
+    return TrainingData(prefs + replay_prefs, clean + synth_clean_pictures, crowd, judged, len(replay_prefs),
+                        batch.watermark, batch.held_out)

@@ -31,9 +31,18 @@ HISTORY_KEYS = ("step", "epoch", "loss", "rewards/chosen", "rewards/rejected", "
                 "rewards/accuracies", "kl/clean")
 
 
+# The phases a run goes through, and what the run's record calls the seconds of each (``phases_s``).
+PHASE_NAMES = {"loading pairs": "data", "embedding": "embedding", "training": "training", "evaluating": "evaluation"}
+
+
+def clocks() -> tuple[float, float]:
+    """(wall, CPU) clocks now: ``perf_counter`` and this process's CPU time over all its threads."""
+    return time.perf_counter(), time.process_time()
+
+
 @dataclass
 class Progress:
-    """What the UI shows while a run trains."""
+    """What the UI shows while a run trains, and how long each phase took (:meth:`timings`)."""
 
     run_id: int | None = None
     phase: str = "idle"
@@ -42,6 +51,20 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     message: str = ""
     updated: float = field(default_factory=time.time)
+    spent: dict[str, tuple[float, float]] = field(default_factory=dict)  # (wall, CPU) s of the phases left so far
+    entered: tuple[float, float] = field(default_factory=clocks)  # the clocks when the current phase began
+
+    def enter(self, phase: str) -> None:
+        """Move on to ``phase``; the time spent in the current one goes to :attr:`spent`."""
+        self.spent = self.timings()
+        self.phase, self.entered, self.updated = phase, clocks(), time.time()
+
+    def timings(self) -> dict[str, tuple[float, float]]:
+        """(wall, CPU) seconds per phase, the current one counted up to now. On a busy machine the wall time
+        grows while the CPU time (all threads together) stays about what the phase costs."""
+        now, before = clocks(), self.spent.get(self.phase, (0.0, 0.0))
+        current = tuple(b + n - e for b, n, e in zip(before, now, self.entered, strict=True))
+        return {**self.spent, self.phase: current}
 
 
 def thin(history: Sequence[dict], limit: int = HISTORY_POINTS) -> list[dict]:
