@@ -129,13 +129,14 @@ def read_env(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
 def write_env(obj: Any) -> dict[str, str]:
     """The environment variables that make :func:`read_env` give dataclass instance ``obj``'s values back:
     ``{variable: text}`` for every field that reads one (``None`` as an empty text: the default; booleans as
-    ``1`` or ``0``; numbers exactly)."""
+    ``1`` or ``0``; numbers exactly; tuples of names comma-separated)."""
     env = {}
     for f in dataclasses.fields(obj):
         if f.metadata.get("env"):
             value = getattr(obj, f.name)
             env[f.metadata["env"]] = ("" if value is None else str(int(value)) if isinstance(value, bool)
-                                      else repr(value) if isinstance(value, float) else str(value))
+                                      else repr(value) if isinstance(value, float)
+                                      else ",".join(map(str, value)) if isinstance(value, tuple) else str(value))
     return env
 
 
