@@ -2,13 +2,11 @@
 interval, the rule on crowd and synthetic figures, and a real retrain that records the gate's table."""
 
 import pytest
-from apphelpers import make_service, make_trainer
+from apphelpers import judge, make_service, make_trainer, seeded_samples
 
-from annotation_db.models import Sample
 from poclip.app.retrain.crowd import Agreement, HeldOutSplit, wilson
 from poclip.app.retrain.data import collect
 from poclip.app.retrain.gate import MIN_HELD_OUT, format_gate_table, gate, gate_table
-from poclip.app.seeding import annotation_text, misleading_label
 from poclip.world.attacks import TextAttack
 
 SYNTHETIC = {"typographic_accuracy": 0.80, "clean_accuracy": 0.95,
@@ -102,16 +100,8 @@ def test_the_held_out_split_is_about_a_fifth_stable_and_keyed_by_the_secret():
 
 def judge_all(repo, n):
     """The synthetic generator answers the first ``n`` seeded items truthfully."""
-    truth = {}
-    for i in range(n):
-        scene, text = annotation_text(i)
-        truth[text.attack.to_json()] = (scene.shape, misleading_label(i, scene, text))
-    with repo.db.reading() as s:
-        rows = s.query(Sample.id, Sample.attack).order_by(Sample.id).all()
-    repo.ensure_annotator("poclip-synthetic")
-    for sid, attack in rows[:n]:
-        repo.record_judgment(sid, "poclip-synthetic", *truth[TextAttack.from_dict(attack).to_json()],
-                             kind="synthetic", enforce_rate_limit=False)
+    for sid, shape, written in seeded_samples(repo, n)[:n]:
+        judge(repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
 
 
 def test_held_out_items_are_never_trained_on_and_the_split_survives_a_restart(tmp_path, bundled):
