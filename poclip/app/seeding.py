@@ -18,29 +18,18 @@ import threading
 
 from annotation_db import Repository, ValidationError
 from poclip.engine.models import ClipEncoder
-from poclip.errors import UserError
 from poclip.settings import Settings
 from poclip.world import synth
 from poclip.world.attacks import TextAttack
 from poclip.world.images import open_image
 from poclip.world.labels import DEFAULT_TEMPLATE, PRESETS
-from poclip.world.styles import ATTACK_FAMILIES, StyledText, family_attack
+from poclip.world.styles import StyledText, check_families, family_attack
 
 SYNTH_LABEL_SET = "Synthetic shapes"
 GOLD_SHARE = 0.1
 GOLD_HANDLE = "poclip-gold"  # the pseudo-annotator that holds gold answers; not a person
 # The families annotation items are written in, in turn: ``POCLIP_ANNOTATE_FAMILIES``'s default.
 ANNOTATE_FAMILIES: tuple[str, ...] = Settings.annotate_families
-
-
-def check_families(families: tuple[str, ...]) -> tuple[str, ...]:
-    """``families`` if every one may be an annotation item's family; else a :class:`UserError` naming them."""
-    allowed = [f for f in ATTACK_FAMILIES if f != "held_out_font"]  # its fonts stay out of training
-    unknown = [f for f in families if f not in allowed]
-    if unknown or not families:
-        raise UserError(f"POCLIP_ANNOTATE_FAMILIES: {', '.join(unknown) or 'none given'}; choose from "
-                        f"{', '.join(allowed)}")
-    return families
 
 
 def annotation_text(index: int, families: tuple[str, ...] = ANNOTATE_FAMILIES) -> tuple[synth.Scene, StyledText]:
@@ -83,7 +72,7 @@ class Seeding:
         n_items: how many synthetic items to offer (``POCLIP_SEED_ITEMS``).
         families: the attack families their writing takes turns in (``POCLIP_ANNOTATE_FAMILIES``).
     Raises:
-        UserError: no family, or one an annotation item cannot have (see :func:`check_families`).
+        UserError: no family, or one an annotation item cannot have (:func:`~poclip.world.styles.check_families`).
     """
 
     def __init__(self, repo: Repository, encoder: ClipEncoder, secret: bytes, n_items: int,
@@ -91,7 +80,7 @@ class Seeding:
         self.repo = repo
         self.encoder = encoder
         self.n_items = n_items
-        self.families = check_families(tuple(families))
+        self.families = check_families(families, "POCLIP_ANNOTATE_FAMILIES")
         self._secret = secret
         self._lock = threading.Lock()
         self.gold_items = 0  # gold reference answers seeded (see seed_items); counts leave them out

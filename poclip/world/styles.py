@@ -126,6 +126,20 @@ _FAMILY_STYLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The families a choice of the project may look at: all but the held-out font, whose fonts stay out of training
+# and out of the gate, so it remains a clean test of generalization.
+SEEN_FAMILIES: tuple[str, ...] = tuple(f for f in ATTACK_FAMILIES if f != "held_out_font")
+
+
+def check_families(families: Sequence[str], variable: str) -> tuple[str, ...]:
+    """``families`` as a tuple if it is not empty and each is one of :data:`SEEN_FAMILIES`; else an
+    :class:`~poclip.world.attacks.AttackError` naming ``variable`` and the choices."""
+    unknown = [f for f in families if f not in SEEN_FAMILIES]
+    if unknown or not families:
+        raise AttackError(f"{variable}: {', '.join(unknown) or 'none given'}; choose from {', '.join(SEEN_FAMILIES)}")
+    return tuple(families)
+
+
 def family_attack(family: str, labels: Sequence[str], true_label: str, rng: random.Random, *,
                   held_out: bool = True) -> StyledText:
     """The text of attack family ``family`` (:data:`ATTACK_FAMILIES`) for a picture of ``true_label``.

@@ -17,8 +17,7 @@ from poclip.engine.embed_cache import EmbeddingCache
 from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
-from poclip.errors import UserError
-from poclip.world.styles import ATTACK_FAMILIES
+from poclip.world.styles import check_families
 
 GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training stream
 
@@ -27,9 +26,7 @@ class GateEvaluation:
     """The gate's data and metrics for one backbone; safe to share between threads."""
 
     def __init__(self, encoder: ClipEncoder, n: int, cache_dir: Path, families: tuple[str, ...] = ("paper",)) -> None:
-        allowed = [f for f in ATTACK_FAMILIES if f != "held_out_font"]
-        if unknown := [f for f in families if f not in allowed]:
-            raise UserError(f"POCLIP_GATE_FAMILIES: {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        families = check_families(families, "POCLIP_GATE_FAMILIES")
         self.encoder, self.n, self.cache_dir = encoder, n, cache_dir
         self.family_names = ("paper", *(f for f in families if f != "paper"))
         self._data: dict[str, EvalEmbeddings] = {}
