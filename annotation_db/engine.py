@@ -11,7 +11,7 @@ SQLite needs care to be safe from Gradio's worker threads and from several proce
 
 from __future__ import annotations
 
-import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -27,7 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from annotation_db.errors import DatabaseGoneError, StorageError
+from annotation_db.errors import StorageError
+from annotation_db.identity import FileWatch, as_pragma
 
 
 class StoreLocation(Protocol):
@@ -228,10 +229,9 @@ def _storage_error(exc: DBAPIError) -> StorageError | None:
     text = f"{type(exc.orig).__name__} {exc.orig}".lower()
     code = getattr(exc.orig, "sqlstate", None)
     if code == "53100" or any(k in text for k in _FULL):
-        return StorageError("the server's disk is full: nothing was saved; tell the maintainer (free space, "
-                            "then retry)")
+        return StorageError(StorageError.FULL)
     if code == "25006" or any(k in text for k in _READ_ONLY):
-        return StorageError("the database is read-only on this server: nothing was saved; tell the maintainer")
+        return StorageError(StorageError.READ_ONLY.format(what="database"))
     return None
 
 
@@ -241,11 +241,12 @@ class Database:
     Each call opens its own session and closes it at the end of the ``with`` block, so sessions are never
     shared across threads; the engine (and its pool) is.
 
-    For a SQLite file the identity of the file (device and inode) is remembered when the database is opened
-    and checked (one ``stat``) at the start of every unit of work: when the file was deleted or replaced
-    underneath the app, open connections would keep writing into the unlinked file and new ones would
-    create an empty database, both lost on restart. Instead every unit of work raises
-    :class:`DatabaseGoneError` until the app restarts (and restores the newest snapshot).
+    For a SQLite file, every unit of work first checks that the file is still the database that was opened
+    (:class:`~annotation_db.identity.FileWatch`: one ``fstat`` and a 100-byte read of its header, which holds the
+    database's random id and a write counter that every write transaction moves on). When the
+    file was deleted, moved or replaced (in place too, e.g. by an older copy of itself), open connections would
+    keep writing into the unlinked file, new ones would create an empty database or read the old rows; instead
+    every unit of work raises :class:`DatabaseGoneError` until the app restarts.
     A full disk or a read-only database raises :class:`StorageError` with a message for people.
     """
 
@@ -263,8 +264,7 @@ class Database:
         self.path: Path | None = None
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             self.path = Path(url.database)
-        self._file_id: tuple[int, int] | None = None
-        self._gone: str | None = None
+        self._watch: FileWatch | None = None if self.path is None else FileWatch(self.path)
         self.remember_file()
 
     @property
@@ -272,31 +272,39 @@ class Database:
         return self.engine.dialect.name
 
     def remember_file(self) -> None:
-        """Take the SQLite file as it is now as the database (at open, and after a restore)."""
-        if self.path is None:
+        """Take the SQLite file as it is now as the database (at open, after migrating, after a restore).
+
+        The first process to open a file without a database id draws one (under the write lock, so processes
+        starting together agree on it)."""
+        if self._watch is None:
             return
-        if not self.path.exists():
-            with self.engine.connect():  # creates the file, as the first unit of work would
-                pass
-        st = os.stat(self.path)
-        self._file_id, self._gone = (st.st_dev, st.st_ino), None
+        try:
+            with self._write_engine.begin() as conn:  # creates the file and sets its journal mode, as any would
+                database_id = conn.exec_driver_sql("PRAGMA application_id").scalar()
+                if database_id == 0:
+                    database_id = as_pragma(secrets.randbits(32) or 1)
+                    conn.exec_driver_sql(f"PRAGMA application_id = {database_id}")
+                    self._count_write(conn)
+        except DBAPIError as exc:
+            if _storage_error(exc) is None:  # a read-only database keeps no id; anything else is a bug
+                raise
+            database_id = 0
+        self._watch.remember(database_id)
 
     def check_file(self) -> None:
         """Raise :class:`DatabaseGoneError` when the SQLite file was deleted or replaced since it was opened."""
-        if self._file_id is None:
-            return
-        if self._gone is None:
+        if self._watch is not None:
+            self._watch.check()
+
+    def _count_write(self, conn: Connection) -> None:
+        """Last in a SQLite write transaction: move the file's write counter on (see :mod:`annotation_db.identity`)."""
+        if self._watch is not None:
+            cursor = conn.connection.dbapi_connection.cursor()  # the driver's own: two statements on the hot path
             try:
-                st = os.stat(self.path)  # type: ignore[arg-type]
-                if (st.st_dev, st.st_ino) != self._file_id:
-                    self._gone = "replaced by another file"
-            except FileNotFoundError:
-                self._gone = "deleted"
-        if self._gone is not None:
-            raise DatabaseGoneError(
-                f"the database file {self.path} was {self._gone} while the app was running. Nothing more is "
-                "accepted, so nothing more is lost; restart the app to restore the newest snapshot."
-            )
+                writes = cursor.execute("PRAGMA user_version").fetchone()[0]
+                cursor.execute(f"PRAGMA user_version = {as_pragma(writes + 1)}")
+            finally:
+                cursor.close()
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -319,26 +327,28 @@ class Database:
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A unit of work committed at the end of the block, or rolled back whole if it raises."""
-        self.check_file()
         if self._write_lock is None:
             with self._mapped(), self._write() as session, session.begin():
                 yield session
             return
-        with self._write_lock, self._mapped(), self._write() as session, session.begin():
-            self.check_file()  # again under the lock: the file may have gone while we queued
-            yield session
+        with self._write_lock:
+            self.check_file()  # this writer's turn: before a connection, which would create a deleted file anew
+            with self._mapped(), self._write() as session, session.begin():
+                yield session
+                self._count_write(session.connection())
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
         """Like :meth:`writing`, for Core statements on a connection without an ORM session (hot paths)."""
-        self.check_file()
         if self._write_lock is None:
             with self._mapped(), self._write_engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self._mapped(), self._write_engine.begin() as conn:
-            self.check_file()
-            yield conn
+        with self._write_lock:
+            self.check_file()  # as in writing()
+            with self._mapped(), self._write_engine.begin() as conn:
+                yield conn
+                self._count_write(conn)
 
     def dispose(self) -> None:
         """Close pooled connections (tests, shutdown, before restoring a backup)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from poclip.errors import UserError
 
 
@@ -47,6 +49,19 @@ class HubError(AnnotationDBError):
 
 class StorageError(AnnotationDBError):
     """The database cannot take writes: the disk is full or the store is read-only. Nothing was written."""
+
+    FULL = "the server's disk is full: nothing was saved; tell the maintainer (free space, then retry)"
+    READ_ONLY = "the {what} is read-only on this server: nothing was saved; tell the maintainer"
+
+    @classmethod
+    def of_os_error(cls, exc: OSError) -> StorageError | None:
+        """The error to show for a file write that failed for lack of space or on a read-only file system; None
+        for any other failure (a bug, not a message for people)."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return cls(cls.FULL)
+        if exc.errno == errno.EROFS:
+            return cls(cls.READ_ONLY.format(what="data folder"))
+        return None
 
 
 class DatabaseGoneError(StorageError):

@@ -14,7 +14,7 @@ import PIL.Image
 from sqlalchemy.dialects import postgresql, sqlite
 
 from annotation_db.counters import bump
-from annotation_db.errors import NotFoundError, ValidationError
+from annotation_db.errors import NotFoundError, StorageError, ValidationError
 from annotation_db.models import HANDLE_MAX, Image, ImageSource
 from annotation_db.store import StoreBase
 from annotation_db.validation import check_choice, check_optional_text, check_sha256
@@ -131,17 +131,26 @@ class ImagesMixin(StoreBase):
 
     @staticmethod
     def _write_atomically(path: Path, data: bytes) -> bool:
-        """Write ``data`` to ``path`` through a temporary file and a rename; False when it was already there."""
+        """Write ``data`` to ``path`` through a temporary file and a rename; False when it was already there.
+
+        Raises:
+            StorageError: the disk is full or read-only (nothing is left behind).
+        """
         if path.exists() and path.stat().st_size == len(data):
             return False  # content-addressed: same name, same bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            mapped = StorageError.of_os_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
         finally:
             tmp.unlink(missing_ok=True)
         return True

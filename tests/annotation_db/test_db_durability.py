@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -45,6 +46,74 @@ def test_deleting_the_database_file_leads_to_refusal_and_restore_from_the_snapsh
     assert restarted.counts()["judgments"] == 3
     restarted.ensure_annotator("someone-new")  # writes are accepted again
     restarted.close()
+
+
+def checkpoint(db_file) -> None:
+    """What SQLite does by itself every 1,000 pages of WAL (and any process on the file may do): copy the
+    write-ahead log into the database file."""
+    conn = sqlite3.connect(db_file)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def cp(source, target) -> None:
+    """``cp source target`` from another process, as a person would type it (same inode, new content). In this
+    process, closing the file would also drop the locks SQLite's connections hold on it."""
+    subprocess.run(["cp", str(source), str(target)], check=True)
+
+
+def refused_everything(repo, where) -> None:
+    """Reads and writes alike are refused with the app's message, which names no server path."""
+    for act in (lambda: repo.record_judgment(1, "ann", "dog", "cat"), lambda: repo.ensure_annotator("new"),
+                repo.counts, lambda: repo.next_sample("ann")):
+        with pytest.raises(DatabaseGoneError, match="was replaced while the app was running") as refusal:
+            act()
+        assert str(where) not in str(refusal.value) and "poclip.db" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("journal, copy", [("WAL", "raw"), ("WAL", "snapshot"), ("DELETE", "raw")])
+def test_an_older_copy_put_in_place_of_the_running_database_is_refused_not_served(tmp_path, png, journal, copy):
+    where = Location(tmp_path, sqlite_journal_mode=journal)
+    repo = open_repository(where, RepositoryConfig(rate_limit_count=None))
+    fill(repo, png, 30)
+    db_file = tmp_path / "poclip.db"
+    if copy == "raw":  # a copy of the file itself (in WAL mode, of what the last checkpoint wrote to it)
+        checkpoint(db_file) if journal == "WAL" else None
+        old = tmp_path / "old.db"
+        cp(db_file, old)
+    else:  # a snapshot of the live database (it has a rollback journal: one self-contained file)
+        old = take_snapshot(where)
+    for i in range(30, 50):
+        sample = repo.add_sample(repo.store_image(png(i)).sha256, "animals")
+        repo.record_judgment(sample.id, "ann", "cat", "dog")
+    assert repo.counts()["judgments"] == 50
+    checkpoint(db_file) if journal == "WAL" else None
+    inode = db_file.stat().st_ino
+    cp(old, db_file)  # the same inode, older content
+    assert db_file.stat().st_ino == inode
+    refused_everything(repo, tmp_path)
+    repo.close()
+
+    # A restart serves the file now in place, whole (the older copy: 30 judgments) and takes writes again.
+    restarted = open_repository(where, RepositoryConfig(rate_limit_count=None))
+    assert restarted.counts()["judgments"] == 30
+    restarted.ensure_annotator("someone-new")
+    restarted.close()
+
+
+def test_another_database_put_in_place_is_refused_whatever_its_size(tmp_path, png):
+    here, there = Location(tmp_path / "here"), Location(tmp_path / "there")
+    repo = open_repository(here, RepositoryConfig(rate_limit_count=None))
+    fill(repo, png, 2)
+    other = open_repository(there, RepositoryConfig(rate_limit_count=None))
+    fill(other, png, 40)  # more writes than ours: its write counter is ahead
+    other.close()
+    checkpoint(tmp_path / "here" / "poclip.db")
+    cp(tmp_path / "there" / "poclip.db", tmp_path / "here" / "poclip.db")
+    refused_everything(repo, tmp_path)
+    repo.close()
 
 
 def test_a_replaced_file_is_refused_and_an_empty_one_does_not_block_the_restore(tmp_path, png):
