@@ -188,11 +188,15 @@ class Sample(Base):
         UniqueConstraint(
             "image_sha256", "label_set_id", "attack_key", name="uq_samples_image_label_set_attack"
         ),
+        # The annotation queue: next_sample walks one vote count at a time, ids ascending from a random point
+        # (migration 0006), with or without a label set.
+        Index("ix_samples_votes_id", "votes", "id"),
+        Index("ix_samples_label_set_votes_id", "label_set_id", "votes", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
-    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"), index=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"))
     attack: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # sha256 of the canonical attack JSON: JSON columns cannot be compared for the uniqueness above.
     attack_key: Mapped[str] = mapped_column(String(64))
@@ -286,6 +290,8 @@ class TrainingRun(Base):
     # Fencing token drawn when the run is claimed: only its holder may heartbeat, register or promote.
     lease: Mapped[str | None] = mapped_column(String(64))
     judgment_watermark: Mapped[int | None] = mapped_column(Integer)
+    # 1 for a run as queued; a run whose worker died is queued again once, as attempt 2 (migration 0006).
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"), default=1)
 
 
 class Counter(Base):
@@ -302,7 +308,12 @@ class ServedItem(Base):
     """A sample shown to an annotator by :meth:`next_sample`; human answers are accepted only for these."""
 
     __tablename__ = "served_items"
+    __table_args__ = (
+        # The annotator's items served but not answered, least recently served first (migration 0006).
+        Index("ix_served_items_annotator_served_at", "annotator_id", "served_at"),
+    )
 
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True)
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
     served_at: Mapped[datetime] = mapped_column(UTCDateTime())
+

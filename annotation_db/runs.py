@@ -5,7 +5,9 @@ so two processes (app replicas, a standalone worker) can never both run, whateve
 allows at most one ``queued`` row, so any number of clicks and schedulers queue a single run. Claiming
 fails cleanly, with :class:`RunnerBusyError`, while the running run is alive. A run is dead when its
 heartbeat is older than ``stale_heartbeat_s``, or at once when its worker ran on this host and that process
-no longer exists; either way it is marked failed, which frees the lock.
+no longer exists; either way it is marked failed, which frees the lock, and queued again once (the next attempt,
+unless a run is queued already: that one trains on the same data and more). A run that fails by itself (its
+trainer caught an error) is not retried, nor is a retry whose worker died too.
 
 Claiming draws a lease (a fencing token). Heartbeats, finishing, registering a version and promoting it
 are conditional on the run still running under that lease, checked in the same transaction as the write:
@@ -47,6 +49,7 @@ class RunInfo:
     finished_at: datetime | None
     lease: str | None = None  # the fencing token; only the claimer uses it
     judgment_watermark: int | None = None  # newest judgment the run trained on
+    attempt: int = 1  # 2 for the retry of a run whose worker died
 
     @classmethod
     def of(cls, row: TrainingRun) -> RunInfo:
@@ -64,6 +67,7 @@ class RunInfo:
             row.finished_at,
             row.lease,
             row.judgment_watermark,
+            row.attempt,
         )
 
 
@@ -73,6 +77,9 @@ class TrainedRun:
 
     run: RunInfo
     rejected: bool
+
+
+ATTEMPTS = 2  # a run whose worker died is queued again once
 
 
 def worker_name(tag: str = "") -> str:
@@ -350,13 +357,30 @@ class RunsMixin(StoreBase):
             elif _process_gone(worker):
                 dead[run_id] = f"its worker process ({worker}) is gone; marked failed"
         for run_id, error in dead.items():
-            s.execute(
+            reaped = s.execute(
                 update(TrainingRun)
                 .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
                 .values(status=RunStatus.FAILED, finished_at=now, error=error)
                 .execution_options(synchronize_session=False)
             )
+            if reaped.rowcount == 1:  # not failed by another reaper in the meantime (PostgreSQL)
+                self._retry(s, run_id, error, now)
         return list(dead)
+
+    def _retry(self, s: Session, run_id: int, error: str, now: datetime) -> None:
+        """Queue dead run ``run_id`` again as its next attempt: not after its last attempt, nor when a run is
+        queued already (that one trains on the same data and more). The dead run's error says which run retries."""
+        dead = s.get_one(TrainingRun, run_id, populate_existing=True)
+        if dead.attempt >= ATTEMPTS or s.scalar(select(TrainingRun.id).where(TrainingRun.status == RunStatus.QUEUED)):
+            return
+        retry = TrainingRun(status=RunStatus.QUEUED, config={**dead.config, "reason": f"retry of run {run_id}"},
+                            created_at=now, attempt=dead.attempt + 1)
+        try:
+            with s.begin_nested():  # a concurrent enqueue_run may take the one queued place first: then it is the retry
+                s.add(retry)
+        except IntegrityError:
+            return
+        dead.error = f"{error}; queued again as run {retry.id} (attempt {retry.attempt} of {ATTEMPTS})"
 
     def _busy(self, running: TrainingRun, now: datetime) -> RunnerBusyError:
         age = (now - running.heartbeat_at).total_seconds() if running.heartbeat_at else float("nan")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, case, func, select
+from collections.abc import Iterator
+
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from annotation_db.catalog import CatalogMixin, SampleInfo
 from annotation_db.models import HANDLE_MAX, LABEL_SET_NAME_MAX, Judgment, LabelSet, Sample, ServedItem
@@ -30,8 +33,12 @@ class ServingMixin(CatalogMixin):
         queue exactly where a regular item with the same votes would. The share of gold items a person
         answers is therefore the catalog's share (the seeder makes about one item in ten gold).
 
-        Cost per request: one statement, O(samples) with a LIMIT 1 top-1 sort (no worse than before); the
-        annotator's judgments and served rows are read through their (annotator, ...) indexes.
+        Cost per request, whatever the number of samples: items never served to them are found by walking the
+        ``(votes, id)`` index one vote count at a time (closest to k first), from a random id onwards and then
+        from the start, skipping the items this annotator has already seen (two primary-key probes each), so a
+        request reads O(vote counts + items they saw that stand ahead of the answer). Only when every item was
+        served to them does it read their served rows, least recently served first, through their
+        ``(annotator, served_at)`` index.
 
         Args:
             annotator: handle from :meth:`ensure_annotator`.
@@ -39,36 +46,71 @@ class ServingMixin(CatalogMixin):
         """
         annotator = check_text(annotator, "annotator", HANDLE_MAX)
         label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
-        k = self.config.target_votes
         with self.db.reading() as s:
             annotator_id = self._annotator(s, annotator).id
-            mine = select(Judgment.sample_id).where(
-                Judgment.annotator_id == annotator_id, Judgment.undone_at.is_(None)
-            )
-            n = Sample.votes  # kept on the sample row by the judgment writes
-            query = (
-                select(Sample.id)
-                .outerjoin(
-                    ServedItem,
-                    and_(ServedItem.sample_id == Sample.id, ServedItem.annotator_id == annotator_id),
-                )
-                .where(Sample.id.not_in(mine))
-            )
+            only: list = []
             if label_set is not None:
-                query = query.join(LabelSet, LabelSet.id == Sample.label_set_id).where(LabelSet.name == label_set)
-            query = query.order_by(
-                case((ServedItem.served_at.is_(None), 0), else_=1),
-                ServedItem.served_at,
-                case((n < k, 0), else_=1),
-                case((n < k, -n), else_=n),
-                func.random(),
-            )
-            sample_id = s.scalar(query.limit(1))
+                label_set_id = s.scalar(select(LabelSet.id).where(LabelSet.name == label_set))
+                if label_set_id is None:
+                    return None
+                only = [Sample.label_set_id == label_set_id]
+            sample_id = self._never_served(s, annotator_id, only)
+            if sample_id is None:
+                sample_id = self._least_recently_served(s, annotator_id, only)
             if sample_id is None:
                 return None
             info = self._sample_info(s, sample_id)
         self._mark_served(annotator_id, sample_id)
         return info
+
+    def _vote_counts(self, s: Session, only: list) -> Iterator[int]:
+        """The vote counts samples have, in queue order: below k from k - 1 down, then k and up. Each is one
+        indexed step (a loose index scan), so this reads O(distinct counts), not the samples."""
+        k = self.config.target_votes
+        below = k
+        while (below := s.scalar(select(Sample.votes).where(Sample.votes < below, *only)
+                                 .order_by(Sample.votes.desc()).limit(1))) is not None:
+            yield below
+        above = k - 1
+        while (above := s.scalar(select(Sample.votes).where(Sample.votes > above, *only)
+                                 .order_by(Sample.votes).limit(1))) is not None:
+            yield above
+
+    def _never_served(self, s: Session, annotator_id: int, only: list) -> int | None:
+        """The first item of the queue never served to (nor judged by) this annotator; ties by a random start."""
+        unseen = [
+            ~exists().where(ServedItem.annotator_id == annotator_id, ServedItem.sample_id == Sample.id),
+            ~exists().where(Judgment.annotator_id == annotator_id, Judgment.sample_id == Sample.id,
+                            Judgment.undone_at.is_(None)),
+        ]
+        last = s.scalar(select(func.max(Sample.id)))
+        if last is None:
+            return None
+        start = self._rng.randint(1, last)  # ids are dense: every item of a vote count is about equally likely
+        for votes in self._vote_counts(s, only):
+            for side in (Sample.id >= start, Sample.id < start):
+                found = s.scalar(select(Sample.id).where(Sample.votes == votes, side, *only, *unseen)
+                                 .order_by(Sample.id).limit(1))
+                if found is not None:
+                    return found
+        return None
+
+    def _least_recently_served(self, s: Session, annotator_id: int, only: list) -> int | None:
+        """The item served to this annotator longest ago that they have not answered (skipped, or undone)."""
+        k = self.config.target_votes
+        n = Sample.votes
+        query = (
+            select(ServedItem.sample_id)
+            .join(Sample, Sample.id == ServedItem.sample_id)
+            .where(
+                ServedItem.annotator_id == annotator_id,
+                ~exists().where(Judgment.annotator_id == annotator_id, Judgment.sample_id == ServedItem.sample_id,
+                                Judgment.undone_at.is_(None)),
+                *only,
+            )
+            .order_by(ServedItem.served_at, case((n < k, 0), else_=1), case((n < k, -n), else_=n), func.random())
+        )
+        return s.scalar(query.limit(1))
 
     def _mark_served(self, annotator_id: int, sample_id: int) -> None:
         # Its own short write after the read: the choice above never holds the write lock. The time is

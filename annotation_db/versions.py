@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -194,6 +195,24 @@ class VersionsMixin(StoreBase):
                 return VersionInfo.of(row)
         except IntegrityError as exc:
             raise InvalidTransitionError(_CONCURRENT) from exc
+
+    def discard_head(self, path: Path) -> bool:
+        """Delete the head file a training run wrote before it lost its run (its lease), unless a version names it
+        (a candidate it registered in time keeps its file). Returns whether a file was deleted.
+
+        The check and the delete happen under SQLite's write lock, so no version naming the file can be registered
+        in between (only the run's own worker would: it is the one discarding).
+        """
+        path = Path(path)
+        names = {str(path)}
+        if path.is_relative_to(self.data_dir):
+            names.add(path.relative_to(self.data_dir).as_posix())
+        with self.db.writing() as s:
+            if s.scalar(select(ModelVersion.id).where(ModelVersion.head_path.in_(names)).limit(1)) is not None:
+                return False
+            deleted = path.is_file()
+            path.unlink(missing_ok=True)
+            return deleted
 
     def rollback_version(
         self, to_version_id: int | None = None, reason: str = "rolled back", *, by: str | None = None

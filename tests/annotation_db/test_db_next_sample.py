@@ -66,3 +66,58 @@ def test_skipped_items_rotate_instead_of_repeating(repo, world, clock):
         clock.advance(1)
     n = len(world.samples)
     assert sorted(served[:n]) == sorted(world.samples) and sorted(served[n:]) == sorted(world.samples)
+
+
+def add_samples(repo, n: int, png) -> None:
+    """``n`` more samples of one picture in one bulk insert (setup: not what is measured)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from annotation_db.models import LabelSet, Sample
+    from annotation_db.validation import json_key
+
+    sha = repo.store_image(png(7)).sha256
+    with repo.db.writing() as s:
+        label_set_id = s.scalar(select(LabelSet.id).where(LabelSet.name == "animals"))
+        start = s.scalar(select(func.count()).select_from(Sample))
+        s.execute(insert(Sample), [{"image_sha256": sha, "label_set_id": label_set_id, "attack": {"text": f"w{i}"},
+                                    "attack_key": json_key({"text": f"w{i}"}), "created_at": datetime.now(UTC)}
+                                   for i in range(start, start + n)])
+
+
+def sqlite_steps(repo):
+    """A counter of the SQLite virtual machine's steps (hundreds) on every connection of ``repo``: the work its
+    statements do, whatever the speed of the machine."""
+    from sqlalchemy import event
+
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    event.listen(repo.db.engine, "connect", lambda dbapi, _: dbapi.set_progress_handler(count, 100))
+    repo.db.engine.dispose()  # the connections made from now on count
+    return steps
+
+
+def test_choosing_the_next_item_does_not_read_every_sample(repo, world, db_url, png):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("counts SQLite's virtual-machine steps; PostgreSQL runs the same indexed statements")
+    steps = sqlite_steps(repo)
+    for voter in world.annotators[1:4]:  # other people's votes: items short of k and at k
+        for sample in world.samples[: world.annotators.index(voter) + 1]:
+            repo.record_judgment(sample, voter, "cat", "dog")
+
+    def cost(n_samples: int, handle: str) -> float:
+        add_samples(repo, n_samples - repo.counts()["samples"], png)
+        repo.ensure_annotator(handle)
+        steps[0] = 0
+        for _ in range(20):
+            sample = repo.next_sample(handle)
+            repo.record_judgment(sample.id, handle, "cat", "dog")
+        return steps[0] / 20
+
+    small, large = cost(1_000, "annotator-a"), cost(20_000, "annotator-h")
+    assert large < 1.5 * small, (small, large)  # 20 times the samples, about the same work

@@ -229,3 +229,33 @@ def test_trained_runs_are_the_newest_runs_with_a_version_and_say_which_were_reje
     assert [(t.run.id, t.rejected) for t in trained] == [(again.id, True), (rejected.id, True), (promoted.id, False)]
     assert (trained[0].run.judgment_watermark, trained[0].run.metrics) == (40, {"crowd_pairs": 40})
     assert [t.run.id for t in repo.trained_runs(limit=1)] == [again.id]
+
+
+def test_a_run_whose_worker_died_is_queued_again_once_and_a_second_death_stays_failed(repo, clock):
+    first = repo.enqueue_run({"loss": "ipo", "reason": "manual retrain"})
+    repo.claim_run("host-a:1")
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    assert repo.reap_stale_runs() == [first.id]
+    retry = repo.list_runs()[0]
+    assert (retry.status, retry.attempt, retry.config) == ("queued", 2, {"loss": "ipo", "reason": f"retry of run "
+                                                                                                   f"{first.id}"})
+    assert repo.get_run(first.id).error.endswith(f"queued again as run {retry.id} (attempt 2 of 2)")
+
+    assert repo.claim_run("host-b:2").id == retry.id  # any trainer picks it up
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    assert repo.reap_stale_runs() == [retry.id]
+    assert [(r.id, r.status, r.attempt) for r in repo.list_runs()] == [(retry.id, "failed", 2), (first.id, "failed", 1)]
+    assert "queued again" not in repo.get_run(retry.id).error
+
+
+def test_a_run_that_failed_by_itself_is_not_retried_and_a_queued_run_stands_in_for_the_retry(repo, clock):
+    repo.enqueue_run({})
+    failed = repo.claim_run("w")
+    repo.fail_run(failed.id, "NotEnoughData: 3 pairs")
+    assert repo.reap_stale_runs() == [] and repo.claim_run("w") is None  # its trainer said why: no retry
+    dead = repo.claim_run("w", repo.enqueue_run({"n": 1}).id)
+    waiting = repo.enqueue_run({"n": 2})
+    clock.advance(repo.config.stale_heartbeat_s + 1)
+    assert repo.reap_stale_runs() == [dead.id]
+    assert [r.id for r in repo.list_runs() if r.status == "queued"] == [waiting.id]  # no second queued run
+    assert "queued again" not in repo.get_run(dead.id).error

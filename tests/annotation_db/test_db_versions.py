@@ -182,3 +182,17 @@ def test_rollback_to_the_starter_head_or_the_base_model_makes_a_named_version_li
     assert [v.name for v in repo.list_versions()] == ["starter head", "version 2", "base model"]
     assert active_count(repo) == 1
     assert repo.rollback_version(to_version_id=v1.id).id == v1.id  # and back to a trained version
+
+
+def test_a_lost_runs_head_file_is_deleted_unless_a_version_names_it(repo, tmp_path):
+    heads = repo.data_dir / "heads"
+    heads.mkdir(parents=True)
+    lost, kept, relative = heads / "run1.safetensors", heads / "run2.safetensors", heads / "run3.safetensors"
+    for path in (lost, kept, relative):
+        path.write_bytes(b"head")
+    repo.register_version("bundled", str(kept), {})  # registered in time: the version keeps its file
+    repo.register_version("bundled", "heads/run3.safetensors", {})  # named relative to the data dir
+    assert repo.discard_head(lost) is True and not lost.exists()
+    assert repo.discard_head(kept) is False and kept.exists()
+    assert repo.discard_head(relative) is False and relative.exists()
+    assert repo.discard_head(lost) is False  # already gone
