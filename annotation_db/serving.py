@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import case, exists, func, select
+from sqlalchemy import Select, bindparam, case, exists, func, select, true, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from annotation_db.catalog import CatalogMixin, SampleInfo
 from annotation_db.models import HANDLE_MAX, LABEL_SET_NAME_MAX, Judgment, LabelSet, Sample, ServedItem
 from annotation_db.validation import check_optional_text, check_text
+
+# next_sample runs on every Annotate click: its statements are built once (with and without a label set), so a
+# call skips statement construction and cache-key generation, which cost more than SQLite's own work here.
+_LAST_ID = select(func.max(Sample.id))
+_LABEL_SET_ID = select(LabelSet.id).where(LabelSet.name == bindparam("label_set"))
+_NOT_ANSWERED = ~exists().where(Judgment.annotator_id == bindparam("annotator_id"),
+                                Judgment.sample_id == Sample.id, Judgment.undone_at.is_(None))
+
+
+def _queue_statements(only) -> dict[str, Select]:
+    below = select(Sample.votes).where(Sample.votes < bindparam("votes"), only).order_by(Sample.votes.desc())
+    above = select(Sample.votes).where(Sample.votes > bindparam("votes"), only).order_by(Sample.votes)
+    unseen = (Sample.votes == bindparam("votes"), only, _NOT_ANSWERED,
+              ~exists().where(ServedItem.annotator_id == bindparam("annotator_id"), ServedItem.sample_id == Sample.id))
+    # From the random id on, else from the first: one statement, read in that order until the first hit.
+    halves = [select(Sample.id).where(side, *unseen).order_by(Sample.id).limit(1).subquery()
+              for side in (Sample.id >= bindparam("start"), Sample.id < bindparam("start"))]
+    return {"below": below.limit(1), "above": above.limit(1),
+            "unseen": union_all(*(select(half.c.id) for half in halves)).limit(1)}
+
+
+_QUEUE = {False: _queue_statements(true()), True: _queue_statements(Sample.label_set_id == bindparam("label_set_id"))}
 
 
 class ServingMixin(CatalogMixin):
@@ -48,69 +70,55 @@ class ServingMixin(CatalogMixin):
         label_set = check_optional_text(label_set, "label set name", LABEL_SET_NAME_MAX)
         with self.db.reading() as s:
             annotator_id = self._annotator(s, annotator).id
-            only: list = []
+            where = {"annotator_id": annotator_id}
             if label_set is not None:
-                label_set_id = s.scalar(select(LabelSet.id).where(LabelSet.name == label_set))
-                if label_set_id is None:
+                where["label_set_id"] = s.scalar(_LABEL_SET_ID, {"label_set": label_set})
+                if where["label_set_id"] is None:
                     return None
-                only = [Sample.label_set_id == label_set_id]
-            sample_id = self._never_served(s, annotator_id, only)
+            sample_id = self._never_served(s, where)
             if sample_id is None:
-                sample_id = self._least_recently_served(s, annotator_id, only)
+                sample_id = self._least_recently_served(s, where)
             if sample_id is None:
                 return None
             info = self._sample_info(s, sample_id)
         self._mark_served(annotator_id, sample_id)
         return info
 
-    def _vote_counts(self, s: Session, only: list) -> Iterator[int]:
+    def _vote_counts(self, s: Session, where: dict) -> Iterator[int]:
         """The vote counts samples have, in queue order: below k from k - 1 down, then k and up. Each is one
         indexed step (a loose index scan), so this reads O(distinct counts), not the samples."""
-        k = self.config.target_votes
-        below = k
-        while (below := s.scalar(select(Sample.votes).where(Sample.votes < below, *only)
-                                 .order_by(Sample.votes.desc()).limit(1))) is not None:
-            yield below
-        above = k - 1
-        while (above := s.scalar(select(Sample.votes).where(Sample.votes > above, *only)
-                                 .order_by(Sample.votes).limit(1))) is not None:
-            yield above
+        queue = _QUEUE["label_set_id" in where]
+        votes = self.config.target_votes
+        while (votes := s.scalar(queue["below"], {**where, "votes": votes})) is not None:
+            yield votes
+        votes = self.config.target_votes - 1
+        while (votes := s.scalar(queue["above"], {**where, "votes": votes})) is not None:
+            yield votes
 
-    def _never_served(self, s: Session, annotator_id: int, only: list) -> int | None:
+    def _never_served(self, s: Session, where: dict) -> int | None:
         """The first item of the queue never served to (nor judged by) this annotator; ties by a random start."""
-        unseen = [
-            ~exists().where(ServedItem.annotator_id == annotator_id, ServedItem.sample_id == Sample.id),
-            ~exists().where(Judgment.annotator_id == annotator_id, Judgment.sample_id == Sample.id,
-                            Judgment.undone_at.is_(None)),
-        ]
-        last = s.scalar(select(func.max(Sample.id)))
+        last = s.scalar(_LAST_ID)
         if last is None:
             return None
         start = self._rng.randint(1, last)  # ids are dense: every item of a vote count is about equally likely
-        for votes in self._vote_counts(s, only):
-            for side in (Sample.id >= start, Sample.id < start):
-                found = s.scalar(select(Sample.id).where(Sample.votes == votes, side, *only, *unseen)
-                                 .order_by(Sample.id).limit(1))
-                if found is not None:
-                    return found
+        unseen = _QUEUE["label_set_id" in where]["unseen"]
+        for votes in self._vote_counts(s, where):
+            found = s.scalar(unseen, {**where, "votes": votes, "start": start})
+            if found is not None:
+                return found
         return None
 
-    def _least_recently_served(self, s: Session, annotator_id: int, only: list) -> int | None:
+    def _least_recently_served(self, s: Session, where: dict) -> int | None:
         """The item served to this annotator longest ago that they have not answered (skipped, or undone)."""
-        k = self.config.target_votes
-        n = Sample.votes
+        k, n = self.config.target_votes, Sample.votes
+        only = Sample.label_set_id == where["label_set_id"] if "label_set_id" in where else true()
         query = (
             select(ServedItem.sample_id)
             .join(Sample, Sample.id == ServedItem.sample_id)
-            .where(
-                ServedItem.annotator_id == annotator_id,
-                ~exists().where(Judgment.annotator_id == annotator_id, Judgment.sample_id == ServedItem.sample_id,
-                                Judgment.undone_at.is_(None)),
-                *only,
-            )
+            .where(ServedItem.annotator_id == where["annotator_id"], _NOT_ANSWERED, only)
             .order_by(ServedItem.served_at, case((n < k, 0), else_=1), case((n < k, -n), else_=n), func.random())
         )
-        return s.scalar(query.limit(1))
+        return s.scalar(query.limit(1), where)
 
     def _mark_served(self, annotator_id: int, sample_id: int) -> None:
         # Its own short write after the read: the choice above never holds the write lock. The time is

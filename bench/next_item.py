@@ -6,9 +6,9 @@
 For each size, a fresh database gets that many samples in one bulk insert (a third of them with votes, as a
 running app has), then one annotator asks ``Repository.next_sample`` and answers, ``--calls`` times; the median
 and p95 of ``next_sample`` alone are reported, and the ratio of the largest size's median to the smallest's.
-Bar: the ratio stays under 1.5 (the choice reads an index, not every sample). The SQLite query plan of the
-choice's statement is printed too. The PostgreSQL URL defaults to ``POCLIP_TEST_POSTGRES_URL``; a fresh database
-is created there per size and dropped after.
+Bar: the ratio stays under 2 for 30 times the samples (the choice reads an index, not every sample). The SQLite
+query plan of the choice's statement is printed too. The PostgreSQL URL defaults to ``POCLIP_TEST_POSTGRES_URL``;
+a fresh database is created there per size and dropped after.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from annotation_db import (  # noqa: E402
 from annotation_db.models import Sample  # noqa: E402
 from bench.db import _setup  # noqa: E402
 
-BAR_RATIO = 1.5
+BAR_RATIO = 2.0
 
 
 def _fill(repo: Repository, n: int) -> None:
