@@ -171,7 +171,9 @@ class Settings:
         0, env="POCLIP_PROXY_HOPS", parse=int, low=0, env_default=_default_proxy_hops,
         default_doc="1 on a Space (`SPACE_ID` set), else 0",
         help="trusted reverse proxies in front of the app; the client's address is then read from "
-             "`X-Forwarded-For` (the one the outermost proxy saw) instead of the connection")
+             "`X-Forwarded-For` (the one the outermost proxy saw) instead of the connection. Only with a proxy in "
+             "front: without one, each client picks its own address by sending that header and the per-address "
+             "limits do not hold (the app logs a warning when a request comes without the header)")
     min_gold_seen: int = option(3, env="POCLIP_MIN_GOLD_SEEN", parse=int, low=0,
                                 help="gold items a person must have answered before their labels count towards "
                                      "training (`0`: from the first)")

@@ -48,8 +48,8 @@ class Annotation:
     def next_item(self, annotator: str) -> Item | None:
         """The next item ``annotator`` should label, or None when they have labelled everything."""
         annotator = self.visitors.who(annotator)
-        self.visitors.admit(annotator, judgment=False)
-        self.repo.ensure_annotator(annotator)
+        with self.visitors.admitted(annotator, judgment=False):
+            self.repo.ensure_annotator(annotator)
         sample = self.repo.next_sample(annotator)
         if sample is None:
             return None
@@ -74,9 +74,9 @@ class Annotation:
         if chosen not in sample.labels:
             raise UserError(f"{chosen!r} is not one of this item's labels.")
         rejected = self._rejected_for(sample, chosen)
-        self.visitors.admit(annotator, judgment=True)
         try:
-            judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, require_served=True)
+            with self.visitors.admitted(annotator, judgment=True):
+                judgment = self.repo.record_judgment(sample.id, annotator, chosen, rejected, require_served=True)
         except DuplicateJudgmentError as exc:
             raise UserError("You have already labelled this item (press U to undo your last label).") from exc
         return {"judgment_id": judgment.id, "sample_id": sample.id, "chosen": chosen, "rejected": rejected}

@@ -216,14 +216,14 @@ class Comparisons:
             raise UserError("A vote stores your picture and shows it to other annotators: tick 'Others may see and "
                             "label my picture' and press Predict again (or vote on an example or a synthetic "
                             "object).")
-        self.visitors.admit(annotator, judgment=True)
         png = io.BytesIO()
         record.picture.save(png, format="PNG")
         try:  # picture, sample, annotator and judgment in one unit: a refused vote writes none of them
-            judgment, sample = self.repo.record_upload_judgment(
-                png.getvalue(), self.seeding.label_set_for(list(record.labels), record.template),
-                record.attack.to_dict() if record.attack else None, annotator, chosen, rejected,
-                shown_left=record.shown_left, said_right=verdict, source=record.source)
+            with self.visitors.admitted(annotator, judgment=True):
+                judgment, sample = self.repo.record_upload_judgment(
+                    png.getvalue(), self.seeding.label_set_for(list(record.labels), record.template),
+                    record.attack.to_dict() if record.attack else None, annotator, chosen, rejected,
+                    shown_left=record.shown_left, said_right=verdict, source=record.source)
         except DuplicateJudgmentError as exc:
             raise UserError("You have already judged this picture with this text and these labels; change "
                             "something and press Predict again.") from exc

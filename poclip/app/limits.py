@@ -107,6 +107,12 @@ class RateLimiter:
                 self._tat.popitem(last=False)
             return 0.0
 
+    def refund(self, key: str) -> None:
+        """Give back one event counted for ``key`` (the request it admitted failed and made nothing)."""
+        with self._lock:
+            if key in self._tat:
+                self._tat[key] -= self._interval
+
 
 @dataclass(frozen=True)
 class RequestOrigin:
@@ -182,6 +188,12 @@ class ClientLimits:
     def admit_judgment(self, origin: RequestOrigin | None) -> None:
         """Count one judgment from ``origin``; ClientLimited when its address is over the limit."""
         self._admit(self.judgments, origin, "labels")
+
+    def refund_new_annotator(self, origin: RequestOrigin | None) -> None:
+        """Give back a new annotator counted for ``origin`` whose request failed before creating it."""
+        key = None if origin is None else client_address(origin, self.proxy_hops)
+        if self.new_annotators is not None and key is not None:
+            self.new_annotators.refund(key)
 
     def admit_new_annotator(self, origin: RequestOrigin | None) -> None:
         """Count one new annotator (handle or anonymous id) from ``origin``; ClientLimited when over."""

@@ -7,9 +7,16 @@ the annotator handle the store records, and that counts the request against the 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from annotation_db import NotFoundError, Repository
 from poclip.app.identity import Identity, IdentityError, check_display_name, name_key
-from poclip.app.limits import ClientLimits, current_origin
+from poclip.app.limits import ClientLimits, RequestOrigin, current_origin
+from poclip.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Visitors:
@@ -25,6 +32,7 @@ class Visitors:
         self.identity = identity
         self.limits = limits
         self.repo = repo
+        self._warned_without_proxy = False
 
     def annotator_token(self, stored: str | None) -> str:
         """The browser's stored anonymous token if this server signed it, else a new one (page load)."""
@@ -84,21 +92,54 @@ class Visitors:
         prediction starts, such as decoding its upload); :class:`~poclip.app.limits.ClientLimited` when over."""
         self.limits.admit_prediction(current_origin(), count=count)
 
-    def admit(self, annotator: str, *, judgment: bool) -> None:
-        """Count the request in flight against its address: a handle this database has not seen yet counts as a
-        new annotator, and ``judgment`` counts one label. :class:`~poclip.app.limits.ClientLimited` (a
-        UserError) when the address is over a limit.
+    @contextmanager
+    def admitted(self, annotator: str, *, judgment: bool) -> Iterator[None]:
+        """Count the request in flight against its address while the block does its work: a handle this database has
+        not seen yet counts as a new annotator, and ``judgment`` counts one label.
+        :class:`~poclip.app.limits.ClientLimited` (a UserError) when the address is over a limit, before the block.
 
-        O(1): one indexed lookup of the handle and one in-memory entry per address. Requests without an
-        origin (direct calls from Python) are not limited per address.
+        A new annotator is charged only when the request makes one: when the block fails and the handle is still
+        unknown (a refused label, a full disk, the judgment limit), the new-name budget is given back, so an honest
+        visitor's failed first requests do not use up the address's names.
+
+        O(1): indexed look-ups of the handle and one in-memory entry per address. Requests without an origin (direct
+        calls from Python) are not limited per address.
         """
         origin = current_origin()
         if origin is None:
+            yield
             return
-        if self.limits.new_annotators is not None:
-            try:
-                self.repo.get_annotator(annotator)
-            except NotFoundError:
-                self.limits.admit_new_annotator(origin)
-        if judgment:
-            self.limits.admit_judgment(origin)
+        self._warn_without_proxy(origin)
+        new = self.limits.new_annotators is not None and not self._known(annotator)
+        if new:
+            self.limits.admit_new_annotator(origin)
+        try:
+            if judgment:
+                self.limits.admit_judgment(origin)
+            yield
+        except BaseException:
+            if new and not self._known(annotator, failing=True):
+                self.limits.refund_new_annotator(origin)
+            raise
+
+    def _known(self, annotator: str, *, failing: bool = False) -> bool:
+        try:
+            self.repo.get_annotator(annotator)
+            return True
+        except NotFoundError:
+            return False
+        except UserError:
+            if failing:  # the store itself failed (e.g. its file is gone): nothing was made
+                return False
+            raise
+
+    def _warn_without_proxy(self, origin: RequestOrigin) -> None:
+        # A proxy always sends X-Forwarded-For; a request without it means none is in front, and then any client
+        # picks its own address by sending the header: the per-address limits would not hold.
+        if self.limits.proxy_hops > 0 and not origin.forwarded_for and not self._warned_without_proxy:
+            self._warned_without_proxy = True
+            log.warning("POCLIP_PROXY_HOPS is %d, but a request from %s came without X-Forwarded-For: is a proxy "
+                        "in front of the app? Without one, every client picks its own address by sending that "
+                        "header, and the per-address limits do not hold; set POCLIP_PROXY_HOPS=0. (A request from "
+                        "inside the machine, such as a health check, also comes without it.)",
+                        self.limits.proxy_hops, origin.host)
