@@ -145,6 +145,8 @@ class Administration:
         self.require_admin(token, hf_orgs)
         from annotation_db import take_snapshot
 
+        self.repo.db.check_file()  # a file deleted or replaced under the app is no database to snapshot
+
         return str(take_snapshot(self.settings, keep=self.settings.backup_keep))
 
     def export_parquet(self, *, token: str | None = None, hf_orgs: list[str] | None = None) -> str:

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from annotation_db import Repository, RepositoryConfig, open_repository
+from annotation_db import Repository, RepositoryConfig, StorageError, open_repository
 from poclip.app.admin import Administration
 from poclip.app.annotation import Annotation
 from poclip.app.compare import Comparisons
@@ -123,23 +123,28 @@ class AppService:
         ``labels`` (also ``judgments``, its older name), ``crowd_pairs``, ``replay_pairs`` and
         ``next_retrain_after_crowd_pairs`` (None when retrains are not scheduled by count) are
         :meth:`pair_counts`; ``annotators`` counts people only (the gold pseudo-annotator's reference answers
-        are ``gold_items``); ``trainer`` is the newest run's progress. Cheap whatever the database size.
+        are ``gold_items``); ``trainer`` is the newest run's progress; ``database`` is ``ok``, or why the store
+        cannot be read (its file deleted or replaced under the app), and then the store's figures are None: a
+        health check still gets its answer. Cheap whatever the database size.
         """
-        counts = self.admin.people_counts()
-        pairs = self.pair_counts()
         live = self.live_head.current
         stats = self.comparisons.batcher.stats
-        return {
+        status: dict[str, Any] = {
             "backbone": self.encoder.spec,
             "live_version": live.version.id if live.version else None,
             "live_model": live.label,
-            "labels": pairs.labels,
-            "judgments": pairs.labels,
-            "gold_items": counts["gold_items"],
-            "annotators": counts["annotators"],
-            "crowd_pairs": pairs.crowd_pairs,
-            "replay_pairs": pairs.replay_pairs,
-            "next_retrain_after_crowd_pairs": pairs.more_needed,
-            "trainer": self.training.progress().as_status(),
+            "database": "ok",
+            **dict.fromkeys(("labels", "judgments", "gold_items", "annotators", "crowd_pairs", "replay_pairs",
+                             "next_retrain_after_crowd_pairs", "trainer")),
             "image_batches": {"batches": stats.batches, "pictures": stats.items, "largest": stats.largest},
         }
+        try:
+            counts = self.admin.people_counts()
+            pairs = self.pair_counts()
+            trainer = self.training.progress().as_status()
+        except StorageError as exc:
+            return {**status, "database": str(exc)}
+        return {**status, "labels": pairs.labels, "judgments": pairs.labels, "gold_items": counts["gold_items"],
+                "annotators": counts["annotators"], "crowd_pairs": pairs.crowd_pairs,
+                "replay_pairs": pairs.replay_pairs, "next_retrain_after_crowd_pairs": pairs.more_needed,
+                "trainer": trainer}

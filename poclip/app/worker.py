@@ -51,7 +51,7 @@ from poclip.app.retrain.gate import (
 )
 from poclip.app.retrain.heartbeat import BEAT_EVERY_S, PHASE_NAMES, Heartbeat, Progress, beat_metrics, clocks
 from poclip.app.retrain.loop import TrainerLoop
-from poclip.app.retrain.registration import finish, register, run_record
+from poclip.app.retrain.registration import finish, head_file, register, run_record
 from poclip.app.retrain.schedule import BACKOFF_S
 from poclip.app.retrain.training import replay_epochs, run_config, train_candidate
 from poclip.engine.config import DEFAULT_HEAD
@@ -153,8 +153,9 @@ class Trainer(TrainerLoop):
             self.schedule.succeeded()
             return done
         except RunLostError as exc:
-            # Someone else owns the run now: write nothing more about it.
+            # Someone else owns the run now: write nothing more about it, and leave no head file behind.
             log.warning("training run %s was lost: %s", run.id, exc)
+            self.repo.discard_head(head_file(self.heads_dir, run))
             self.progress = Progress(run.id, "lost", message=str(exc))
             return self.repo.get_run(run.id)
         except Exception as exc:  # any other failure ends the run as failed, with the reason kept
@@ -174,7 +175,7 @@ class Trainer(TrainerLoop):
                        augment_attacks=self.settings.augment_attacks, replay_pairs=self.settings.replay_pairs,
                        held_out=self.held_out)
         config = run_config(self.head, run.config, data)
-        path = self.heads_dir / f"run{run.id}.safetensors"
+        path = head_file(self.heads_dir, run)
         self._phase("embedding", beat)
         result = train_candidate(self.encoder, data, config, path, self.cache_dir, self.sync_live().policy,
                                  self._on_step(beat))

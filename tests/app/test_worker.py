@@ -313,3 +313,50 @@ def test_after_a_rollback_to_the_base_model_a_retrain_is_gated_against_it_and_re
         assert svc.live_head.current.version.id == version.id
     finally:
         svc.close()
+
+
+def test_a_killed_run_is_retried_once_by_the_trainer_itself(tmp_path, bundled):
+    import socket
+    import subprocess
+    import sys
+
+    svc = make_service(tmp_path, bundled, seed_items=30)
+    try:
+        trainer = make_trainer(svc)
+        trainer.request()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        killed = svc.repo.claim_run(f"{socket.gethostname()}:{dead.pid}")  # its worker process died mid-run
+        run = trainer.run_pending()  # finds it dead, queues it again and runs that: nobody has to ask
+        assert (run.attempt, run.worker, run.config["reason"]) == (2, trainer.worker_id, f"retry of run {killed.id}")
+        assert svc.repo.get_run(killed.id).error.endswith(f"queued again as run {run.id} (attempt 2 of 2)")
+        # With nothing labelled yet the retry itself fails, and a run that fails by itself stays failed.
+        assert run.status == "failed" and "NotEnoughData" in run.error
+        assert trainer.run_pending() is None and [r.status for r in svc.repo.list_runs()] == ["failed", "failed"]
+    finally:
+        svc.close()
+
+
+def test_a_run_that_loses_its_lease_leaves_no_head_file_behind(tmp_path, bundled, monkeypatch):
+    svc = make_service(tmp_path, bundled, seed_items=30)
+    try:
+        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        trainer = make_trainer(svc)
+        evaluate, lost = trainer.evaluate, []
+
+        def evaluate_while_reaped(policy):
+            # While the candidate (already written) is gated, another process takes the run away, as a reaper
+            # that found its heartbeat stale would.
+            if not lost:
+                lost.append(svc.repo.fail_run(svc.repo.list_runs(limit=1)[0].id, "no heartbeat for over 300 s"))
+            return evaluate(policy)
+
+        monkeypatch.setattr(trainer, "evaluate", evaluate_while_reaped)
+        trainer.request()
+        run = trainer.run_pending()
+        assert run.status == "failed" and lost and svc.repo.list_versions() == []
+        assert not (tmp_path / "heads" / f"run{run.id}.safetensors").exists()
+        assert list((tmp_path / "heads").glob("*.safetensors")) == []
+    finally:
+        svc.close()

@@ -52,6 +52,11 @@ def run_record(candidate: dict, live: dict, base: dict, result: TrainResult, dat
     }
 
 
+def head_file(heads_dir: Path, run: RunInfo) -> Path:
+    """Where run ``run`` writes its candidate head (one file per run: a run is claimed once, a retry is a new run)."""
+    return heads_dir / f"run{run.id}.safetensors"
+
+
 def register(repo: Repository, run: RunInfo, backbone: str, head_path: Path, record: dict[str, Any], *,
              parent_id: int | None, watermark: int | None, promote: bool, reason: str) -> VersionInfo:
     """Register the candidate as a version of ``backbone``'s head, then promote it or reject it with ``reason``.
