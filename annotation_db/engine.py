@@ -296,6 +296,13 @@ class Database:
         if self._watch is not None:
             self._watch.check()
 
+    def _observe(self) -> None:
+        # After the commit, whose checkpoint may have moved the count on disk: keep it, so a copy of the file older
+        # than this is told apart even when nothing else looks before it is put in place. The write is done; a lost
+        # file is refused from the next unit of work on.
+        if self._watch is not None:
+            self._watch.observe()
+
     def _count_write(self, conn: Connection) -> None:
         """Last in a SQLite write transaction: move the file's write counter on (see :mod:`annotation_db.identity`)."""
         if self._watch is not None:
@@ -336,6 +343,7 @@ class Database:
             with self._mapped(), self._write() as session, session.begin():
                 yield session
                 self._count_write(session.connection())
+            self._observe()
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
@@ -349,6 +357,7 @@ class Database:
             with self._mapped(), self._write_engine.begin() as conn:
                 yield conn
                 self._count_write(conn)
+            self._observe()
 
     def dispose(self) -> None:
         """Close pooled connections (tests, shutdown, before restoring a backup)."""

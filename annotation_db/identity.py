@@ -11,18 +11,17 @@ A running app can lose its database file three ways, and each would otherwise be
 So the file's 100-byte header carries two numbers of ours: a random database id, drawn by the first process that
 opens the file (``PRAGMA application_id``, byte 68), and a write counter that every write transaction of
 :class:`~annotation_db.engine.Database` moves on (``PRAGMA user_version``, byte 60). :class:`FileWatch` reads the
-header straight from the file, past SQLite's caches: a ``stat`` and a 100-byte read per unit of work (through one
-descriptor per file that stays open: see :func:`_descriptor`). SQLite
-writes the file only at a commit (rollback journal) or a checkpoint (WAL, which writes the newest pages), each
-time with a newer count on page 1, so the file is someone else's when its count went back, or when it was written
-(modification time, size) without a newer count: an older copy put in place shows one or the other, even when a
-checkpoint moved the file on since this process last looked. Another database shows another id; a different
-inode, a missing or emptied file, or a changed journal format (bytes 18-19) are other files. Counts compare
-modulo 2**32 (serial number arithmetic), so a copy up to 2**31 writes behind is told apart.
+header straight from the file, past SQLite's caches: a ``stat`` and a 100-byte read before every unit of work and
+after every commit (through one descriptor per file that stays open: see :func:`_descriptor`). SQLite writes the
+file only at a commit (rollback journal) or a checkpoint (WAL: the newest pages, after a commit), so the count on
+disk never goes back; an older copy put in place shows an older count than this process last saw there. Another
+database shows another id; a different inode, a missing or emptied file, or a changed journal format (bytes
+18-19) are other files. Counts compare modulo 2**32 (serial number arithmetic): a copy up to 2**31 writes behind
+is told apart.
 
-Not covered: a copy made with its modification time kept (``cp -p``) of the file as it still is (no checkpoint
-since): its pages are then the ones the file holds, so nothing is mixed. Writing the file with another SQLite
-client while the app runs reads as a replacement too (only the app's own writes move the count).
+Not covered: a copy put in place that is no older than the file as this process last saw it (e.g. another
+process's checkpoint moved the file on, and the copy was taken after this process looked). Writes by another
+SQLite client do not move the count, and are no replacement.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ class FileIdentity:
             empty for a file without a header yet (a new, empty database).
         database_id: the random id in the header's application id (unsigned; 0 before one was drawn).
         writes: the write counter in the header's user version (unsigned).
-        written: the file's modification time (ns) and size: whether anything wrote to it since.
     """
 
     device: int
@@ -59,7 +57,6 @@ class FileIdentity:
     journal: bytes
     database_id: int
     writes: int
-    written: tuple[int, int]
 
 
 def read_identity(path: Path) -> FileIdentity:
@@ -70,11 +67,10 @@ def read_identity(path: Path) -> FileIdentity:
     if key not in _DESCRIPTORS or _DESCRIPTORS[key] != fd:  # another file took the path while it was opened
         st = os.fstat(fd)
     header = os.pread(fd, 100, 0)
-    written = (st.st_mtime_ns, st.st_size)
     if len(header) < 100 or not header.startswith(_MAGIC):
-        return FileIdentity(st.st_dev, st.st_ino, b"", 0, 0, written)
+        return FileIdentity(st.st_dev, st.st_ino, b"", 0, 0)
     return FileIdentity(st.st_dev, st.st_ino, header[18:20], int.from_bytes(header[68:72], "big"),
-                        int.from_bytes(header[60:64], "big"), written)
+                        int.from_bytes(header[60:64], "big"))
 
 
 # One read-only descriptor per database file (device, inode), opened on first use and never closed while the
@@ -136,12 +132,17 @@ class FileWatch:
 
     def check(self) -> None:
         """Raise :class:`DatabaseGoneError` when the file was deleted, moved, or replaced since :meth:`remember`."""
+        gone = self.observe()
+        if gone is not None:
+            raise DatabaseGoneError(_MESSAGES[gone])
+
+    def observe(self) -> str | None:
+        """Look at the file now (after a commit: its checkpoint may have moved the count on disk) and keep its
+        count; returns how the database was lost (``deleted``, ``replaced``), or None while it is the same."""
         with self._lock:
             if self._gone is None:
                 self._gone = self._compare()
-            gone = self._gone
-        if gone is not None:
-            raise DatabaseGoneError(_MESSAGES[gone])
+            return self._gone
 
     def _compare(self) -> str | None:
         known = self._known
@@ -162,11 +163,6 @@ class FileWatch:
                                           f"{now.journal!r}, id {known.database_id} -> {now.database_id})")
         if behind(now.writes, known.writes):
             return self._lost("replaced", f"it went back from write {known.writes} to write {now.writes}")
-        if now.written != known.written and now.writes == known.writes:
-            # SQLite writes the file only at a commit (rollback journal) or a checkpoint (WAL), and in page order:
-            # page 1, with a newer count, first. Written without a newer count: someone else wrote it.
-            return self._lost("replaced", f"it was written (modified, size) {known.written} -> {now.written} "
-                                          f"without a newer write count than {now.writes}")
         self._known = now
         return None
 

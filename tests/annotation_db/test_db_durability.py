@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 
 import pytest
+from sqlalchemy import event
 
 from annotation_db import (
     DatabaseGoneError,
@@ -49,13 +50,20 @@ def test_deleting_the_database_file_leads_to_refusal_and_restore_from_the_snapsh
 
 
 def checkpoint(db_file) -> None:
-    """What SQLite does by itself every 1,000 pages of WAL (and any process on the file may do): copy the
-    write-ahead log into the database file."""
+    """Copy the write-ahead log into the database file from another connection, as a maintainer would before
+    copying the file."""
     conn = sqlite3.connect(db_file)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+def checkpoint_often(repo) -> None:
+    """SQLite checkpoints a WAL database by itself once the log holds 1,000 pages, in the connection that commits;
+    the app's connections here do it every 8 pages, so that a few writes reach the file as a day's would."""
+    event.listen(repo.db.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA wal_autocheckpoint = 8"))
+    repo.db.engine.dispose()
 
 
 def cp(source, target) -> None:
@@ -77,9 +85,10 @@ def refused_everything(repo, where) -> None:
 def test_an_older_copy_put_in_place_of_the_running_database_is_refused_not_served(tmp_path, png, journal, copy):
     where = Location(tmp_path, sqlite_journal_mode=journal)
     repo = open_repository(where, RepositoryConfig(rate_limit_count=None))
+    checkpoint_often(repo)
     fill(repo, png, 30)
     db_file = tmp_path / "poclip.db"
-    if copy == "raw":  # a copy of the file itself (in WAL mode, of what the last checkpoint wrote to it)
+    if copy == "raw":  # a copy of the file itself, everything checkpointed into it first
         checkpoint(db_file) if journal == "WAL" else None
         old = tmp_path / "old.db"
         cp(db_file, old)
@@ -89,14 +98,17 @@ def test_an_older_copy_put_in_place_of_the_running_database_is_refused_not_serve
         sample = repo.add_sample(repo.store_image(png(i)).sha256, "animals")
         repo.record_judgment(sample.id, "ann", "cat", "dog")
     assert repo.counts()["judgments"] == 50
-    checkpoint(db_file) if journal == "WAL" else None
     inode = db_file.stat().st_ino
     cp(old, db_file)  # the same inode, older content
     assert db_file.stat().st_ino == inode
     refused_everything(repo, tmp_path)
-    repo.close()
 
-    # A restart serves the file now in place, whole (the older copy: 30 judgments) and takes writes again.
+    # What the server's log says to do: stop the app, put the wanted file in place, remove the write-ahead log
+    # that belongs to the replaced file, start. The app then serves that file whole, and takes writes again.
+    repo.close()
+    cp(old, db_file)
+    for suffix in ("-wal", "-shm"):
+        db_file.with_name(db_file.name + suffix).unlink(missing_ok=True)
     restarted = open_repository(where, RepositoryConfig(rate_limit_count=None))
     assert restarted.counts()["judgments"] == 30
     restarted.ensure_annotator("someone-new")
@@ -110,7 +122,6 @@ def test_another_database_put_in_place_is_refused_whatever_its_size(tmp_path, pn
     other = open_repository(there, RepositoryConfig(rate_limit_count=None))
     fill(other, png, 40)  # more writes than ours: its write counter is ahead
     other.close()
-    checkpoint(tmp_path / "here" / "poclip.db")
     cp(tmp_path / "there" / "poclip.db", tmp_path / "here" / "poclip.db")
     refused_everything(repo, tmp_path)
     repo.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from apphelpers import ADMIN_TOKEN, footprint, free_port, make_service
+from sqlalchemy import event
 
 from poclip.app.ui.boundary import user_errors
 from poclip.app.ui.compare import vote_handler
@@ -75,7 +76,8 @@ def test_with_the_database_file_gone_every_endpoint_answers_with_the_apps_messag
 
 
 def checkpoint(db_file: Path) -> None:
-    """What SQLite does by itself every 1,000 pages of write-ahead log: copy it into the database file."""
+    """Copy the write-ahead log into the database file from another connection, as a maintainer would before
+    copying the file."""
     conn = sqlite3.connect(db_file)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -86,22 +88,30 @@ def checkpoint(db_file: Path) -> None:
 def test_an_older_copy_put_in_place_is_refused_and_status_says_so(tmp_path, bundled):
     service = make_service(tmp_path, bundled)
     try:
+        # SQLite checkpoints by itself once the write-ahead log holds 1,000 pages; here every 8, so that a few
+        # labels reach the file as a day's would.
+        event.listen(service.repo.db.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA wal_autocheckpoint=8"))
+        service.repo.db.engine.dispose()
         db_file = tmp_path / "poclip.db"
-        shown = service.comparisons.predict(star(), list(synth.SHAPES), TextAttack("circle", size=0.15),
-                                            source="synthetic")
-        service.comparisons.vote("someone", shown.id, "left")
+        someone = service.identity.issue()
+        for _ in range(3):
+            item = service.annotation.next_item(someone)
+            service.annotation.answer_item(someone, item.sample.id, item.labels[0])
         checkpoint(db_file)
         subprocess.run(["cp", str(db_file), str(tmp_path / "old.db")], check=True)
-        service.comparisons.vote("someone-else", shown.id, "right")
-        assert service.status()["labels"] == 2
-        checkpoint(db_file)
-        subprocess.run(["cp", str(tmp_path / "old.db"), str(db_file)], check=True)  # one label behind
+        for _ in range(3):
+            item = service.annotation.next_item(someone)
+            service.annotation.answer_item(someone, item.sample.id, item.labels[0])
+        assert service.status()["labels"] == 6
+        subprocess.run(["cp", str(tmp_path / "old.db"), str(db_file)], check=True)  # three labels behind
 
         status = service.status()
         assert status["database"].startswith("the database file was replaced while the app was running")
-        assert status["labels"] is None  # not the old copy's 1
+        assert status["labels"] is None  # not the old copy's 3
+        shown = service.comparisons.predict(star(), list(synth.SHAPES), TextAttack("circle", size=0.15),
+                                            source="synthetic")
         with pytest.raises(gr.Error) as refusal:
-            user_errors(vote_handler)(service, shown.id, "both", None, "", service.identity.issue())
+            user_errors(vote_handler)(service, shown.id, "both", None, "", someone)
         assert refusal.value.message.startswith("The database file was replaced while the app was running")
         assert str(tmp_path) not in refusal.value.message
     finally:
