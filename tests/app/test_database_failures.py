@@ -75,6 +75,24 @@ def test_with_the_database_file_gone_every_endpoint_answers_with_the_apps_messag
         service.close()
 
 
+def test_with_the_database_file_gone_the_pages_own_refreshes_show_the_message(tmp_path, bundled):
+    from poclip.app.ui import build_demo
+
+    service = make_service(tmp_path, bundled)
+    try:
+        demo = build_demo(service)
+        refreshes = {f.name: f.fn for f in demo.fns.values() if f.name in ("refresh_training", "refresh")}
+        assert set(refreshes) == {"refresh_training", "refresh"}
+        (tmp_path / "poclip.db").unlink()
+        # The timers that refresh the Train and Data tabs every few seconds: the message where the figures were.
+        model_line, *kept = refreshes["refresh_training"]()
+        assert model_line.startswith(f"**{DELETED}") and all(k == gr.update() for k in kept)
+        summary, *kept = refreshes["refresh"]("")
+        assert summary.startswith(f"**{DELETED}") and str(tmp_path) not in summary and len(kept) == 2
+    finally:
+        service.close()
+
+
 def checkpoint(db_file: Path) -> None:
     """Copy the write-ahead log into the database file from another connection, as a maintainer would before
     copying the file."""

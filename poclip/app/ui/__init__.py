@@ -12,7 +12,7 @@ import gradio as gr
 from poclip.app.service import AppService
 from poclip.app.ui.annotate import SHORTCUTS_JS, build_annotate
 from poclip.app.ui.api import register_api
-from poclip.app.ui.boundary import QUIET, user_errors
+from poclip.app.ui.boundary import QUIET, store_errors_shown, user_errors
 from poclip.app.ui.compare_page import build_compare
 from poclip.app.ui.data import build_data
 from poclip.app.ui.identity import browser_storage_key, sign_in_handler
@@ -75,10 +75,12 @@ def build_demo(service: AppService) -> gr.Blocks:
                                       api_visibility="private", **QUIET)
         token_box.submit(sign_in, [token_box], [admin_token, sign_in_message], api_visibility="private", **QUIET)
 
+        training_out = [model_line, *train["outputs"]]
+
+        @store_errors_shown(len(training_out))
         def refresh_training():
             return (f"**Live model:** {service.model_info()}", *train["refresh"]())
 
-        training_out = [model_line, *train["outputs"]]
         gr.Timer(3.0).tick(refresh_training, None, training_out, api_visibility="private", queue=False,
                            show_progress="hidden")
         demo.load(refresh_training, None, training_out, api_visibility="private")

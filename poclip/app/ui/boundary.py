@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 import gradio as gr
 from gradio.context import LocalContext
 
+from annotation_db import StorageError
 from poclip.app.limits import RequestOrigin, request_origin
 from poclip.errors import UserError
 
@@ -77,3 +78,21 @@ def user_errors(fn):
             raise gr.Error(refused(fn.__name__, exc), print_exception=False) from None
 
     return wrapper
+
+
+def store_errors_shown(outputs: int):
+    """Wrap a refresh the page runs on its own (a timer, a tab opening) that fills ``outputs`` components: when the
+    store cannot be read (its file deleted or replaced under the app), the first shows the app's message and the
+    others stay as they are, where an error would pop up every few seconds."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except StorageError as exc:
+                return (f"**{refused(fn.__name__, exc)}**", *[gr.update()] * (outputs - 1))
+
+        return wrapper
+
+    return wrap

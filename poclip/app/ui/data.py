@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from poclip.app.service import AppService
-from poclip.app.ui.boundary import QUIET, user_errors
+from poclip.app.ui.boundary import QUIET, store_errors_shown, user_errors
 from poclip.app.ui.counts import counted, pairs_text
 from poclip.app.ui.identity import hf_orgs
 
@@ -68,6 +68,7 @@ def build_data(service: AppService, admin_token: gr.State) -> dict:
     push_btn.click(on_push, [admin_token, hub_repo], data_message, **private)
     backup_btn.click(on_backup, [admin_token], data_message, **private)
 
+    @store_errors_shown(3)
     def refresh(token, oauth_token: gr.OAuthToken | None = None):
         text, people_, recent_ = data_view(service, token, oauth_token)
         admin = people_ is not None
