@@ -29,37 +29,23 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from visitors import REPO, Annotator, scratch_dir, seeded_truth, start_app, stop  # noqa: E402
+from visitors import (  # noqa: E402
+    REPO,
+    Annotator,
+    create_database,
+    drop_database,
+    scratch_dir,
+    seeded_truth,
+    start_app,
+    stop,
+)
 
 sys.path.insert(0, str(REPO))
 
 TOKEN = "replicas-admin"
-
-
-def create_database(server_url: str) -> str:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"poclip_replicas_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(server_url: str, url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 class Processes:
@@ -103,7 +89,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     from annotation_db import open_repository
     from poclip.settings import Settings
 
-    url = create_database(args.database_url)
+    url = create_database(args.database_url, "poclip_replicas")
     env = {**os.environ, "DATABASE_URL": url, "POCLIP_DATA_DIR": str(work / "shared"), "POCLIP_MODEL": "bundled",
            "POCLIP_TRAINER": "off", "POCLIP_ADMIN_TOKEN": TOKEN, "POCLIP_RATE_LIMIT": "off",
            "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_SEED_ITEMS": str(4 * args.labels), "POCLIP_GATE_N": "300",

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,34 +122,59 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class BrowserVisitor:
-    """One visitor as the page behaves: the picture is uploaded once (``/gradio_api/upload``) when it is chosen,
-    then every Predict is Gradio's two-step HTTP call (``POST /gradio_api/call/predict``, then the event
-    stream of its result) followed by fetching the returned picture, over one kept-alive connection and in one
-    Gradio session (a page load has one; a call without one opens a new session, whose state the server keeps).
+def create_database(server_url: str, prefix: str = "poclip_bench") -> str:
+    """A new, empty database on the PostgreSQL server at ``server_url``; returns its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
-    ``gradio_client`` instead uploads the picture again on every call and does several times the client-side
-    work; both share this machine's cores with the server, so the lean visitor is what measures the server.
-    """
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
-    def __init__(self, url: str, picture: Path) -> None:
+
+def drop_database(server_url: str, url: str) -> None:
+    """Remove the database at ``url`` (made by :func:`create_database`), whoever is still connected."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+class ApiCaller:
+    """Calls a running app's endpoints as the page does: Gradio's two-step HTTP call (``POST
+    /gradio_api/call/NAME``, then the event stream of its result), over one kept-alive connection and in one
+    Gradio session. ``address``: the loopback source address the connections come from (``127.0.0.2`` and up
+    are separate clients to the app's per-address limits, with no proxy header to trust); None: the default."""
+
+    def __init__(self, url: str, address: str | None = None, timeout_s: float = 120) -> None:
         import httpx
 
-        self.url, self.http = url.rstrip("/"), httpx.Client(timeout=120)
+        transport = httpx.HTTPTransport(local_address=address) if address else None
+        self.url, self.address = url.rstrip("/"), address
+        self.http = httpx.Client(timeout=timeout_s, transport=transport)
         self.session = secrets.token_hex(6)
-        with open(picture, "rb") as fh:
-            response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (picture.name, fh)})
-        response.raise_for_status()
-        self.picture = {"path": response.json()[0], "orig_name": picture.name, "meta": {"_type": "gradio.FileData"}}
 
-    def predict(self, args: Sequence) -> list:
-        """One /predict with the uploaded picture and ``args``; returns the outputs (raises on an error event)."""
-        response = self.http.post(f"{self.url}/gradio_api/call/predict",
-                                  json={"data": [self.picture, *args], "session_hash": self.session})
+    def upload(self, name: str, content: bytes) -> dict:
+        """Upload one file (``/gradio_api/upload``); returns the file reference endpoints take."""
+        response = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (name, content)})
+        response.raise_for_status()
+        return {"path": response.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+    def call(self, api_name: str, data: Sequence) -> list:
+        """One call of ``/api_name`` with the positional inputs ``data``; returns its outputs. Raises
+        :class:`CallRefused` with the app's message when the endpoint ends in an error event."""
+        response = self.http.post(f"{self.url}/gradio_api/call/{api_name}",
+                                  json={"data": list(data), "session_hash": self.session})
         response.raise_for_status()
         event_id = response.json()["event_id"]
         event, outputs = None, None
-        with self.http.stream("GET", f"{self.url}/gradio_api/call/predict/{event_id}") as stream:
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/{api_name}/{event_id}") as stream:
             for line in stream.iter_lines():
                 if line.startswith("event:"):
                     event = line.split(":", 1)[1].strip()
@@ -156,14 +182,44 @@ class BrowserVisitor:
                     outputs = json.loads(line.split(":", 1)[1])
                     break
         if event != "complete" or not isinstance(outputs, list):
-            raise RuntimeError(f"/predict ended with {event!r}: {str(outputs)[:200]}")
-        shown = outputs[0]
-        if isinstance(shown, dict) and shown.get("url"):  # the page then shows the returned picture
-            self.http.get(shown["url"]).raise_for_status()
+            raise CallRefused(f"/{api_name} ended with {event!r}: {str(outputs)[:300]}")
         return outputs
+
+    def fetch(self, file: dict) -> bytes:
+        """The bytes of a file an endpoint returned (as the page then shows it)."""
+        response = self.http.get(file["url"])
+        response.raise_for_status()
+        return response.content
 
     def close(self) -> None:
         self.http.close()
+
+
+class CallRefused(RuntimeError):
+    """An endpoint answered with an error event (a refusal, with the app's message, or a failure)."""
+
+
+class BrowserVisitor(ApiCaller):
+    """One visitor as the page behaves: the picture is uploaded once (``/gradio_api/upload``) when it is chosen,
+    then every Predict is one :class:`ApiCaller` call followed by fetching the returned picture, over one
+    kept-alive connection and in one Gradio session (a page load has one; a call without one opens a new
+    session, whose state the server keeps).
+
+    ``gradio_client`` instead uploads the picture again on every call and does several times the client-side
+    work; both share this machine's cores with the server, so the lean visitor is what measures the server.
+    """
+
+    def __init__(self, url: str, picture: Path, address: str | None = None) -> None:
+        super().__init__(url, address)
+        self.picture = self.upload(picture.name, picture.read_bytes())
+
+    def predict(self, args: Sequence) -> list:
+        """One /predict with the uploaded picture and ``args``; returns the outputs (raises on an error event)."""
+        outputs = self.call("predict", [self.picture, *args])
+        shown = outputs[0]
+        if isinstance(shown, dict) and shown.get("url"):  # the page then shows the returned picture
+            self.fetch(shown)
+        return outputs
 
 
 def batch_counts(url: str) -> dict | None:
