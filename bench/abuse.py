@@ -294,8 +294,12 @@ def uploads_under_decode_flood(app: App, result: dict, victims: int = 4, each: i
         "failures_without_flood": len(quiet_failures), "failures": flood_failures[:5]}
     time.sleep(3)
     after = app_rss(app.proc.pid)
+    kept = ApiCaller(app.url, address(1)).call("status", [])[0]["comparisons"]
     result["rss_mb"] = {**result["rss_mb"], "after_uploads": after}
     result["rss_mb_over_idle_after_uploads"] = round(after - result["rss_mb"]["idle"], 1)
+    # What the app keeps on purpose: the predictions held for votes (each address at most an eighth of 512 MB).
+    result["kept_comparisons"] = kept
+    result["rss_mb_over_idle_less_kept_comparisons"] = round(after - result["rss_mb"]["idle"] - kept["mb"], 1)
 
 
 # ----- the store: gold items, typed names ------------------------------------------------------------------------
@@ -508,7 +512,9 @@ def measure_sqlite(work: Path) -> dict:
         older = work / "older-copy.db"
         snapshot(app, older)
         store_attacks(app, result)
+        result["rss_mb"]["after_store_attacks"] = app_rss(app.proc.pid)
         vote_under_predict_flood(app, result)
+        result["rss_mb"]["after_predict_flood"] = app_rss(app.proc.pid)
         uploads_under_decode_flood(app, result)
         overwrite(app, result, older)
     finally:

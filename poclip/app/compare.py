@@ -26,6 +26,7 @@ from poclip.app.visitors import Visitors
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, trunk_inputs
 from poclip.errors import UserError
+from poclip.world import heap
 from poclip.world.attacks import TextAttack, render
 from poclip.world.images import normalize_image
 from poclip.world.labels import DEFAULT_TEMPLATE, check_template, parse_labels
@@ -102,6 +103,7 @@ class Comparisons:
         self.batcher = ImageBatcher(encoder.encode_pixels)
         self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
         self._batchers_lock = threading.Lock()
+        self._burst = heap.Burst()
 
     def close(self) -> None:
         self.batcher.close()
@@ -176,7 +178,8 @@ class Comparisons:
             shared: for uploads, the person agreed that the picture is stored with their vote and shown to
                 other annotators; without it a vote on an upload is refused.
         Returns:
-            The kept comparison; its ``id`` is what a vote names. It is kept under the request's network address,
+            The kept comparison, with the picture as the models saw it (``seen``; the record kept for the vote
+            leaves it out); its ``id`` is what a vote names. It is kept under the request's network address,
             which holds a bounded share of the records (:class:`~poclip.app.comparisons.ComparisonStore`).
         Raises:
             ClientLimited: the address is over its prediction rate (nothing is computed or kept).
@@ -184,10 +187,14 @@ class Comparisons:
         if source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}.")
         self.visitors.admit_prediction()
-        result = self.compare(image, labels, attack, template, t, normalize=False)
+        with self._burst.running():  # the last prediction of a burst returns what they all freed to the system
+            result = self.compare(image, labels, attack, template, t, normalize=False)
         shown_left = (rng or random).choice(SIDES) if arena else "base"
-        return self.records.put(replace(result, shown_left=shown_left, source=source, shared=bool(shared)),
-                                self.visitors.client())
+        # Kept without the picture as shown (half the memory): a vote needs the picture and the text, and the
+        # page got what the models saw with this answer.
+        kept = self.records.put(replace(result, seen=None, shown_left=shown_left, source=source,
+                                        shared=bool(shared)), self.visitors.client())
+        return replace(kept, seen=result.seen)
 
     def comparison(self, comparison_id: str) -> Comparison:
         """The kept comparison with this id (:class:`~poclip.app.comparisons.ComparisonExpired`, a UserError,

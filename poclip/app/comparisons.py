@@ -60,14 +60,14 @@ class Comparison:
     Attributes:
         id: the key a vote names (random, unguessable).
         picture: the normalised picture without the text; this is what a vote stores.
-        seen: the picture with the text, exactly what both models saw.
+        seen: the picture with the text, exactly what both models saw (None in the record kept for the vote).
         source: ``upload``, ``synthetic`` or ``example``.
         shared: an upload's owner agreed that it may be stored and shown to other annotators.
     """
 
     id: str
     picture: Image.Image
-    seen: Image.Image
+    seen: Image.Image | None
     attack: TextAttack | None
     labels: tuple[str, ...]
     template: str
@@ -90,8 +90,9 @@ class Comparison:
 
     @property
     def n_bytes(self) -> int:
-        """Memory the record holds, approximately (both pictures; Pillow keeps an RGB pixel in 4 bytes)."""
-        return 4 * (self.picture.width * self.picture.height + self.seen.width * self.seen.height)
+        """Memory the record holds, approximately (its pictures; Pillow keeps an RGB pixel in 4 bytes)."""
+        seen = 0 if self.seen is None else self.seen.width * self.seen.height
+        return 4 * (self.picture.width * self.picture.height + seen)
 
 
 def new_id() -> str:

@@ -125,10 +125,12 @@ class AppService:
         :meth:`pair_counts`; ``annotators`` counts people only (the gold pseudo-annotator's reference answers
         are ``gold_items``); ``trainer`` is the newest run's progress; ``database`` is ``ok``, or why the store
         cannot be read (its file deleted or replaced under the app), and then the store's figures are None: a
-        health check still gets its answer. Cheap whatever the database size.
+        health check still gets its answer; ``comparisons``: the predictions kept for votes (``kept``) and the
+        memory their pictures hold (``mb``). Cheap whatever the database size.
         """
         live = self.live_head.current
         stats = self.comparisons.batcher.stats
+        records = self.comparisons.records
         status: dict[str, Any] = {
             "backbone": self.encoder.spec,
             "live_version": live.version.id if live.version else None,
@@ -137,6 +139,7 @@ class AppService:
             **dict.fromkeys(("labels", "judgments", "gold_items", "annotators", "crowd_pairs", "replay_pairs",
                              "next_retrain_after_crowd_pairs", "trainer")),
             "image_batches": {"batches": stats.batches, "pictures": stats.items, "largest": stats.largest},
+            "comparisons": {"kept": len(records), "mb": round(records.n_bytes / 2**20, 1)},
         }
         try:
             counts = self.admin.people_counts()

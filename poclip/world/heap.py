@@ -11,7 +11,8 @@ after 36 large PNGs in 32 threads, and still 325 MB after ``malloc_trim``; 3 MB 
   unmapped when freed. A ViT-B-32 batch of 8 allocates nothing that large; a batch of 32 maps its MLP activations.
 - :func:`give_back` returns the arenas' free pages (``malloc_trim(0)``, which also releases free pages inside an
   arena, not only at its top); the decode budget calls it whenever its last decode ends (about 0.2 ms when little
-  is free).
+  is free), and a :class:`Burst` whenever the last of its work in flight ends (the app's predictions: resizing,
+  writing the text and the model's pass on full-size pictures free their buffers in many request threads too).
 
 Elsewhere (another C library, or none to load) both do nothing.
 """
@@ -21,6 +22,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 LARGE_BLOCK = 8 * 2**20
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -50,3 +54,24 @@ def map_large_blocks(min_bytes: int = LARGE_BLOCK) -> bool:
 def give_back() -> bool:
     """Return the allocator's free memory to the operating system; True when some was returned."""
     return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
+
+
+class Burst:
+    """Work that runs in many threads at once: when the last piece in flight ends, :func:`give_back`."""
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                last = self._in_flight == 0
+            if last:
+                give_back()

@@ -98,6 +98,21 @@ def test_a_prediction_flood_from_one_address_leaves_another_visitors_vote_standi
         svc.close()
 
 
+def test_a_kept_comparison_holds_the_picture_but_not_the_copy_with_the_text(tmp_path, bundled):
+    svc = make_service(tmp_path, bundled)
+    try:
+        picture = synth.draw_scene(synth.sample_scene(random.Random(6)), 224)
+        shown = svc.comparisons.predict(picture, list(synth.SHAPES), TextAttack("kite"), source="synthetic")
+        assert shown.seen is not None and shown.seen.size == picture.size  # the page shows what the models saw
+        kept = svc.comparisons.comparison(shown.id)
+        assert kept.seen is None and kept.n_bytes == 4 * 224 * 224 == svc.comparisons.records.n_bytes
+        assert svc.status()["comparisons"] == {"kept": 1, "mb": 0.2}
+        stored = svc.comparisons.vote(svc.identity.issue(), shown.id, "left")  # the vote needs no more
+        assert stored["comparison_id"] == shown.id
+    finally:
+        svc.close()
+
+
 # ----- the prediction rate ---------------------------------------------------------------------------------------
 
 
