@@ -21,6 +21,7 @@ from annotation_db.backup import (
     snapshot_sqlite,
     take_snapshot,
 )
+from annotation_db.battles import BattleCount
 from annotation_db.catalog import DEFAULT_TEMPLATE, LabelSetInfo, SampleInfo
 from annotation_db.engine import Database, DatabaseConfig, Location, StoreLocation, create_db_engine
 from annotation_db.errors import (
@@ -55,6 +56,7 @@ __all__ = [
     "AnnotatorInfo",
     "AnnotatorStats",
     "BackupError",
+    "BattleCount",
     "CrowdGrowth",
     "DatabaseGoneError",
     "Location",

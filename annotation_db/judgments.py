@@ -20,9 +20,11 @@ from annotation_db.models import (
     HANDLE_MAX,
     LABEL_MAX,
     LABEL_SET_NAME_MAX,
+    MODEL_NAME_MAX,
     Annotator,
     ArenaModel,
     ArenaVerdict,
+    Battle,
     Image,
     ImageSource,
     Judgment,
@@ -240,6 +242,8 @@ class JudgmentsMixin(CatalogMixin):
         said_right: str | None = None,
         hf_username: str | None = None,
         source: str = "upload",
+        models: tuple[str, str] | None = None,
+        blind: bool = False,
     ) -> tuple[JudgmentInfo, SampleInfo]:
         """A person's judgment on a picture they brought (``source`` ``upload``) or picked from the app's examples
         or synthetic objects: the image, its sample, the annotator (on first sight) and the judgment are stored
@@ -248,6 +252,9 @@ class JudgmentsMixin(CatalogMixin):
         Every check (types, labels, PNG, rate limit, one judgment per sample) comes before any write. The image
         file is written before the transaction that inserts the row naming it, and removed again when that
         transaction fails and no row names it. So a refused vote leaves no image row, sample, annotator or file.
+
+        ``models``: the models shown left and right (``base``, ``aligned`` or a peer defense), stored as the vote's
+        battle with ``blind`` (arena mode) and the verdict ``said_right``, which is then required.
 
         Returns:
             The stored judgment and its sample.
@@ -265,6 +272,11 @@ class JudgmentsMixin(CatalogMixin):
         verdict = check_optional_choice(said_right, ArenaVerdict, "arena verdict")
         if chosen == rejected:
             raise ValidationError(f"chosen and rejected must differ (both are {chosen!r})")
+        if models is not None:
+            models = (check_text(models[0], "model shown left", MODEL_NAME_MAX),
+                      check_text(models[1], "model shown right", MODEL_NAME_MAX))
+            if verdict is None:
+                raise ValidationError("a battle needs the verdict (said_right)")
         if attack is not None:
             attack = check_json_object(attack, "attack parameters", MAX_ATTACK_BYTES)
         width, height = self._probe_png(data)
@@ -318,6 +330,9 @@ class JudgmentsMixin(CatalogMixin):
                     {"sample_id": sample_id, "annotator_id": annotator_id, "chosen": chosen, "rejected": rejected,
                      "kind": JudgmentKind.HUMAN, "shown_left": left, "said_right": verdict, "created_at": now},
                 )
+                if models is not None:
+                    conn.execute(insert(Battle), {"judgment_id": judgment_id, "left_model": models[0],
+                                                  "right_model": models[1], "blind": bool(blind)})
                 move_trust(conn, self.config, sample_id, annotator_id, JudgmentKind.HUMAN, chosen, +1)
                 bump(conn, annotators=int(new_annotator), images=int(added_image), judgments=1,
                      samples=int(new_sample), undone=-int(previous is not None))

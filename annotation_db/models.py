@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -36,6 +37,7 @@ LABEL_SET_NAME_MAX = 64
 TEMPLATE_MAX = 200
 PATH_MAX = 500
 SPEC_MAX = 200
+MODEL_NAME_MAX = 32  # a model a Compare side shows: base, aligned or a peer defense
 
 # Named constraints are required for Alembic's batch mode on SQLite, which rebuilds tables by name.
 NAMING_CONVENTION = {
@@ -232,6 +234,26 @@ class Judgment(Base):
     said_right: Mapped[ArenaVerdict | None] = mapped_column(_enum(ArenaVerdict, "arena_verdict"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Battle(Base):
+    """Which two models a Compare vote saw, one per side, and whether they were named before it (migration 0007).
+
+    A model is ``base``, ``aligned`` (PO-CLIP's live head) or a peer defense's name. The vote's verdict is the
+    judgment's ``said_right``; blind battles (arena mode) feed the defense leaderboard.
+    """
+
+    __tablename__ = "battles"
+    __table_args__ = (
+        # The leaderboard counts blind battles.
+        Index("ix_battles_blind", "blind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id", ondelete="CASCADE"), unique=True)
+    left_model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
+    right_model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
+    blind: Mapped[bool] = mapped_column(Boolean)
 
 
 class ModelVersion(Base):

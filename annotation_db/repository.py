@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from annotation_db.backup import restore_if_missing
+from annotation_db.battles import BattlesMixin
 from annotation_db.engine import Database, DatabaseConfig, StoreLocation, create_db_engine
 from annotation_db.migrations import upgrade_schema
 from annotation_db.orphans import sweep_orphan_files
@@ -13,7 +14,7 @@ from annotation_db.store import RepositoryConfig
 from annotation_db.versions import VersionsMixin
 
 
-class Repository(StatsMixin, ServingMixin, RunsMixin, VersionsMixin):
+class Repository(StatsMixin, ServingMixin, RunsMixin, VersionsMixin, BattlesMixin):
     """Annotators, images, label sets, samples, judgments, pairs, stats, training runs and model versions.
 
     Every method is one short unit of work with its own session, so one instance is shared by all of
@@ -21,8 +22,8 @@ class Repository(StatsMixin, ServingMixin, RunsMixin, VersionsMixin):
     :class:`annotation_db.ValidationError` (with a message for people) for input a user can get wrong.
     Method groups live in :mod:`~annotation_db.annotators`, :mod:`~annotation_db.images`, :mod:`~annotation_db.catalog`,
     :mod:`~annotation_db.judgments`, :mod:`~annotation_db.serving`,
-    :mod:`~annotation_db.pairs`, :mod:`~annotation_db.stats`, :mod:`~annotation_db.runs` and
-    :mod:`~annotation_db.versions`.
+    :mod:`~annotation_db.pairs`, :mod:`~annotation_db.stats`, :mod:`~annotation_db.runs`,
+    :mod:`~annotation_db.versions` and :mod:`~annotation_db.battles`.
     """
 
     @classmethod

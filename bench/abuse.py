@@ -153,8 +153,9 @@ class App:
 
     def __init__(self, work: Path, database_url: str = "") -> None:
         work.mkdir(parents=True, exist_ok=True)
+        # No peer defenses: their one-off build (a child process, niced) would share the cores with the attacks.
         self.settings = Settings(data_dir=work / "data", model_spec="bundled", admin_token=TOKEN, trainer="off",
-                                 retrain_every_pairs=0, backup_every_minutes=0, database_url=database_url)
+                                 retrain_every_pairs=0, backup_every_minutes=0, database_url=database_url, peers=())
         env = {**os.environ, **self.settings.to_env()}
         env.pop("POCLIP_PROXY_HOPS", None)
         env.pop("SPACE_ID", None)  # no proxy in front: the connection's address is the client's

@@ -141,7 +141,7 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict:
     settings = Settings(data_dir=data_dir, model_spec="bundled", admin_token=TOKEN, rate_limit="off",
                         client_rate_limit="off", client_new_annotators="off", min_gold_seen=0,
                         max_annotator_share=1.0, retrain_every_pairs=0, backup_every_minutes=0,
-                        seed_items=args.labels + 40, trainer="thread",
+                        seed_items=args.labels + 40, trainer="thread", peers=(),
                         annotate_families=(args.focus,) if args.focus else Settings.annotate_families)
     env = {**os.environ, **settings.to_env()}
     started = time.perf_counter()

@@ -28,13 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poclip.engine.defenses.ablation import Ablation  # noqa: E402
+from poclip.engine.defenses import PEERS  # noqa: E402
 from poclip.engine.defenses.base import BaseModel, Defense  # noqa: E402
 from poclip.engine.defenses.head import Retrain, Starter  # noqa: E402
-from poclip.engine.defenses.ocr_mask import OcrMask  # noqa: E402
-from poclip.engine.defenses.paint import Paint  # noqa: E402
-from poclip.engine.defenses.prefix import DefensePrefix  # noqa: E402
-from poclip.engine.defenses.prompts import PromptEnsemble  # noqa: E402
 from poclip.engine.defenses.reading import READING_SEED, reading_set  # noqa: E402
 from poclip.engine.models import load_model  # noqa: E402
 from poclip.settings import Settings  # noqa: E402
@@ -43,10 +39,9 @@ from poclip.world.attacks import render  # noqa: E402
 from poclip.world.styles import ATTACK_FAMILIES, family_attack  # noqa: E402
 
 COLUMNS: dict[str, type[Defense]] = {
-    "base": BaseModel, "prompts": PromptEnsemble, "prefix": DefensePrefix, "ablation": Ablation,
-    "ocr_mask": OcrMask, "paint": Paint, "starter": Starter, "retrain_1000": Retrain,
+    "base": BaseModel, "prompts": PEERS["prompts"], "prefix": PEERS["prefix"], "ablation": PEERS["ablation"],
+    "ocr_mask": PEERS["ocr_mask"], "paint": PEERS["paint"], "starter": Starter, "retrain_1000": Retrain,
 }
-PEERS = ("prompts", "prefix", "ablation", "ocr_mask", "paint")  # what a user could pick instead of PO-CLIP
 REFERENCE = "starter"
 EVAL_SEED = 2024
 MARGIN = 0.01  # a peer may beat the starter head on an attack family by at most this

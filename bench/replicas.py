@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     env = {**os.environ, "DATABASE_URL": url, "POCLIP_DATA_DIR": str(work / "shared"), "POCLIP_MODEL": "bundled",
            "POCLIP_TRAINER": "off", "POCLIP_ADMIN_TOKEN": TOKEN, "POCLIP_RATE_LIMIT": "off",
            "POCLIP_RETRAIN_EVERY_PAIRS": "0", "POCLIP_SEED_ITEMS": str(4 * args.labels), "POCLIP_GATE_N": "300",
-           "POCLIP_BACKUP_EVERY_MINUTES": "0",
+           "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_PEERS": "off",
            # The live model is the base model until the first promotion: the shipped starter head (2,000 pairs)
            # would rightly keep a head trained on this run's few labels out at the gate.
            "POCLIP_STARTER_HEAD": "0",

@@ -77,7 +77,7 @@ def start_server(kind: str, spec: str, data_dir: Path, app_dir: Path = REPO):
     env = {**os.environ, "POCLIP_MODEL": spec, "POCLIP_DATA_DIR": str(data_dir), "POCLIP_TRAINER": "off",
            "POCLIP_SEED_ITEMS": "0", "POCLIP_BACKUP_EVERY_MINUTES": "0", "POCLIP_RATE_LIMIT": "off",
            # Up to 32 simulated visitors, all from 127.0.0.1: one address's prediction rate would throttle them.
-           "POCLIP_CLIENT_PREDICTIONS": "off"}
+           "POCLIP_CLIENT_PREDICTIONS": "off", "POCLIP_PEERS": "off"}
     cmd = [sys.executable, "app.py"] if kind == "app" else [sys.executable, __file__, "--serve-trivial"]
     return start_app(kind, cmd, env, data_dir, cwd=app_dir)
 

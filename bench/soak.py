@@ -100,7 +100,7 @@ class Database:
 def settings_for(data_dir: Path, url: str, seed_items: int, retrain_every: int) -> Settings:
     return Settings(data_dir=data_dir, database_url=url, model_spec="bundled", rate_limit="off", trainer="off",
                     retrain_every_pairs=retrain_every, gate_eval_n=100, backup_every_minutes=0,
-                    seed_items=seed_items, augment_attacks=0)
+                    seed_items=seed_items, augment_attacks=0, peers=())
 
 
 def start_worker(data_dir: Path, url: str, retrain_every: int, log: Path) -> subprocess.Popen:

@@ -229,6 +229,28 @@ def _worker(args: argparse.Namespace) -> dict:
                       once=args.once, run_id=args.run_id, prepare=args.prepare, parent=args.parent, started=STARTED)
 
 
+def _defenses_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bundled", help="the backbone to build them on (the app's POCLIP_MODEL)")
+    p.add_argument("--cache-dir", required=True, help="where the builds are kept (the app reads DATA_DIR/defenses)")
+    p.add_argument("--only", default="", help="comma-separated defenses (default: every peer)")
+    p.add_argument("--nice", type=at_least(0), default=0, help="lower this process's CPU priority by this much")
+
+
+def _defenses(args: argparse.Namespace) -> dict:
+    import os
+
+    if args.nice and hasattr(os, "nice"):
+        os.nice(args.nice)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker: sleep, not spin, beside the app
+
+    from poclip.engine.defenses import build_peers, check_peers
+    from poclip.engine.models import load_model
+
+    names = check_peers([n.strip() for n in args.only.split(",") if n.strip()] or None)  # before the model loads
+    built = build_peers(load_model(args.model), args.cache_dir, names)
+    return {"model": args.model, "built": built}
+
+
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="assets/models/bundled")
     p.add_argument("--steps", type=at_least(1), default=4000)
@@ -350,6 +372,8 @@ COMMANDS: dict[str, Command] = {
     "starter": Command("train the starter head a fresh app serves", _starter_args, _starter),
     "examples": Command("write the example pictures shown in the app", _examples_args, _examples),
     "worker": Command("run the trainer as its own process against DATABASE_URL", _worker_args, _worker),
+    "defenses": Command("build the peer defenses (prompts, ablation, prefix, ocr_mask, paint) on a backbone, "
+                        "cached for the app and bench/peers.py", _defenses_args, _defenses),
     "settings": Command("print the environment variables the app reads, as a Markdown table (README)",
                         lambda p: None, lambda args: settings_table(), json=False),
 }

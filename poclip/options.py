@@ -129,14 +129,16 @@ def read_env(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
 def write_env(obj: Any) -> dict[str, str]:
     """The environment variables that make :func:`read_env` give dataclass instance ``obj``'s values back:
     ``{variable: text}`` for every field that reads one (``None`` as an empty text: the default; booleans as
-    ``1`` or ``0``; numbers exactly; tuples of names comma-separated)."""
+    ``1`` or ``0``; numbers exactly; tuples of names comma-separated, an empty one as ``off``, which a field that
+    may be empty reads as none)."""
     env = {}
     for f in dataclasses.fields(obj):
         if f.metadata.get("env"):
             value = getattr(obj, f.name)
             env[f.metadata["env"]] = ("" if value is None else str(int(value)) if isinstance(value, bool)
                                       else repr(value) if isinstance(value, float)
-                                      else ",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+                                      else (",".join(map(str, value)) or "off") if isinstance(value, tuple)
+                                      else str(value))
     return env
 
 

@@ -31,6 +31,11 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _names_or_off(text: str) -> tuple[str, ...]:
+    # _names, or none for "off".
+    return () if text.strip().lower() == "off" else _names(text)
+
+
 def _bucket_mounted() -> bool:
     # A Space with a storage bucket mounted as a volume at /data (the documented mount point).
     return BUCKET_MOUNT.is_dir() and os.access(BUCKET_MOUNT, os.W_OK)
@@ -227,6 +232,13 @@ class Settings:
              "the retrain then runs the steps of its larger part alone; `0`: the crowd's pairs only (see \"The "
              "loop, measured\"). The first retrain computes their 4,000 trunk activations once (cached after); "
              "measured on the bundled model only")
+    peers: tuple[str, ...] = option(
+        ("prompts", "ablation", "prefix", "ocr_mask", "paint"), env="POCLIP_PEERS", parse=_names_or_off,
+        default_doc="`prompts,ablation,prefix,ocr_mask,paint`",
+        help="the defenses a visitor may put beside PO-CLIP on the Compare tab and meet blind in arena mode "
+             "(`off`: none). Each is built once per backbone by a child process at lower CPU priority, cached in "
+             "the data dir's `defenses/`, and offered once ready (on the bundled model all five take about 90 s "
+             "of CPU; `ocr_mask` needs Tesseract)")
     starter_head: bool = option(True, env="POCLIP_STARTER_HEAD", parse=_switch, default_doc="1",
                                 help="serve the shipped starter head (`assets/heads`) until a version is promoted, "
                                      "so a fresh app already shows the aligned model (`0`, `false`, `off` or "

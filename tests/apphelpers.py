@@ -34,7 +34,7 @@ def make_service(data_dir, encoder, **overrides) -> AppService:
     settings = Settings(**{
         "data_dir": data_dir, "model_spec": "bundled", "admin_token": ADMIN_TOKEN, "rate_limit": "off",
         "gate_eval_n": 300, "gate_families": ("paper",), "retrain_every_pairs": 0, "backup_every_minutes": 0,
-        "seed_items": 30, "starter_head": False, "replay_pairs": 0, **overrides,
+        "seed_items": 30, "starter_head": False, "replay_pairs": 0, "peers": (), **overrides,
     })
     return AppService.create(settings, encoder=encoder)
 

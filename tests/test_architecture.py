@@ -27,6 +27,8 @@ LONG_BUT_ONE_CONCEPT: dict[str, str] = {
     "annotation_db/judgments.py": "recording a judgment and undoing it, with its checks, trust and counters moved in "
                                   "the same transaction; the upload variant writes picture, sample and judgment as "
                                   "one unit",
+    "poclip/cli.py": "the command line: each command's arguments and a few lines calling into the package, and the "
+                     "table that lists them (--help is generated from it)",
 }
 
 

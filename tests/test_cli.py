@@ -43,7 +43,8 @@ def test_eval_with_an_unreachable_hub_model_exits_with_advice():
     assert "--model bundled" in proc.stderr and proc.stdout == ""
 
 
-COMMANDS = ("pretrain", "eval", "train", "sweep-t", "disentangle", "starter", "examples", "worker", "settings")
+COMMANDS = ("pretrain", "eval", "train", "sweep-t", "disentangle", "starter", "examples", "worker", "defenses",
+            "settings")
 
 
 def one_error_line(proc):
@@ -71,6 +72,8 @@ def test_bad_arguments_end_in_one_error_line_before_any_model_loads(tmp_path):
     assert "unknown head 'mlp'" in one_error_line(run("train", "--head", "mlp"))
     assert "--t-step: must be more than 0" in one_error_line(run("sweep-t", "--head", "README.md", "--t-step", "0"))
     assert "invalid choice: 'frobnicate'" in one_error_line(run("frobnicate"))
+    assert one_error_line(run("defenses", "--cache-dir", "unused", "--only", "prompts,gpt")) == (
+        "error: unknown defenses gpt; choose from prompts, ablation, prefix, ocr_mask, paint\n")
 
 
 def test_help_lists_every_command():

@@ -64,9 +64,12 @@ def test_a_child_process_gets_the_same_settings_back_from_the_variables_they_wri
     """The app hands its settings to its training child through the environment: every kind of value (paths,
     numbers, switches, unset ones) reads back equal, whatever the parent's own environment says."""
     settings = Settings(data_dir=tmp_path, local_dir=None, starter_head=False, held_out_share=0.1 + 0.2,
-                        retrain_every_minutes=2.5, train_threads=3, head="last_blocks:1", admin_token="t0k3n")
+                        retrain_every_minutes=2.5, train_threads=3, head="last_blocks:1", admin_token="t0k3n",
+                        peers=())
     env = settings.to_env()
     assert (env["POCLIP_STARTER_HEAD"], env["POCLIP_TRAIN_THREADS"], env["POCLIP_LOCAL_DIR"]) == ("0", "3", "")
+    assert env["POCLIP_PEERS"] == "off"  # none, not the default (an empty variable would be)
     assert Settings.from_env(env) == settings
+    assert Settings.from_env({**env, "POCLIP_PEERS": "prefix, paint"}).peers == ("prefix", "paint")
     with pytest.raises(UserError, match="POCLIP_TRAIN_THREADS must be 1 or more, got 0"):
         Settings.from_env({**env, "POCLIP_TRAIN_THREADS": "0"})

@@ -20,7 +20,10 @@ from annotation_db import DuplicateJudgmentError, Repository
 from poclip.app.batching import ImageBatcher
 from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonStore
 from poclip.app.comparisons import new_id as new_comparison_id
+from poclip.app.leaderboard import Rating, bradley_terry
 from poclip.app.live import LiveHead
+from poclip.app.peers import TITLES as PEER_TITLES
+from poclip.app.peers import PeerDefenses
 from poclip.app.seeding import Seeding
 from poclip.app.visitors import Visitors
 from poclip.engine.models import ClipEncoder
@@ -32,6 +35,7 @@ from poclip.world.images import normalize_image
 from poclip.world.labels import DEFAULT_TEMPLATE, check_template, parse_labels
 
 VERDICTS = ("left", "right", "both", "neither")
+MODEL_TITLES = {"base": "Base CLIP", "aligned": "PO-CLIP", **PEER_TITLES}
 
 
 def check_finite(value: Any, name: str) -> float:
@@ -89,16 +93,19 @@ class Comparisons:
         visitors: who predicts and votes, and the per-address limits.
         seeding: the stored label sets a vote's labels belong to.
         records: where predictions are kept for their votes (default: a store with its default bounds).
+        peers: the defenses a side may show instead of base or aligned (default: none).
     """
 
     def __init__(self, encoder: ClipEncoder, live_head: LiveHead, repo: Repository, visitors: Visitors,
-                 seeding: Seeding, records: ComparisonStore | None = None) -> None:
+                 seeding: Seeding, records: ComparisonStore | None = None, peers: PeerDefenses | None = None
+                 ) -> None:
         self.encoder = encoder
         self.live_head = live_head
         self.repo = repo
         self.visitors = visitors
         self.seeding = seeding
         self.records = records or ComparisonStore()
+        self.peers = peers or PeerDefenses(encoder)
         # Concurrent Compare requests share image-tower passes (see poclip.app.batching).
         self.batcher = ImageBatcher(encoder.encode_pixels)
         self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
@@ -165,15 +172,20 @@ class Comparisons:
         template: str = DEFAULT_TEMPLATE,
         t: float = 1.0,
         arena: bool = False,
+        left: str = "base",
+        right: str = "aligned",
         source: str = "upload",
         shared: bool = False,
         rng: random.Random | None = None,
     ) -> Comparison:
-        """:meth:`compare`, then keep the comparison (with which model is shown left) for :meth:`vote`.
+        """:meth:`compare`, then keep the comparison (with the models shown on each side) for :meth:`vote`.
 
         Args:
             image: an already normalised picture (:func:`poclip.world.images.open_image`).
-            arena: show the models in random order (``rng``), named only after the vote.
+            left, right: the models to show: ``base``, ``aligned`` (PO-CLIP) or a ready peer defense
+                (:meth:`models`); ignored in arena mode.
+            arena: PO-CLIP against an opponent drawn at random (``rng``) from the base model and the ready peers,
+                on random sides, named only after the vote.
             source: ``upload``, ``synthetic`` or ``example``: where the picture came from.
             shared: for uploads, the person agreed that the picture is stored with their vote and shown to
                 other annotators; without it a vote on an upload is refused.
@@ -183,18 +195,48 @@ class Comparisons:
             which holds a bounded share of the records (:class:`~poclip.app.comparisons.ComparisonStore`).
         Raises:
             ClientLimited: the address is over its prediction rate (nothing is computed or kept).
+            UserError: an unknown model, the same model on both sides, or a peer not built yet.
         """
         if source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}.")
+        rng = rng or random
+        if arena:
+            sides = ["aligned", rng.choice(("base", *self.peers.ready()))]
+            if rng.random() < 0.5:
+                sides.reverse()
+        else:
+            sides = [self.check_model(left), self.check_model(right)]
+            if sides[0] == sides[1]:
+                raise UserError(f"Both sides show {MODEL_TITLES.get(sides[0], sides[0])}: pick another model for "
+                                "one of them.")
         self.visitors.admit_prediction()
         with self._burst.running():  # the last prediction of a burst returns what they all freed to the system
             result = self.compare(image, labels, attack, template, t, normalize=False)
-        shown_left = (rng or random).choice(SIDES) if arena else "base"
+            peers = tuple(Answer(name, self.peers.probs(name, result.seen, result.labels, template))
+                          for name in sides if name not in SIDES)
         # Kept without the picture as shown (half the memory): a vote needs the picture and the text, and the
         # page got what the models saw with this answer.
-        kept = self.records.put(replace(result, seen=None, shown_left=shown_left, source=source,
-                                        shared=bool(shared)), self.visitors.client())
+        kept = self.records.put(replace(result, seen=None, shown_left=sides[0], shown_right=sides[1], peers=peers,
+                                        blind=bool(arena), source=source, shared=bool(shared)),
+                                self.visitors.client())
         return replace(kept, seen=result.seen)
+
+    def models(self) -> list[str]:
+        """The models a Compare side may show now: base, aligned, then the ready peers."""
+        return [*SIDES, *self.peers.ready()]
+
+    def check_model(self, name: str) -> str:
+        """``name`` if a side may show it now; else a UserError saying what may be shown (or when a peer is still
+        being built)."""
+        if name in SIDES or name in self.peers.ready():
+            return name
+        if name in self.peers.names:
+            self.peers.require(name)  # says why it is not ready
+        raise UserError(f"{name!r} is not a model this app shows; choose from {', '.join(self.models())}.")
+
+    def leaderboard(self) -> list[Rating]:
+        """The defenses ranked by blind (arena) votes alone (:func:`~poclip.app.leaderboard.bradley_terry`)."""
+        return bradley_terry(self.repo.battle_counts(blind=True))
 
     def comparison(self, comparison_id: str) -> Comparison:
         """The kept comparison with this id (:class:`~poclip.app.comparisons.ComparisonExpired`, a UserError,
@@ -214,7 +256,8 @@ class Comparisons:
         sample and the judgment are stored. A refused vote leaves no image row, file, sample or annotator behind.
 
         Returns:
-            judgment_id, sample_id, comparison_id, chosen, rejected, verdict, shown_left, version and t.
+            judgment_id, sample_id, comparison_id, chosen, rejected, verdict, shown_left, shown_right, blind,
+            version and t.
         """
         record = self.comparison(comparison_id)
         chosen, rejected = judgment_for(record, verdict, correct_label)
@@ -230,10 +273,13 @@ class Comparisons:
                 judgment, sample = self.repo.record_upload_judgment(
                     png.getvalue(), self.seeding.label_set_for(list(record.labels), record.template),
                     record.attack.to_dict() if record.attack else None, annotator, chosen, rejected,
-                    shown_left=record.shown_left, said_right=verdict, source=record.source)
+                    shown_left=record.shown_left if {record.shown_left, record.right_model} == set(SIDES) else None,
+                    said_right=verdict, source=record.source, models=(record.shown_left, record.right_model),
+                    blind=record.blind)
         except DuplicateJudgmentError as exc:
             raise UserError("You have already judged this picture with this text and these labels; change "
                             "something and press Predict again.") from exc
         return {"judgment_id": judgment.id, "sample_id": sample.id, "comparison_id": record.id, "chosen": chosen,
                 "rejected": rejected, "verdict": verdict, "shown_left": record.shown_left,
+                "shown_right": record.right_model, "blind": record.blind,
                 "version": record.version, "t": record.t}

@@ -41,7 +41,7 @@ class ComparisonExpired(UserError):
 class Answer:
     """One model's answer on one picture."""
 
-    model: str  # "base" or "aligned"
+    model: str  # "base", "aligned" or a peer defense's name
     probs: dict[str, float]  # label -> probability, all labels
 
     @property
@@ -63,6 +63,9 @@ class Comparison:
         seen: the picture with the text, exactly what both models saw (None in the record kept for the vote).
         source: ``upload``, ``synthetic`` or ``example``.
         shared: an upload's owner agreed that it may be stored and shown to other annotators.
+        peers: the answers of the peer defenses shown (none when base and aligned are compared).
+        shown_left, shown_right: the models on each side (``base``, ``aligned`` or a peer's name).
+        blind: arena mode: the models were not named until the vote.
     """
 
     id: str
@@ -79,14 +82,29 @@ class Comparison:
     source: str = "upload"
     shared: bool = False
     created: float = 0.0
+    peers: tuple[Answer, ...] = ()
+    shown_right: str = ""
+    blind: bool = False
+
+    @property
+    def right_model(self) -> str:
+        """The model shown on the right: ``shown_right``, or (when empty) the one of base and aligned not left."""
+        return self.shown_right or ("aligned" if self.shown_left == "base" else "base")
+
+    def answer(self, model: str) -> Answer:
+        """What ``model`` (base, aligned or a peer this comparison ran) answered."""
+        for answer in (self.base, self.aligned, *self.peers):
+            if answer.model == model:
+                return answer
+        raise KeyError(model)
 
     @property
     def left(self) -> Answer:
-        return self.base if self.shown_left == "base" else self.aligned
+        return self.answer(self.shown_left)
 
     @property
     def right(self) -> Answer:
-        return self.aligned if self.shown_left == "base" else self.base
+        return self.answer(self.right_model)
 
     @property
     def n_bytes(self) -> int:

@@ -3,7 +3,8 @@
 :class:`AppService` is the composition root. It holds what every piece shares (settings, encoder, store, live
 head, identity, per-address limits) and one object per concept, each in its own module:
 
-- ``comparisons`` (:mod:`poclip.app.compare`): predict and vote on base versus aligned CLIP;
+- ``comparisons`` (:mod:`poclip.app.compare`): predict and vote on base versus aligned CLIP (or a peer defense,
+  ``peers``: :mod:`poclip.app.peers`), and the defense leaderboard;
 - ``annotation`` (:mod:`poclip.app.annotation`): items, answers, undo, one's own label count;
 - ``seeding`` (:mod:`poclip.app.seeding`): label sets, annotation items and the gold among them;
 - ``admin`` (:mod:`poclip.app.admin`): admin rights, versions, promote, rollback, exports, backups, data summary;
@@ -30,6 +31,7 @@ from poclip.app.identity import Identity, server_secret
 from poclip.app.limits import ClientLimits, Rate
 from poclip.app.live import LiveHead
 from poclip.app.pair_counts import PairCounts, count_pairs
+from poclip.app.peers import PeerDefenses
 from poclip.app.seeding import Seeding
 from poclip.app.training import TrainingControl
 from poclip.app.visitors import Visitors
@@ -79,8 +81,9 @@ class AppService:
         self.client_limits = client_limits(settings)
         self.visitors = Visitors(self.identity, self.client_limits, repo)
         self.seeding = Seeding(repo, encoder, secret, settings.seed_items, settings.annotate_families)
+        self.peers = PeerDefenses(encoder, settings.data_dir / "defenses", settings.peers)
         self.comparisons = Comparisons(encoder, self.live_head, repo, self.visitors, self.seeding,
-                                       ComparisonStore(client_share=settings.client_record_share))
+                                       ComparisonStore(client_share=settings.client_record_share), self.peers)
         self.annotation = Annotation(repo, self.visitors, self.comparisons)
         self.admin = Administration(settings, repo, self.live_head, self.seeding)
         self.training = TrainingControl(repo, self.admin.require_admin)
@@ -99,11 +102,13 @@ class AppService:
         service.seeding.ensure_label_sets()
         service.seeding.seed_items()
         service.live_head.sync()
+        service.peers.start()  # in the background: each peer is offered once built
         return service
 
     def close(self) -> None:
-        """Stop following the active version, the image batchers, and close the store."""
+        """Stop following the active version, building peers, the image batchers, and close the store."""
         self.live_head.close()
+        self.peers.close()
         self.comparisons.close()
         self.repo.close()
 

@@ -36,6 +36,7 @@ from poclip.app.ui.compare import (
     upload_handler,
     vote_handler,
 )
+from poclip.app.ui.data import leaderboard_rows
 from poclip.app.ui.identity import admin_name, hf_orgs
 from poclip.app.ui.train import now_serving
 from poclip.engine.losses import PREFERENCE_LOSSES
@@ -67,13 +68,15 @@ class Stored(TypedDict):
     rejected: str
     verdict: str
     shown_left: str
+    shown_right: str
+    blind: bool
     version: str
     t: float
 
 
 class Prediction(NamedTuple):
     seen: FileData  # the picture with the text, as both models saw it
-    left: Answer  # base CLIP unless arena mode shuffled the sides
+    left: Answer  # the left model's (base CLIP unless chosen otherwise, or drawn in arena mode)
     right: Answer
     left_title: str
     right_title: str
@@ -122,6 +125,12 @@ class Export(NamedTuple):
     file: FileData
 
 
+class Leaderboard(NamedTuple):
+    # Best first: model, title, rating (Elo scale, the base model at 1000), low and high (its 95% interval),
+    # votes, win_rate; from blind arena votes only.
+    leaderboard: list[dict[str, Any]]
+
+
 def top5(probs: dict[str, float]) -> Answer:
     """``label -> probability`` (at most five, highest first) as Gradio's Label payload."""
     ranked = sorted(probs.items(), key=lambda kv: -kv[1])
@@ -137,7 +146,7 @@ class PublicApi:
     """Every public endpoint, in README's order; a method's name is its ``api_name``."""
 
     ENDPOINTS = ("predict", "vote", "next_item", "answer", "skip", "undo", "random_attack", "retrain", "status",
-                 "promote", "rollback", "export", "push_to_hub", "backup")
+                 "leaderboard", "promote", "rollback", "export", "push_to_hub", "backup")
 
     def __init__(self, service: AppService) -> None:
         self.service = service
@@ -155,7 +164,8 @@ class PublicApi:
                 x: float = Controls.x, y: float = Controls.y, opacity: float = Controls.opacity,
                 rotation: float = Controls.rotation, label_set: str = Controls.preset,
                 custom_labels: str = Controls.custom, t: float = Controls.t, arena: bool = Controls.arena,
-                share: bool = Controls.share) -> Prediction:
+                share: bool = Controls.share, left: str = Controls.left_model,
+                right: str = Controls.right_model) -> Prediction:
         """The raw picture file and the text to write on it -> what both models answered, kept for /vote.
 
         Args:
@@ -164,9 +174,11 @@ class PublicApi:
             label_set: a preset name, or "Custom (type below)" to use custom_labels (comma-separated).
             t: alignment strength (0 = the base model, 1 = the trained head).
             share: the uploader's consent: the picture may be stored with a vote and shown to annotators.
+            left, right: the models each side shows: base, aligned (PO-CLIP) or a peer defense once built
+                (prompts, ablation, prefix, ocr_mask, paint); arena mode draws them instead.
         """
         controls = Controls(text, font, size, fill, stroke, x, y, opacity, rotation, label_set, custom_labels, t,
-                            arena, share)
+                            arena, share, left, right)
         # An address over its prediction rate is refused before its upload is decoded. Gradio hands the upload
         # over as its file record (a dict): the raw file's path, not yet decoded.
         visitors = self.service.visitors
@@ -225,6 +237,10 @@ class PublicApi:
     def status(self) -> Status:
         """The live model, data counts and the trainer's state."""
         return Status(self.service.status())
+
+    def leaderboard(self) -> Leaderboard:
+        """The defenses ranked by blind arena votes (Bradley-Terry, 95% bootstrap intervals)."""
+        return Leaderboard(leaderboard_rows(self.service))
 
     def promote(self, token: str, version_id: int, reason: str = "", oauth_token: gr.OAuthToken | None = None,
                 profile: gr.OAuthProfile | None = None) -> Message:

@@ -17,6 +17,7 @@ from dataclasses import astuple, dataclass, field, fields
 import gradio as gr
 from PIL import Image
 
+from poclip.app.compare import MODEL_TITLES
 from poclip.app.comparisons import Comparison
 from poclip.app.display import display_file
 from poclip.app.service import AppService
@@ -59,6 +60,8 @@ class Controls:
     t: float = 1.0
     arena: bool = False
     share: bool = False
+    left_model: str = "base"
+    right_model: str = "aligned"
 
     @classmethod
     def names(cls) -> list[str]:
@@ -114,13 +117,18 @@ class Shown:
     labels: tuple[str, ...]
 
 
+def model_title(record: Comparison, model: str) -> str:
+    """How the page names ``model`` on ``record``: PO-CLIP with its version and strength, else its title."""
+    if model == "aligned":
+        return f"PO-CLIP ({record.version}, t={record.t:g})"
+    return MODEL_TITLES.get(model, model)
+
+
 def side_titles(record: Comparison, revealed: bool) -> tuple[str, str]:
     """Headings of the two answer columns; in arena mode neutral names until the person has voted."""
     if not revealed:
         return "### Model A", "### Model B"
-    names = {"base": "Base CLIP", "aligned": f"PO-CLIP ({record.version}, t={record.t:g})"}
-    right = "aligned" if record.shown_left == "base" else "base"
-    return f"### {names[record.shown_left]}", f"### {names[right]}"
+    return f"### {model_title(record, record.shown_left)}", f"### {model_title(record, record.right_model)}"
 
 
 def example_paths() -> list[str]:
@@ -202,7 +210,8 @@ def predict_handler(service: AppService, picture: Picture | None, controls: Cont
     if picture is None:
         raise UserError("Upload a picture, pick an example or draw a synthetic object first.")
     record = service.comparisons.predict(picture.image, controls.labels(), controls.attack() or picture.note,
-                                         t=float(controls.t), arena=bool(controls.arena), source=picture.source,
+                                         t=float(controls.t), arena=bool(controls.arena), left=controls.left_model,
+                                         right=controls.right_model, source=picture.source,
                                          shared=bool(controls.share), rng=rng)
     left_title, right_title = side_titles(record, revealed=not controls.arena)
     return Shown(record.seen, record.left.top(5), record.right.top(5), left_title, right_title, record.id,

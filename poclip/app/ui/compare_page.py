@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from poclip.app.compare import MODEL_TITLES
+from poclip.app.comparisons import SIDES
 from poclip.app.service import AppService
 from poclip.app.ui.boundary import QUIET, USER_ERRORS, as_requested, user_errors
 from poclip.app.ui.compare import (
@@ -91,7 +93,8 @@ def random_restyle(comparison_id: str | None, preset: str, custom: str) -> tuple
     return (*random_attack_handler(preset, custom), *out_of_date(comparison_id))
 
 
-def picture_column(examples: list[Example], credit: str, presets: list[str]) -> dict:
+def picture_column(examples: list[Example], credit: str, presets: list[str], models: list[tuple[str, str]]
+                   ) -> dict:
     """The left column: where the picture comes from, the text on it, the label set and Predict."""
     c = {"upload": gr.File(label="Upload a picture (PNG, JPEG, WebP, GIF)", file_count="single", type="filepath",
                            elem_id="upload", height=90)}
@@ -123,8 +126,12 @@ def picture_column(examples: list[Example], credit: str, presets: list[str]) -> 
     with gr.Row():
         c["t"] = gr.Slider(-2, 2, value=Controls.t, step=0.05, label="Alignment strength t (0 = base, 1 = trained)",
                            scale=2)
-        c["arena"] = gr.Checkbox(label="Arena mode (hide which side is which until I vote)", value=Controls.arena,
-                                 scale=1)
+        c["arena"] = gr.Checkbox(label="Arena mode: PO-CLIP against a random defense, named after I vote",
+                                 value=Controls.arena, scale=1)
+    with gr.Row():  # which defense each side shows (arena mode draws them instead)
+        for side, default in (("left_model", Controls.left_model), ("right_model", Controls.right_model)):
+            c[side] = gr.Dropdown(models, value=default, label=f"{side.split('_')[0].title()} side shows",
+                                  elem_id=side.replace("_", "-"))
     c["predict_btn"] = gr.Button("Predict", variant="primary", elem_id="predict-btn")
     return c
 
@@ -155,12 +162,13 @@ def answer_column() -> dict:
     return c
 
 
-def compare_layout(examples: list[Example], credit: str, presets: list[str]) -> CompareView:
-    """The Compare tab's components (inside an open ``gr.Tab``)."""
+def compare_layout(examples: list[Example], credit: str, presets: list[str], models: list[tuple[str, str]]
+                   ) -> CompareView:
+    """The Compare tab's components (inside an open ``gr.Tab``); ``models``: (title, name) a side may show."""
     states = {"picture": gr.State(None), "comparison_id": gr.State(None), "shown": gr.State(None)}
     with gr.Row(equal_height=False):
         with gr.Column():
-            left = picture_column(examples, credit, presets)
+            left = picture_column(examples, credit, presets, models)
         with gr.Column():
             right = answer_column()
     controls = [left.pop(name) for name in Controls.names()]
@@ -273,7 +281,9 @@ def build_compare(service: AppService, handle_box: gr.Textbox, anon_id: gr.Brows
     """The Compare tab (inside an open ``gr.Tab``): examples and label sets the live backbone knows."""
     backbone = service.encoder.model_spec.name
     examples, credit = compare_examples(backbone)
-    view = compare_layout(examples, credit, list(presets_for(backbone)))
+    # Every model this app offers; a peer still being built says so when picked (Predict explains).
+    models = [(MODEL_TITLES.get(m, m), m) for m in (*SIDES, *service.peers.names)]
+    view = compare_layout(examples, credit, list(presets_for(backbone)), models)
     picture_events(service, view, examples)
     staleness_events(view)
     predict_events(service, view)
