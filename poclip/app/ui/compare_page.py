@@ -128,11 +128,14 @@ def picture_column(examples: list[Example], credit: str, presets: list[str], mod
                            scale=2)
         c["arena"] = gr.Checkbox(label="Arena mode: PO-CLIP against a random defense, named after I vote",
                                  value=Controls.arena, scale=1)
-    with gr.Row():  # which defense each side shows (arena mode draws them instead)
+    c["predict_btn"] = gr.Button("Predict", variant="primary", elem_id="predict-btn")
+    # Which model each side shows (arena mode draws them instead); below Predict and closed, so Predict and
+    # the vote stay on a laptop's screen.
+    with gr.Accordion("Models to compare (base, PO-CLIP or another defense)", open=False, elem_id="models"), \
+            gr.Row():
         for side, default in (("left_model", Controls.left_model), ("right_model", Controls.right_model)):
             c[side] = gr.Dropdown(models, value=default, label=f"{side.split('_')[0].title()} side shows",
                                   elem_id=side.replace("_", "-"))
-    c["predict_btn"] = gr.Button("Predict", variant="primary", elem_id="predict-btn")
     return c
 
 
