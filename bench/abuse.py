@@ -99,9 +99,10 @@ def picture(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
 
 
 def predict_args(file: dict, text: str, share: bool = True) -> list:
-    # picture, word, font, size, fill, outline, x, y, opacity, rotation, label set, custom labels, t, arena, share
+    # picture, word, font, size, fill, outline, x, y, opacity, rotation, label set, custom labels, t, arena, share,
+    # left and right model (the raw HTTP call passes every input)
     return [file, text, "sans-bold", 0.15, "#ffffff", "#000000", 0.5, 0.5, 1.0, 0.0, "Synthetic shapes", "", 1.0,
-            False, share]
+            False, share, "base", "aligned"]
 
 
 def separation(gold: list[float], regular: list[float]) -> float:
@@ -168,37 +169,51 @@ class App:
         self.repo.close()
 
 
+class Flood:
+    """``threads`` threads from one address sending /predict with one uploaded picture, as fast as the app answers
+    (a short pause after a refusal), until :meth:`stop`; counts what was answered and what refused."""
+
+    def __init__(self, app: App, source: str, content: bytes, threads: int) -> None:
+        self.app, self.source, self.content = app, source, content
+        self.sent = self.refused = 0
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(k,)) for k in range(threads)]
+        for th in self._threads:
+            th.start()
+
+    def _send(self, k: int) -> None:
+        caller = ApiCaller(self.app.url, self.source)
+        file = caller.upload("flood.png", self.content)
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                caller.call("predict", predict_args(file, f"w{k}-{i}"))  # a new word: a new comparison each time
+                with self._lock:
+                    self.sent += 1
+            except CallRefused:
+                with self._lock:
+                    self.refused += 1
+                time.sleep(0.05)
+        caller.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join()
+
+    def counts(self) -> dict[str, int]:
+        return {"attacker_predictions": self.sent, "attacker_refused": self.refused}
+
+
 # ----- a prediction flood ---------------------------------------------------------------------------------------
 
 
 def vote_under_predict_flood(app: App, result: dict, victims: int = 15, flood_s: float = 60,
                              threads: int = 4) -> None:
-    flood_picture = picture(1024, 1024, seed=1)
-    stop_flood = threading.Event()
-    sent, refused = [0], [0]
-    lock = threading.Lock()
-
-    def flooder(k: int) -> None:
-        caller = ApiCaller(app.url, address(10))
-        file = caller.upload("flood.png", flood_picture)
-        i = 0
-        while not stop_flood.is_set():
-            i += 1
-            try:
-                caller.call("predict", predict_args(file, f"w{k}-{i}"))
-                with lock:
-                    sent[0] += 1
-            except CallRefused:
-                with lock:
-                    refused[0] += 1
-                time.sleep(0.05)
-        caller.close()
-
     failures: list[str] = []
     pending: list[tuple[ApiCaller, str]] = []
-    flood = [threading.Thread(target=flooder, args=(k,)) for k in range(threads)]
-    for th in flood:
-        th.start()
+    flood = Flood(app, address(10), picture(1024, 1024, seed=1), threads)
     started = time.perf_counter()
     victim_picture = picture(224, 224, seed=2)
     for v in range(victims):  # spread over the first half of the flood, so each comparison waits long
@@ -210,9 +225,7 @@ def vote_under_predict_flood(app: App, result: dict, victims: int = 15, flood_s:
         except Exception as exc:  # a refused or failed prediction is a victim's failure too
             failures.append(f"predict: {exc}"[:200])
     time.sleep(max(0.0, started + flood_s - time.perf_counter()))
-    stop_flood.set()
-    for th in flood:
-        th.join()
+    flood.stop()
     for caller, comparison_id in pending:
         try:
             caller.call("vote", [comparison_id, "left", "", "", None])
@@ -220,8 +233,8 @@ def vote_under_predict_flood(app: App, result: dict, victims: int = 15, flood_s:
             failures.append(f"vote: {exc}"[:200])
         caller.close()
     result["victim_vote_failures"] = len(failures)
-    result["predict_flood"] = {"seconds": flood_s, "attacker_threads": threads, "attacker_predictions": sent[0],
-                               "attacker_refused": refused[0], "victims": victims, "failures": failures[:5]}
+    result["predict_flood"] = {"seconds": flood_s, "attacker_threads": threads, **flood.counts(),
+                               "victims": victims, "failures": failures[:5]}
 
 
 # ----- a decode flood, and memory after it -----------------------------------------------------------------------
@@ -258,38 +271,15 @@ def uploads_under_decode_flood(app: App, result: dict, victims: int = 4, each: i
         return times, failures
 
     quiet_times, quiet_failures = victim_round("quiet")
-    stop_flood = threading.Event()
-    sent, refused = [0], [0]
-    lock = threading.Lock()
-
-    def flooder() -> None:
-        caller = ApiCaller(app.url, address(11))
-        file = caller.upload("huge.png", large)
-        while not stop_flood.is_set():
-            try:
-                caller.call("predict", predict_args(file, "flood"))
-                with lock:
-                    sent[0] += 1
-            except CallRefused:
-                with lock:
-                    refused[0] += 1
-                time.sleep(0.05)
-        caller.close()
-
-    flood = [threading.Thread(target=flooder) for _ in range(threads)]
-    for th in flood:
-        th.start()
+    flood = Flood(app, address(11), large, threads)
     time.sleep(3)  # the flood holds its share before the visitors come
     flood_times, flood_failures = victim_round("flood")
-    stop_flood.set()
-    for th in flood:
-        th.join()
+    flood.stop()
     result["victim_upload_failures"] = len(flood_failures)
     quiet = statistics.median(quiet_times) if quiet_times else None
     busy = statistics.median(flood_times) if flood_times else None
     result["decode_flood"] = {
-        "attacker_threads": threads, "attacker_predictions": sent[0], "attacker_refused": refused[0],
-        "victim_uploads": victims * each,
+        "attacker_threads": threads, **flood.counts(), "victim_uploads": victims * each,
         "victim_upload_p50_ms": {"no_flood": round(quiet or 0), "flood": round(busy or 0)},
         "slowdown": round(busy / quiet, 2) if quiet and busy else None,
         "failures_without_flood": len(quiet_failures), "failures": flood_failures[:5]}

@@ -122,9 +122,10 @@ class Loop:
             path = self.data_dir / f"probe{k}.png"
             synth.draw_scene(scene, 224).save(path)
             a = random_attack(synth.SHAPES, scene.shape, rng)
-            # word, font, size, fill, outline, x, y, opacity, rotation, label set, custom labels, t, arena, share
+            # word, font, size, fill, outline, x, y, opacity, rotation, label set, custom labels, t, arena, share,
+            # left and right model
             probes.append((path, (a.text, a.font, a.size, a.fill, a.stroke, a.x, a.y, 1.0, 0.0, "Synthetic shapes",
-                                  "", 1.0, False, False)))
+                                  "", 1.0, False, False, "base", "aligned")))
         return probes
 
     def visitors(self, **load) -> dict:

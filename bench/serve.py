@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 PICTURE = REPO / "assets" / "examples" / "synthetic_star.png"
 # The /predict inputs after the picture (see visitors.predict_load).
 PREDICT_ARGS = ("circle", "sans-bold", 0.15, "#ffffff", "#000000", 0.5, 0.5, 1.0, 0.0, "Synthetic shapes", "", 1.0,
-                False, False)
+                False, False, "base", "aligned")
 
 
 # ----- the floor: a Gradio app that does nothing --------------------------------------------------------------
@@ -62,7 +62,8 @@ def serve_trivial(port: int) -> None:
         image = gr.Image(type="filepath")
         controls = [gr.Textbox(), gr.Dropdown(["sans-bold"]), gr.Slider(0, 0.5), gr.ColorPicker(), gr.ColorPicker(),
                     gr.Slider(0, 1), gr.Slider(0, 1), gr.Slider(0, 1), gr.Slider(-90, 90),
-                    gr.Dropdown(["Synthetic shapes"]), gr.Textbox(), gr.Slider(-2, 2), gr.Checkbox(), gr.Checkbox()]
+                    gr.Dropdown(["Synthetic shapes"]), gr.Textbox(), gr.Slider(-2, 2), gr.Checkbox(), gr.Checkbox(),
+                    gr.Dropdown(["base"]), gr.Dropdown(["aligned"])]
         outputs = [gr.Image(type="filepath"), gr.Label(), gr.Label(), gr.Markdown(), gr.Markdown(), gr.Textbox()]
         gr.Button().click(predict, [image, *controls], outputs, api_name="predict")
     demo.queue(default_concurrency_limit=8, max_size=256).launch(server_name="127.0.0.1", server_port=port,

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from sqlalchemy import event
+from sqlite_files import checkpoint, checkpoint_often
 
 from annotation_db import (
     DatabaseGoneError,
@@ -49,21 +49,6 @@ def test_deleting_the_database_file_leads_to_refusal_and_restore_from_the_snapsh
     restarted.close()
 
 
-def checkpoint(db_file) -> None:
-    """Copy the write-ahead log into the database file from another connection, as a maintainer would before
-    copying the file."""
-    conn = sqlite3.connect(db_file)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-
-
-def checkpoint_often(repo) -> None:
-    """SQLite checkpoints a WAL database by itself once the log holds 1,000 pages, in the connection that commits;
-    the app's connections here do it every 8 pages, so that a few writes reach the file as a day's would."""
-    event.listen(repo.db.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA wal_autocheckpoint = 8"))
-    repo.db.engine.dispose()
 
 
 def cp(source, target) -> None:

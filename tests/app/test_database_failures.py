@@ -5,14 +5,13 @@ check must), saying what is wrong; a vote on a full disk says so and writes noth
 """
 
 import random
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from apphelpers import ADMIN_TOKEN, footprint, free_port, make_service
-from sqlalchemy import event
+from sqlite_files import checkpoint, checkpoint_often
 
 from poclip.app.ui.boundary import user_errors
 from poclip.app.ui.compare import vote_handler
@@ -93,23 +92,12 @@ def test_with_the_database_file_gone_the_pages_own_refreshes_show_the_message(tm
         service.close()
 
 
-def checkpoint(db_file: Path) -> None:
-    """Copy the write-ahead log into the database file from another connection, as a maintainer would before
-    copying the file."""
-    conn = sqlite3.connect(db_file)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
 
 
 def test_an_older_copy_put_in_place_is_refused_and_status_says_so(tmp_path, bundled):
     service = make_service(tmp_path, bundled)
     try:
-        # SQLite checkpoints by itself once the write-ahead log holds 1,000 pages; here every 8, so that a few
-        # labels reach the file as a day's would.
-        event.listen(service.repo.db.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA wal_autocheckpoint=8"))
-        service.repo.db.engine.dispose()
+        checkpoint_often(service.repo)
         db_file = tmp_path / "poclip.db"
         someone = service.identity.issue()
         for _ in range(3):
