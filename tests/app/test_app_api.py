@@ -183,7 +183,7 @@ def launched(service):
 
 def test_the_api_has_exactly_the_endpoints_parameters_and_outputs_readme_lists(tmp_path, bundled):
     table = readme_api_table()
-    assert len(table) == 14
+    assert len(table) == 15
     service = make_service(tmp_path / "data", bundled, seed_items=0)
     try:
         with launched(service) as client:
@@ -220,6 +220,10 @@ def test_every_endpoint_answers_a_call_by_name_or_says_what_is_wrong(tmp_path, b
             refused("tick 'Others may see", comparison_id=comparison_id, verdict="left", handle="api",
                     api_name="/vote")  # an upload without consent
             refused("not a picture", picture=handle_file(__file__), api_name="/predict")
+            refused("'paint' is not a model this app shows; choose from base, aligned", picture=handle_file(
+                str(picture)), left="paint", api_name="/predict")  # no peer defenses in this app
+            refused("Both sides show Base CLIP", picture=handle_file(str(picture)), right="base", api_name="/predict")
+            assert client.predict(api_name="/leaderboard") == []  # no blind votes yet
 
             picture_file, sample_id, labels, prompt, counters, me = client.predict(handle="api",
                                                                                   api_name="/next_item")

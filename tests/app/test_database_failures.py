@@ -87,7 +87,7 @@ def test_with_the_database_file_gone_the_pages_own_refreshes_show_the_message(tm
         model_line, *kept = refreshes["refresh_training"]()
         assert model_line.startswith(f"**{DELETED}") and all(k == gr.update() for k in kept)
         summary, *kept = refreshes["refresh"]("")
-        assert summary.startswith(f"**{DELETED}") and str(tmp_path) not in summary and len(kept) == 2
+        assert summary.startswith(f"**{DELETED}") and str(tmp_path) not in summary and len(kept) == 4
     finally:
         service.close()
 
