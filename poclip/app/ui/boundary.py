@@ -75,7 +75,11 @@ def user_errors(fn):
             log.info("%s refused: %s", fn.__name__, exc.message)
             raise
         except USER_ERRORS as exc:
-            raise gr.Error(refused(fn.__name__, exc), print_exception=False) from None
+            message = refused(fn.__name__, exc)
+        # Raised after the user error was handled, not inside its handler: the gr.Error then keeps no link to it
+        # (``__context__``), nor to the frames of its traceback and what they held (an upload's bytes, the
+        # picture), which Gradio keeps for a while with the event's error.
+        raise gr.Error(message, print_exception=False)
 
     return wrapper
 

@@ -258,3 +258,29 @@ def test_progress_text_counts_steps_and_versions_show_the_loss(service, tmp_path
 def test_a_cleared_upload_keeps_the_picture():
     assert upload_handler(None) is None
     assert isinstance(star().image, Image.Image)
+
+
+def test_a_refusal_keeps_nothing_the_refused_handler_held():
+    """A refused upload's bytes must not live on with the error Gradio keeps for the event."""
+    import gc
+    import weakref
+
+    from poclip.errors import UserError
+
+    held = []
+
+    class Upload(bytearray):  # bytes cannot be weakly referenced; a bytearray subclass can
+        pass
+
+    @user_errors
+    def handler():
+        data = Upload(b"\x89PNG" * 1000)
+        held.append(weakref.ref(data))
+        raise UserError("Your network address is already opening pictures")
+
+    with pytest.raises(gr.Error) as refused:
+        handler()
+    gc.collect()
+    assert refused.value.message == "Your network address is already opening pictures"
+    assert refused.value.__context__ is None and refused.value.__cause__ is None
+    assert held[0]() is None  # the handler's frame, and the upload in it, are gone while the error lives
