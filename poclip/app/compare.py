@@ -11,6 +11,7 @@ import io
 import math
 import random
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +36,7 @@ from poclip.world.images import normalize_image
 from poclip.world.labels import DEFAULT_TEMPLATE, check_template, parse_labels
 
 VERDICTS = ("left", "right", "both", "neither")
+LEADERBOARD_TTL_S = 10.0
 MODEL_TITLES = {"base": "Base CLIP", "aligned": "PO-CLIP", **PEER_TITLES}
 
 
@@ -111,6 +113,8 @@ class Comparisons:
         self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
         self._batchers_lock = threading.Lock()
         self._burst = heap.Burst()
+        self._board: tuple[float, list[Rating]] | None = None  # (when computed, ranking): see leaderboard()
+        self._board_lock = threading.Lock()
 
     def close(self) -> None:
         self.batcher.close()
@@ -235,8 +239,15 @@ class Comparisons:
         raise UserError(f"{name!r} is not a model this app shows; choose from {', '.join(self.models())}.")
 
     def leaderboard(self) -> list[Rating]:
-        """The defenses ranked by blind (arena) votes alone (:func:`~poclip.app.leaderboard.bradley_terry`)."""
-        return bradley_terry(self.repo.battle_counts(blind=True))
+        """The defenses ranked by blind (arena) votes alone (:func:`~poclip.app.leaderboard.bradley_terry`).
+
+        Counting the battles reads every blind vote, and every open Data tab asks every few seconds: the ranking
+        is computed at most once per :data:`LEADERBOARD_TTL_S` and shared."""
+        with self._board_lock:
+            now = time.monotonic()
+            if self._board is None or now - self._board[0] > LEADERBOARD_TTL_S:
+                self._board = (now, bradley_terry(self.repo.battle_counts(blind=True)))
+            return self._board[1]
 
     def comparison(self, comparison_id: str) -> Comparison:
         """The kept comparison with this id (:class:`~poclip.app.comparisons.ComparisonExpired`, a UserError,

@@ -116,6 +116,7 @@ def test_arena_votes_pit_po_clip_against_drawn_opponents_and_rank_them(service):
         service.comparisons.vote(service.identity.issue(), record.id,
                                  "left" if record.shown_left == "aligned" else "right")
     assert opponents == {"base", "prompts"} and sides == {"aligned", "base", "prompts"}
+    service.comparisons._board = None  # computed before these votes (the Data tab caches it for a few seconds)
     board = service.comparisons.leaderboard()
     assert board[0].model == "aligned" and board[0].votes == 24 and board[0].win_rate == 1.0
     assert {r.model for r in board} == {"aligned", "base", "prompts"}
@@ -125,3 +126,12 @@ def test_arena_votes_pit_po_clip_against_drawn_opponents_and_rank_them(service):
     assert "Prompt wording ready" in note
     rows = PublicApi(service).leaderboard().leaderboard
     assert [r["model"] for r in rows] == [r.model for r in board] and rows[0]["title"] == "PO-CLIP"
+
+
+def test_the_leaderboard_is_counted_at_most_once_per_few_seconds_however_many_pages_ask(service, monkeypatch):
+    counted = []
+    real = service.repo.battle_counts
+    monkeypatch.setattr(service.repo, "battle_counts", lambda **kw: counted.append(1) or real(**kw))
+    for _ in range(20):  # twenty open Data tabs refreshing
+        service.comparisons.leaderboard()
+    assert len(counted) == 1
