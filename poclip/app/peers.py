@@ -82,8 +82,9 @@ class PeerDefenses:
 
     def close(self) -> None:
         """Stop building: the child in flight is killed (its build is not cached half-written)."""
-        self._stop.set()
-        child = self._child
+        with self._lock:  # a child spawned after this would not be killed: _run_child checks under the same lock
+            self._stop.set()
+            child = self._child
         if child is not None and child.poll() is None:
             child.kill()
         if self._thread is not None:
@@ -158,8 +159,11 @@ class PeerDefenses:
         cmd = [sys.executable, "-m", "poclip", "defenses", "--model", self.encoder.spec, "--cache-dir",
                str(self.cache_dir), "--only", name, "--nice", str(BUILD_NICE), "--json"]
         path = os.pathsep.join(p for p in (str(REPO_DIR), os.environ.get("PYTHONPATH", "")) if p)
-        self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, env={**os.environ, "PYTHONPATH": path})
+        with self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("the app is closing")
+            self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path})
         out, err = self._child.communicate()
         code, self._child = self._child.returncode, None
         if code != 0:
