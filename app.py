@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
-import gradio as gr
+from poclip import zerogpu
 
-from poclip.app.batching import SWITCH_INTERVAL_S
-from poclip.app.service import AppService
-from poclip.app.ui import build_demo, launch_kwargs
-from poclip.settings import Settings
+zerogpu.import_first()  # on ZeroGPU hardware `spaces` must come before torch
+
+import gradio as gr  # noqa: E402
+
+from poclip.app.batching import SWITCH_INTERVAL_S  # noqa: E402
+from poclip.app.service import AppService  # noqa: E402
+from poclip.app.ui import build_demo, launch_kwargs  # noqa: E402
+from poclip.settings import Settings  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 # The image tower's thread gets the GIL back quickly from request threads (see poclip.app.batching).
@@ -28,7 +32,13 @@ if gr.NO_RELOAD:
         from poclip.app.child_trainer import ChildTrainer
 
         ChildTrainer(settings, service.repo, service.live_head).start(train=True)
-    else:  # POCLIP_TRAINER=off: a `python -m poclip worker` process trains, promotes and backs up
+    else:
+        if settings.trainer == "zerogpu":  # a retrain runs when an admin clicks, as one ZeroGPU call
+            from poclip.app.zerogpu_trainer import ZeroGpuTrainer
+
+            service.training.executor = ZeroGpuTrainer(settings, service.repo, service.encoder,
+                                                        service.live_head).execute
+        # else POCLIP_TRAINER=off: a `python -m poclip worker` process trains, promotes and backs up
         service.live_head.follow()
 
 demo = build_demo(service)

@@ -8,6 +8,7 @@ meaning and allowed values. :meth:`Settings.from_env`, the validation and the RE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,8 +21,10 @@ ASSETS_DIR = REPO_DIR / "assets"
 
 
 STORAGE_MODES = ("snapshots", "bucket")
-TRAINER_MODES = ("thread", "off")
+TRAINER_MODES = ("thread", "off", "zerogpu")
+PRECISIONS = ("auto", "fp32")
 BUCKET_MOUNT = Path("/data")
+PEER_NAMES = ("prompts", "ablation", "prefix", "ocr_mask", "paint")
 # POCLIP_STARTER_HEAD set to one of these serves the base model.
 FALSE_WORDS = ("0", "false", "off", "no")
 
@@ -59,6 +62,28 @@ def _default_proxy_hops(env: Mapping[str, str]) -> int:
 def _default_train_threads() -> int:
     # The cores this process may run on (a container's CPU set), not the host's: threads beyond them only wait.
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _on_zerogpu(env: Mapping[str, str]) -> bool:
+    # Hugging Face sets this on ZeroGPU hardware (poclip.zerogpu reads the same variable).
+    return env.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+
+
+def _default_trainer(env: Mapping[str, str]) -> str:
+    # On ZeroGPU no background thread can hold the GPU: a retrain runs when the admin clicks.
+    return "zerogpu" if _on_zerogpu(env) else "thread"
+
+
+def _default_peers(env: Mapping[str, str]) -> tuple[str, ...]:
+    # Peers are built by child processes, which get no GPU on ZeroGPU.
+    return () if _on_zerogpu(env) else PEER_NAMES
+
+
+def _device(text: str) -> str:
+    name = text.strip().lower()
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ValueError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return name
 
 
 def _word(text: str) -> str:
@@ -124,10 +149,25 @@ class Settings:
     hf_token: str = option("", env="HF_TOKEN", help="token for pushing exported datasets to the Hub")
     export_repo: str = option("", env="POCLIP_EXPORT_REPO",
                               help="default Hub dataset repository for exports, `user/name`")
+    device: str = option("auto", env="POCLIP_DEVICE", parse=_device,
+                         help="where models compute: `auto` (CUDA when torch sees a GPU, else the CPU), `cpu`, `cuda` "
+                              "or `cuda:N`; asking for CUDA where there is none stops the app with the reason")
+    precision: str = option("auto", env="POCLIP_PRECISION", parse=_word, choices=PRECISIONS,
+                            help="`auto`: on CUDA the frozen image tower runs in bfloat16 (float16 on GPUs without "
+                                 "it) while heads train and serve in float32; `fp32`: float32 throughout. The CPU "
+                                 "always computes in float32")
     trainer: str = option("thread", env="POCLIP_TRAINER", parse=_word, choices=TRAINER_MODES,
+                          env_default=_default_trainer,
+                          default_doc="`zerogpu` on ZeroGPU hardware (`SPACES_ZERO_GPU` set), else `thread`",
                           help="`thread`: a thread of the app schedules retrains and runs each in a child process "
                                "at lower CPU priority, whose head the app then loads; `off` leaves training to a "
-                               "standalone `python -m poclip worker` against the same database")
+                               "standalone `python -m poclip worker` against the same database; `zerogpu`: no "
+                               "schedule, a retrain runs when an admin clicks Retrain, inside a ZeroGPU call "
+                               "whose length follows the pair count (see \"Hardware: CPU, GPU or ZeroGPU\")")
+    zerogpu_max_s: int = option(
+        120, env="POCLIP_ZEROGPU_MAX_S", parse=int, low=10,
+        help="the longest ZeroGPU call a retrain may ask for (the per-call cap of the tier that pays: the "
+             "admin's account; a longer request is refused by the platform)")
     train_threads: int = option(
         env="POCLIP_TRAIN_THREADS", parse=int, low=1, default_factory=_default_train_threads,
         default_doc="the cores the app may use",
@@ -145,10 +185,11 @@ class Settings:
                                                "(`0`: no timer)")
     head: str = option(
         "", env="POCLIP_HEAD", parse=_stripped,
-        help="the head the trainer trains: `linear`, `projection` or `last_blocks:K`; empty = the engine's "
-             "default, `last_blocks:2`, the measured default (on a CPU Space with ViT-B-32, `projection` or "
-             "`linear` retrain far faster). A retrain refines the live head when it is of this kind, else it "
-             "starts from the base model")
+        help="the head the trainer trains: `linear`, `projection` or `last_blocks:K`; empty = the measured "
+             "default, `last_blocks:2`, except `projection` for a real-size backbone (ViT-B-32 and up) on the "
+             "CPU, where the last two blocks would take some 20 minutes per retrain on two cores (see \"Hardware: CPU, "
+             "GPU or ZeroGPU\"). "
+             "A retrain refines the live head when it is of this kind, else it starts from the base model")
     gate_eval_n: int = option(500, env="POCLIP_GATE_N", parse=int, low=1,
                               help="held-out synthetic pictures the promotion gate evaluates on")
     gate_families: tuple[str, ...] = option(
@@ -233,8 +274,8 @@ class Settings:
              "loop, measured\"). The first retrain computes their 4,000 trunk activations once (cached after); "
              "measured on the bundled model only")
     peers: tuple[str, ...] = option(
-        ("prompts", "ablation", "prefix", "ocr_mask", "paint"), env="POCLIP_PEERS", parse=_names_or_off,
-        default_doc="`prompts,ablation,prefix,ocr_mask,paint`",
+        PEER_NAMES, env="POCLIP_PEERS", parse=_names_or_off, env_default=_default_peers,
+        default_doc="`prompts,ablation,prefix,ocr_mask,paint`; none on ZeroGPU",
         help="the defenses a visitor may put beside PO-CLIP on the Compare tab and meet blind in arena mode "
              "(`off`: none). Each is built once per backbone by a child process at lower CPU priority, cached in "
              "the data dir's `defenses/`, and offered once ready (on the bundled model all five take about 90 s "

@@ -104,6 +104,13 @@ def seeded_samples(repo, n):
     return [(sid, *truth[TextAttack.from_dict(attack).to_json()]) for sid, attack in rows]
 
 
+def judge_seeded(repo, n=12, of=30):
+    """The synthetic generator's truthful judgments (the true shape over the written word) on the first ``n`` of the
+    ``of`` seeded items: enough pairs for a retrain."""
+    for sid, shape, written in seeded_samples(repo, of)[:n]:
+        judge(repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+
+
 def judge(repo, who, sample_id, chosen, rejected, kind="human"):
     """Record one judgment straight into the store (no rate limit), creating the annotator if new."""
     repo.ensure_annotator(who)

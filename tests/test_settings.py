@@ -45,7 +45,7 @@ def test_from_env_reads_each_variable_with_its_defaults_and_rules(tmp_path):
     ({"POCLIP_DECODE_WAIT_S": "soon"}, "POCLIP_DECODE_WAIT_S must be a number, got 'soon'"),
     ({"POCLIP_MAX_ANNOTATOR_SHARE": "1.5"}, "POCLIP_MAX_ANNOTATOR_SHARE must be more than 0 and at most 1, got 1.5"),
     ({"POCLIP_STORAGE": "s3"}, "POCLIP_STORAGE must be one of snapshots, bucket, got 's3'"),
-    ({"POCLIP_TRAINER": "process"}, "POCLIP_TRAINER must be one of thread, off, got 'process'"),
+    ({"POCLIP_TRAINER": "process"}, "POCLIP_TRAINER must be one of thread, off, zerogpu, got 'process'"),
     ({"GRADIO_SERVER_PORT": "70000"}, "GRADIO_SERVER_PORT must be 0 or more and at most 65535, got 70000"),
 ])
 def test_a_bad_variable_is_a_user_error_naming_it_and_the_allowed_range(tmp_path, env, message):

@@ -12,12 +12,15 @@ import math
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import torch
 from PIL import Image
 
 from annotation_db import DuplicateJudgmentError, Repository
+from poclip import zerogpu
 from poclip.app.batching import ImageBatcher
 from poclip.app.comparisons import SIDES, SOURCES, Answer, Comparison, ComparisonStore
 from poclip.app.comparisons import new_id as new_comparison_id
@@ -28,7 +31,7 @@ from poclip.app.peers import PeerDefenses
 from poclip.app.seeding import Seeding
 from poclip.app.visitors import Visitors
 from poclip.engine.models import ClipEncoder
-from poclip.engine.policy import Policy, trunk_inputs
+from poclip.engine.policy import Policy
 from poclip.errors import UserError
 from poclip.world import heap
 from poclip.world.attacks import TextAttack, render
@@ -108,8 +111,11 @@ class Comparisons:
         self.seeding = seeding
         self.records = records or ComparisonStore()
         self.peers = peers or PeerDefenses(encoder)
-        # Concurrent Compare requests share image-tower passes (see poclip.app.batching).
+        # Concurrent Compare requests share image-tower passes (see poclip.app.batching). On ZeroGPU each request's
+        # model work is a GPU call of its own instead: the GPU exists only inside such calls, in a worker process,
+        # so a shared thread of this process could not use it.
         self.batcher = ImageBatcher(encoder.encode_pixels)
+        self._gpu_pass = zerogpu.gpu_task(self._model_pass, zerogpu.PREDICT_S) if zerogpu.detected() else None
         self._trunk_batchers: dict[int, ImageBatcher] = {}  # tower heads: the trunk's pass, per cut depth
         self._batchers_lock = threading.Lock()
         self._burst = heap.Burst()
@@ -145,26 +151,42 @@ class Comparisons:
         # Preprocessing runs here, in the request's thread; the tower (or a tower head's trunk) pass is shared
         # with concurrent requests. A tower head then runs its tail at base and at aligned weights.
         pixels = self.encoder.pixels([seen])[0]
-        if live.policy is None:
-            emb = self.batcher.encode(pixels)[None]
-            base = self.encoder.log_probs(emb, self.encoder.classifier(label_list, (template,)))
-            aligned = base
+        if self._gpu_pass is not None:
+            base, aligned = self._gpu_pass(pixels, tuple(label_list), template, float(t), live.ref)
         else:
-            x = self.batcher_for(live.policy).encode(pixels)[None]
-            base, aligned = live.policy.compare_inputs(x, label_list, template, float(t))
+            base, aligned = self._answers(live.policy, self.batcher_for(live.policy).encode(pixels)[None],
+                                          label_list, template, float(t))
         as_dict = lambda lp: {lab: round(float(p), 6) for lab, p in zip(label_list, lp[0].exp(), strict=True)}  # noqa: E731
         return Comparison(new_comparison_id(), picture, seen, attack, tuple(label_list), template,
                           Answer("base", as_dict(base)), Answer("aligned", as_dict(aligned)), "base", live.label,
                           float(t))
 
-    def batcher_for(self, policy: Policy) -> ImageBatcher:
+    def _answers(self, policy: Policy | None, x: torch.Tensor, labels: Sequence[str], template: str,
+                 t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base and aligned ``log pi(y|x)`` ``[1, L]`` from the head's inputs ``x`` (the base model's answer twice
+        when no head serves)."""
+        if policy is None:
+            base = self.encoder.log_probs(x, self.encoder.classifier(list(labels), (template,)))
+            return base, base
+        return policy.compare_inputs(x, labels, template, t)
+
+    def _model_pass(self, pixels: torch.Tensor, labels: tuple[str, ...], template: str, t: float,
+                    ref: tuple[str, str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One request's model work without the shared batch (a ZeroGPU call: CPU tensors in and out, the serving
+        head named by ``ref``, since the worker running it may hold an older copy of this process)."""
+        policy = self.live_head.policy_for(ref)
+        x = self.encoder.encode_pixels(pixels[None]) if policy is None or policy.linear is not None \
+            else self.encoder.trunk_activations(pixels[None], policy.spec.blocks)
+        return self._answers(policy, x, labels, template, t)
+
+    def batcher_for(self, policy: Policy | None) -> ImageBatcher:
         """The batcher of a head's inputs: embeddings, or (tower heads) the frozen trunk's activations at the cut."""
-        if policy.linear is not None:
+        if policy is None or policy.linear is not None:
             return self.batcher
         with self._batchers_lock:
             if policy.spec.blocks not in self._trunk_batchers:
                 self._trunk_batchers[policy.spec.blocks] = ImageBatcher(
-                    functools.partial(trunk_inputs, self.encoder, policy.spec.blocks))
+                    functools.partial(self.encoder.trunk_activations, blocks=policy.spec.blocks))
             return self._trunk_batchers[policy.spec.blocks]
 
     def predict(

@@ -32,6 +32,16 @@ class LiveModel:
     policy: Policy | None
 
     @property
+    def ref(self) -> tuple[str, str | None]:
+        """What serves, as a small picklable key another process can load it from (:meth:`LiveHead.policy_for`):
+        ``("base", None)``, ``("starter", None)`` or ``("file", head_path)``."""
+        if self.policy is None:
+            return ("base", None)
+        if self.version is None or self.version.kind == VersionKind.STARTER:
+            return ("starter", None)
+        return ("file", str(self.version.head_path))
+
+    @property
     def label(self) -> str:
         """What serves, in words: ``version 4``, the starter head or the base model, and why."""
         if self.version is None:
@@ -57,6 +67,7 @@ class LiveHead:
         self._lock = threading.Lock()  # one loader at a time; readers never wait (they take self._live)
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
+        self._loaded: tuple[tuple[str, str | None], Policy] | None = None  # policy_for's last load
 
     @property
     def current(self) -> LiveModel:
@@ -91,6 +102,24 @@ class LiveHead:
             self._live = LiveModel(active, policy)  # one assignment: in-flight requests keep the old one
             log.info("live head is now %s", active.name)
             return self._live
+
+    def policy_for(self, ref: tuple[str, str | None]) -> Policy | None:
+        """The head :attr:`LiveModel.ref` names: the serving one when it is that, else loaded here (the last one
+        kept). A ZeroGPU worker is a fork of the app that may outlive a promotion: the app names what serves with
+        each call, and the worker loads it when its own copy is older."""
+        live = self._live
+        if live.ref == ref:
+            return live.policy
+        kind, path = ref
+        if kind == "base":
+            return None
+        if kind == "starter":
+            if self.fallback is None:
+                raise HeadError(NO_STARTER)
+            return self.fallback
+        if self._loaded is None or self._loaded[0] != ref:
+            self._loaded = (ref, load_head(path, self.encoder))
+        return self._loaded[1]
 
     def _policy_of(self, version: VersionInfo) -> Policy | None:
         """The head a version serves: its file, this process's starter head, or none (the base model)."""

@@ -70,21 +70,29 @@ class TrainingControl:
     def __init__(self, repo: Repository, require_admin: Callable[[str | None, list[str] | None], None]) -> None:
         self.repo = repo
         self.require_admin = require_admin
+        # Set where a retrain runs as part of the click (POCLIP_TRAINER=zerogpu): executes a queued run by id.
+        self.executor: Callable[[int], RunInfo | None] | None = None
 
     def retrain(self, loss: str = "dpo", *, token: str | None = None, hf_orgs: list[str] | None = None) -> dict:
-        """Queue a retrain (admin); the trainer, wherever it runs, picks it up.
+        """Queue a retrain (admin); the trainer, wherever it runs, picks it up, or (with an :attr:`executor`) the
+        run is executed now and this returns once it is over.
 
         Dead runs (a stale heartbeat, a worker process on this host that is gone) are failed first, so a crash
         does not leave "run N is running" behind. At most one run is queued: further clicks get that run.
 
         Returns:
-            ``{"run_id": id, "status": "queued"}`` (or the status the queued run has by now).
+            ``{"run_id": id, "status": "queued"}`` (or the status the queued run has by now); after executing it,
+            the outcome: ``promoted``, ``rejected`` or ``failed``.
         """
         self.require_admin(token, hf_orgs)
         if loss not in PREFERENCE_LOSSES:
             raise UserError(f"Unknown loss {loss!r}; choose one of {', '.join(PREFERENCE_LOSSES)}.")
         self.repo.reap_stale_runs()
         run = self.repo.enqueue_run({"loss": loss, "reason": "manual retrain"})
+        if self.executor is not None and run.status == "queued":
+            done = self.executor(run.id)
+            if done is not None:
+                return {"run_id": done.id, "status": self.progress_of(done).phase}
         return {"run_id": run.id, "status": run.status}
 
     def progress(self) -> TrainingProgress:

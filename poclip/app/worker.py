@@ -22,19 +22,23 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from time import perf_counter  # durations: the real clock even where tests move the module's time
 from typing import Any
+
+import torch
 
 from annotation_db import InvalidTransitionError, Repository, RunInfo, RunLostError, RunnerBusyError, worker_name
 from poclip.app.child_trainer import process_info
 from poclip.app.identity import server_secret
 from poclip.app.live import LiveHead
-from poclip.app.retrain.crowd import HeldOutSplit, crowd_agreement
+from poclip.app.retrain.crowd import Agreement, HeldOutSplit, crowd_agreement
 from poclip.app.retrain.data import (
     MIN_CLEAN,
     MIN_PAIRS,
     REPLAY_SEED,
     NotEnoughData,
+    TrainingData,
     collect,
     synthetic,
     text_invariance_pairs,
@@ -54,12 +58,13 @@ from poclip.app.retrain.loop import TrainerLoop
 from poclip.app.retrain.registration import finish, head_file, register, run_record
 from poclip.app.retrain.schedule import BACKOFF_S
 from poclip.app.retrain.training import replay_epochs, run_config, train_candidate
-from poclip.engine.config import DEFAULT_HEAD
+from poclip.engine.config import TrainConfig, default_head
 from poclip.engine.evaluate import EvalEmbeddings
 from poclip.engine.models import ClipEncoder
-from poclip.engine.policy import Policy, check_head
+from poclip.engine.policy import Policy, check_head, save_head
 from poclip.engine.prepare import prepare as prepare_inputs
 from poclip.engine.starter import load_starter
+from poclip.engine.train import TrainResult, checkpoint_metadata
 from poclip.settings import Settings
 
 __all__ = [
@@ -70,6 +75,21 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """What a run's model work produced (:meth:`Trainer.compute`), in a form that can cross from another process
+    (a ZeroGPU call): the trained head's tensors on the CPU, its checkpoint metadata, the training result without
+    its policy, and the gate's figures for the candidate, the head it started from and the base model."""
+
+    head_state: dict[str, torch.Tensor]
+    metadata: dict[str, object]
+    result: TrainResult
+    candidate: dict
+    live: dict
+    base: dict
+    crowd: dict[str, Agreement]
 
 
 class Trainer(TrainerLoop):
@@ -88,7 +108,7 @@ class Trainer(TrainerLoop):
     def __init__(self, settings: Settings, repo: Repository, encoder: ClipEncoder, live: LiveHead | None = None,
                  *, clock: Callable[[], float] | None = None, beat_every_s: float = BEAT_EVERY_S,
                  startup_s: dict[str, tuple[float, float]] | None = None) -> None:
-        self.head = check_head(encoder, settings.head or DEFAULT_HEAD)  # fails at start, not at the first run
+        self.head = check_head(encoder, settings.head or default_head(encoder))  # fails at start, not at the first run
         live = live or LiveHead(repo, encoder, load_starter(encoder) if settings.starter_head else None)
         # The clock looks up this module's time per call, so tests can move it.
         super().__init__(settings, repo, live, clock or (lambda: time.time()))
@@ -124,7 +144,8 @@ class Trainer(TrainerLoop):
         (``gate``, ``replay``); a second call finds everything cached."""
         policy = Policy(self.encoder, self.head)
         started = perf_counter()
-        self.gate_data().inputs(policy)
+        for family in self.gate_evaluation.families().values():  # the paper style's and every other family's
+            family.inputs(policy)
         gate_s = perf_counter() - started
         prefs, clean = synthetic(self.settings.replay_pairs)
         cache = policy.make_cache(self.cache_dir)
@@ -168,6 +189,29 @@ class Trainer(TrainerLoop):
                 log.exception("could not mark run %s failed", run.id)
                 return self.repo.get_run(run.id)
 
+    def compute(self, data: TrainingData, config: TrainConfig, start: tuple[str, str | None],
+                on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+                on_phase: Callable[[str], None] | None = None) -> Candidate:
+        """The model work of a run, where a GPU helps: train the candidate from the head ``start`` names
+        (:attr:`poclip.app.live.LiveModel.ref`), then measure it, that head and the base model for the gate.
+        Returns CPU tensors and plain figures only (:class:`Candidate`)."""
+        live = self.live_head.policy_for(start)
+        result = train_candidate(self.encoder, data, config, None, self.cache_dir, live, on_step)
+        if on_phase is not None:
+            on_phase("evaluating")
+        crowd = {name: crowd_agreement(policy, self.encoder, data.held_out, self.cache_dir)
+                 for name, policy in (("candidate", result.policy), ("live", live), ("base", None))}
+        return Candidate(result.policy.head_state(),
+                         checkpoint_metadata(config, result, len(data.prefs), len(data.clean)),
+                         replace(result, policy=None), self.evaluate(result.policy), self.evaluate(live),
+                         self.base_metrics(), crowd)
+
+    def compute_run(self, data: TrainingData, config: TrainConfig, start: tuple[str, str | None],
+                    beat: Heartbeat) -> Candidate:
+        """:meth:`compute` for a run, its steps and phases reported through ``beat`` (a subclass may run it
+        elsewhere)."""
+        return self.compute(data, config, start, self._on_step(beat), lambda phase: self._phase(phase, beat))
+
     def _execute(self, run: RunInfo, beat: Heartbeat) -> RunInfo:
         """One run: data, training, evaluation, the gate, registration (each step in :mod:`poclip.app.retrain`)."""
         self.progress = Progress(run.id, "loading pairs")
@@ -177,19 +221,17 @@ class Trainer(TrainerLoop):
         config = run_config(self.head, run.config, data)
         path = head_file(self.heads_dir, run)
         self._phase("embedding", beat)
-        result = train_candidate(self.encoder, data, config, path, self.cache_dir, self.sync_live().policy,
-                                 self._on_step(beat))
-        beat.check()
-        self._phase("evaluating", beat)
         live = self.sync_live()
-        candidate, live_metrics, base = self.evaluate(result.policy), self.evaluate(live.policy), self.base_metrics()
-        crowd = {name: crowd_agreement(policy, self.encoder, data.held_out, self.cache_dir)
-                 for name, policy in (("candidate", result.policy), ("live", live.policy), ("base", None))}
-        ok, reason = gate(candidate, live_metrics, base, crowd=crowd)
+        made = self.compute_run(data, config, live.ref, beat)
         beat.check()
         self._check_stop()
+        trained = Policy(self.encoder, config.head)
+        trained.load_head_state(made.head_state)
+        save_head(trained, path, made.metadata)
+        candidate, live_metrics, base, crowd = made.candidate, made.live, made.base, made.crowd
+        ok, reason = gate(candidate, live_metrics, base, crowd=crowd)
         phases, registering = self._phases_so_far(run), clocks()
-        record = run_record(candidate, live_metrics, base, result, data, config, reason, crowd=crowd,
+        record = run_record(candidate, live_metrics, base, made.result, data, config, reason, crowd=crowd,
                             table=gate_table(candidate, live_metrics, base, crowd))
         version = register(self.repo, run, self.encoder.spec, path, record, promote=ok, reason=reason,
                            parent_id=live.version.id if live.version else None, watermark=data.watermark)

@@ -28,6 +28,8 @@ DEFAULT_BATCH: dict[str, int] = {"linear": 128, "projection": 128, "last_blocks"
 # and the attention pool beat the linear, projection and last_blocks:1 heads on every attack family, and
 # retrain 1,000 pairs on cached trunk activations within the 60 s budget on 2 cores.
 DEFAULT_HEAD = "last_blocks:2"
+# Image towers above this many parameters are real-size (a ViT-B/32's is 88 M; the bundled one's 3 M).
+REAL_SIZE_TOWER = 20_000_000
 # A recipe = which pairs (synth_preferences' ``styles``) and the weight of the text-invariance term.
 RECIPES: dict[str, dict[str, object]] = {
     "invariant": {"styles": "family", "invariance": 1.0},
@@ -120,3 +122,14 @@ class TrainConfig:
         spec that is not one (:class:`~poclip.engine.policy.HeadError`)."""
         check_options(self, lambda f: f.name)
         head_kind(self.head)
+
+
+def default_head(encoder) -> str:
+    """The head a retrain trains unless ``POCLIP_HEAD`` names one: :data:`DEFAULT_HEAD`, except for a real-size
+    image tower (:data:`REAL_SIZE_TOWER`) on the CPU, where it is ``projection``. There a ViT-B/32's last two blocks
+    cost seconds per training step and the gate's three passes over its pictures minutes (``python
+    bench/alignment.py --model ViT-B-32 --speed-only``), so a retrain would take most of an hour on two cores; the
+    projection trains in seconds on cached activations, and a retrain's time is the tower's pass over the crowd's
+    new pictures."""
+    params = sum(p.numel() for p in encoder.model.visual.parameters())
+    return "projection" if encoder.device.type == "cpu" and params > REAL_SIZE_TOWER else DEFAULT_HEAD

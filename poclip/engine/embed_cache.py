@@ -112,7 +112,9 @@ class EmbeddingCache:
         self.root = Path(root) if root is not None else None
         self.dir = None
         if root is not None:
-            self.dir = Path(root) / self.fingerprint
+            # Reduced-precision activations (CUDA) are kept apart from float32 ones (CPU): same data dir, other numbers.
+            amp = encoder.amp_dtype
+            self.dir = Path(root) / (self.fingerprint if amp is None else f"{self.fingerprint}-{str(amp)[6:]}")
             if self.namespace:
                 self.dir = self.dir / self.namespace.replace(":", "-")
         self._entries: dict[str, torch.Tensor] = {}
@@ -219,5 +221,4 @@ class ActivationCache(EmbeddingCache):
 
     @torch.inference_mode()
     def compute(self, pictures: list[Image.Image]) -> torch.Tensor:
-        pixels = self.encoder.pixels(pictures)
-        return tower.trunk(self.encoder.model.visual, pixels, self.blocks).float().cpu()
+        return self.encoder.trunk_activations(self.encoder.pixels(pictures), self.blocks)

@@ -12,6 +12,7 @@ Model specs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -24,6 +25,8 @@ import open_clip
 import torch
 from PIL import Image
 
+from poclip import zerogpu
+from poclip.engine import tower
 from poclip.errors import UserError
 from poclip.settings import ASSETS_DIR, PACKAGE_DIR, Settings
 from poclip.world.synth import DEFAULT_TEMPLATE
@@ -43,8 +46,34 @@ class ModelUnavailable(UserError):
     """A model spec that cannot be loaded here; the message says what to do instead."""
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device ``POCLIP_DEVICE`` names: ``auto`` is CUDA when torch sees a GPU, else the CPU. Raises
+    :class:`ModelUnavailable` for a CUDA device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(f"POCLIP_DEVICE={name}, but torch sees no CUDA GPU here (torch {torch.__version__}, "
+                                   f"built for CUDA {torch.version.cuda or 'none'}); use auto or cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelUnavailable(f"POCLIP_DEVICE={name}, but this machine has {torch.cuda.device_count()} CUDA "
+                                   "GPU(s), numbered from 0.")
+    return device
+
+
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The reduced precision the frozen image tower runs in on ``device`` (None: float32). Only CUDA: bfloat16
+    where the GPU has it (float32's range, so no overflow in CLIP's activations), else float16."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if zerogpu.detected():  # no GPU to ask outside a ZeroGPU call; the platform's GPUs (H200 slices) have bfloat16
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ class ClipEncoder:
     preprocess: object
     tokenizer: object
     device: torch.device
+    amp_dtype: torch.dtype | None = None
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -102,14 +132,31 @@ class ClipEncoder:
         size = self.model.visual.image_size
         return int(size[0] if isinstance(size, tuple | list) else size)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for inference through the frozen image tower (:func:`autocast_dtype`); a no-op on the
+        CPU and with ``POCLIP_PRECISION=fp32``. Heads, text features and every loss stay float32, and base and
+        aligned answers share the tower's pass, so strength 0 is still exactly the base model."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """Preprocess PIL images into a normalised batch tensor on the model's device."""
-        return torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
+        """Preprocess PIL images into a normalised batch tensor (on the CPU: the passes that take it move it to the
+        model's device, so it can be stacked with others or handed to another process first)."""
+        return torch.stack([self.preprocess(img.convert("RGB")) for img in images])
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image embeddings, unit norm, float32 on CPU, for an already preprocessed batch."""
-        return self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu()
+        with self.autocast():
+            return self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu()
+
+    @torch.no_grad()
+    def trunk_activations(self, pixels: torch.Tensor, blocks: int) -> torch.Tensor:
+        """A tower head's inputs for preprocessed ``pixels``: the frozen image tower's activations at the cut of a
+        tail of ``blocks`` residual blocks (:func:`poclip.engine.tower.trunk`; float32, CPU)."""
+        with self.autocast():
+            return tower.trunk(self.model.visual, pixels.to(self.device), blocks).float().cpu()
 
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
         """Unit-norm image embeddings, shape ``[len(images), d]`` (float32, CPU)."""
@@ -250,7 +297,7 @@ def load_model(spec: str = "auto", settings: Settings | None = None, device: tor
     network fails within ``settings.hub_timeout_s`` plus the time to look in the local cache.
     """
     settings = settings or Settings.from_env()
-    device = device or default_device()
+    device = device or resolve_device(settings.device)
     spec = spec.strip()
     started = time.perf_counter()
     if spec == "auto":
@@ -297,4 +344,5 @@ def load_model(spec: str = "auto", settings: Settings | None = None, device: tor
             model, preprocess, tokenizer = _load_hub(name, tag, device, settings)
             description = f"{name}:{tag} (open_clip pretrained)"
     log.info("loaded %s in %.1f s on %s", spec, time.perf_counter() - started, device)
-    return ClipEncoder(ModelSpec(spec, description), model, preprocess, tokenizer, device)
+    return ClipEncoder(ModelSpec(spec, description), model, preprocess, tokenizer, device,
+                       autocast_dtype(device, settings.precision))

@@ -57,7 +57,7 @@ def strength_matrix(weight: torch.Tensor, t: float) -> torch.Tensor:
     if t == 1.0:
         return weight.detach().clone()
     if t == 0.0:
-        return torch.eye(weight.shape[0], dtype=weight.dtype)
+        return torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
     u, s, vh = torch.linalg.svd(weight.detach().double())
     return ((u * s.clamp(min=_MIN_SINGULAR).pow(t)) @ vh).to(weight.dtype)
 
@@ -70,13 +70,6 @@ def _copy_tail(visual: torch.nn.Module, blocks: int) -> torch.nn.Module:
                                                                                       *part.buffers()))}
     shared = {id(t): t for t in (*visual.parameters(), *visual.buffers()) if id(t) not in tail_tensors}
     return copy.deepcopy(visual, memo=shared)
-
-
-@torch.no_grad()
-def trunk_inputs(encoder: ClipEncoder, blocks: int, pixels: torch.Tensor) -> torch.Tensor:
-    """A tower head's inputs for preprocessed ``pixels``: the frozen trunk's activations at the cut of a tail of
-    ``blocks`` residual blocks (float32, CPU)."""
-    return tower.trunk(encoder.model.visual, pixels.to(encoder.device), blocks).float().cpu()
 
 
 class LinearHead(torch.nn.Module):
@@ -147,7 +140,7 @@ class Policy(torch.nn.Module):
         """Head inputs for pictures (no cache): embeddings, or the trunk's activations at the cut."""
         if self.split is None:
             return self.encoder.encode_images(images)
-        return trunk_inputs(self.encoder, self.spec.blocks, self.encoder.pixels(images))
+        return self.encoder.trunk_activations(self.encoder.pixels(images), self.spec.blocks)
 
     def image_features(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Aligned unit-norm image features from head inputs ``x`` (see :meth:`inputs`); ``training`` lets a tower

@@ -249,7 +249,7 @@ def train_head(
     encoder: ClipEncoder,
     preferences: Sequence[Preference],
     clean: Sequence[CleanImage | Picture | str],
-    out: str | Path,
+    out: str | Path | None,
     config: TrainConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,

@@ -139,16 +139,17 @@ def test_prepared_caches_leave_a_retrain_only_the_crowds_pictures_to_embed(tmp_p
     """What every retrain reuses (the gate's pictures, the replayed pairs) is computed once, before any run; a run
     afterwards embeds only its crowd pictures, and preparing again computes nothing."""
     replay = 24  # with the clean pictures topped up to MIN_CLEAN from another synthetic stream
-    svc = labelled_service(tmp_path, bundled, replay_pairs=replay, gate_eval_n=40)
+    svc = labelled_service(tmp_path, bundled, replay_pairs=replay, gate_eval_n=40,
+                           gate_families=("paper", "upper_case"))
     cache_dir = tmp_path / "embeddings"
     try:
         entries = lambda: len(ActivationCache(bundled, cache_dir, blocks=2))  # noqa: E731 - the default head's cut
         assert entries() == 0
         make_trainer(svc).prepare()
         prepared = entries()
-        # The gate's pictures clean and attacked; the replayed pairs, their clean selves and clean pictures; the
-        # top-up pictures, bare and with text.
-        assert prepared >= 2 * 40 + 3 * replay + 2 * (MIN_CLEAN - replay)
+        # The gate's pictures clean and attacked in each of its two families; the replayed pairs, their clean selves
+        # and clean pictures; the top-up pictures, bare and with text.
+        assert prepared >= 3 * 40 + 3 * replay + 2 * (MIN_CLEAN - replay)
         make_trainer(svc).prepare()
         assert entries() == prepared
         trainer = make_trainer(svc)  # a fresh process's trainer: nothing in memory, all on disk

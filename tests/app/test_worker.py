@@ -3,11 +3,13 @@
 import math
 
 import pytest
+import torch
 from apphelpers import (
     ADMIN_TOKEN,
     ONE_PERSON,
     crowd_pairs_in_store,
     judge,
+    judge_seeded,
     make_service,
     make_trainer,
     seeded_samples,
@@ -165,6 +167,16 @@ def test_poclip_head_picks_the_trainers_head_and_empty_means_the_measured_defaul
             service.close()
 
 
+def test_a_real_size_tower_on_the_cpu_retrains_its_projection_by_default(tiny):
+    from poclip.engine.config import DEFAULT_HEAD, REAL_SIZE_TOWER, default_head
+    from poclip.engine.models import load_model
+
+    big = load_model("ViT-B-32", device=torch.device("cpu"))
+    assert sum(p.numel() for p in big.model.visual.parameters()) > REAL_SIZE_TOWER
+    assert default_head(big) == "projection"
+    assert default_head(tiny) == DEFAULT_HEAD
+
+
 def test_the_threshold_is_the_setting_or_a_fifth_of_the_last_runs_crowd_pairs_doubled_per_rejection_to_8x():
     assert [crowd_threshold(50, used, 0) for used in (0, 100, 250, 1000, 1001)] == [50, 50, 50, 200, 201]
     assert [crowd_threshold(50, 1000, r) for r in range(6)] == [200, 400, 800, 1600, 1600, 1600]
@@ -192,8 +204,7 @@ def test_replay_keeps_a_retrain_to_the_steps_of_its_larger_part():
 def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_path, bundled):
     svc = make_service(tmp_path, bundled, seed_items=30, replay_pairs=200)
     try:
-        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        judge_seeded(svc.repo)
         trainer = make_trainer(svc)
         # The 12 judged items and the gold ones among the 30, less the held-out items (never trained on).
         judged = len(svc.repo.training_pairs(None, held_out=trainer.held_out).pairs)
@@ -233,8 +244,7 @@ def test_a_running_retrain_shows_its_phases_steps_and_curve_in_the_run_row(tmp_p
 
     monkeypatch.setattr(svc.repo, "heartbeat", stored)
     try:
-        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        judge_seeded(svc.repo)
         trainer = worker_module.Trainer(svc.settings, svc.repo, svc.encoder, svc.live_head, beat_every_s=0.05)
         trainer.request()
         run = trainer.run_pending()
@@ -298,8 +308,7 @@ def test_after_a_rollback_to_the_base_model_a_retrain_is_gated_against_it_and_re
                        gate_eval_n=100)
     try:
         named = svc.admin.rollback(to="base", token=ADMIN_TOKEN)
-        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        judge_seeded(svc.repo)
         trainer = make_trainer(svc)
         trainer.request()
         run = trainer.run_pending()
@@ -340,8 +349,7 @@ def test_a_killed_run_is_retried_once_by_the_trainer_itself(tmp_path, bundled):
 def test_a_run_that_loses_its_lease_leaves_no_head_file_behind(tmp_path, bundled, monkeypatch):
     svc = make_service(tmp_path, bundled, seed_items=30)
     try:
-        for sid, shape, written in seeded_samples(svc.repo, 30)[:12]:
-            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
+        judge_seeded(svc.repo)
         trainer = make_trainer(svc)
         evaluate, lost = trainer.evaluate, []
 

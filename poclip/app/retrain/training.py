@@ -41,9 +41,9 @@ def run_config(head: HeadSpec, requested: dict[str, Any], data: TrainingData) ->
     return replace(config, epochs=replay_epochs(config.resolved_epochs, data.judged_pairs, data.replay_pairs))
 
 
-def train_candidate(encoder: ClipEncoder, data: TrainingData, config: TrainConfig, out: Path,
-                    cache_dir: Path, start: Policy | None, progress: Progress) -> TrainResult:
-    """Train the candidate head on ``data`` and write it to ``out``.
+def train_candidate(encoder: ClipEncoder, data: TrainingData, config: TrainConfig, out: Path | None,
+                    cache_dir: Path, start: Policy | None, progress: Progress | None) -> TrainResult:
+    """Train the candidate head on ``data`` and write it to ``out`` (None: kept in memory only).
 
     ``start``: the serving head (the starter head at first), which crowd pairs refine rather than start over;
     the reference, and so the KL anchor, stays the base model. ``progress(step, total, metrics)`` is called after

@@ -141,8 +141,11 @@ def now_serving(result: dict) -> str:
 
 def retrain_handler(service: AppService, token: str | None, loss: str | None,
                     oauth_token: gr.OAuthToken | None = None) -> str:
-    """Queue a retrain (admin only); the background trainer runs it while the UI stays responsive."""
+    """Queue a retrain (admin only); the background trainer runs it while the UI stays responsive (on ZeroGPU the
+    click runs it, and this answers once it is over)."""
     run = service.training.retrain(loss or "dpo", token=token, hf_orgs=hf_orgs(oauth_token))
+    if run["status"] in ("promoted", "rejected", "failed"):
+        return f"**Trainer:** run {run['run_id']} ended: {run['status']}; the table below says why."
     return f"**Trainer:** run {run['run_id']} is {run['status']}; progress appears here."
 
 

@@ -53,8 +53,8 @@ def _ablate(out: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, heads: in
     """Heads marked in ``mask`` ``[heads]`` of ``out`` ``[N, L, D]`` take their mean ``[L, D]`` instead."""
     if not bool(mask.any()):
         return out
-    dims = mask.repeat_interleave(out.shape[-1] // heads)
-    return torch.where(dims, mean.to(out.dtype), out)
+    dims = mask.to(out.device).repeat_interleave(out.shape[-1] // heads)
+    return torch.where(dims, mean.to(out.device, out.dtype), out)
 
 
 def pool_heads(pool: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,10 @@ class Ablation(Defense):
 
     @torch.no_grad()
     def _trunk(self, images) -> torch.Tensor:
-        return tower.trunk(self._visual, self.encoder.pixels(images), self._blocks)
+        # The frozen trunk in the encoder's inference precision; the units above it are scored in float32.
+        with self.encoder.autocast():
+            return tower.trunk(self._visual, self.encoder.pixels(images).to(self.encoder.device),
+                               self._blocks).float()
 
     @torch.no_grad()
     def _units(self, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +133,7 @@ class Ablation(Defense):
         """Unit-norm image embeddings from activations at the cut with the ``mask``-ed units mean-ablated."""
         visual = self._visual
         if kind == "channels":
-            x = torch.where(mask[None, :, None, None], mean[None].to(x.dtype), x)
+            x = torch.where(mask.to(x.device)[None, :, None, None], mean[None].to(x.device, x.dtype), x)
             out = visual.attnpool.c_proj(pool_heads(visual.attnpool, x))[:, 0]
         elif kind == "pool_heads":
             pool = visual.attnpool
