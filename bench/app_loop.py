@@ -137,11 +137,12 @@ class Loop:
 
 def measure(args: argparse.Namespace, data_dir: Path) -> dict:
     """Start the app, run :data:`STEPS`, stop the app; returns the result with its bars."""
-    # One simulated person labels everything, from one address: the per-person and per-address limits and the
-    # abuse defaults (labels count after 3 gold items, one person decides at most a quarter) are off here.
+    # One simulated person labels everything and the visitors predict, all from one address: the per-person and
+    # per-address limits (predictions included) and the abuse defaults (labels count after 3 gold items, one
+    # person decides at most a quarter) are off here.
     settings = Settings(data_dir=data_dir, model_spec="bundled", admin_token=TOKEN, rate_limit="off",
-                        client_rate_limit="off", client_new_annotators="off", min_gold_seen=0,
-                        max_annotator_share=1.0, retrain_every_pairs=0, backup_every_minutes=0,
+                        client_rate_limit="off", client_new_annotators="off", client_predictions="off",
+                        min_gold_seen=0, max_annotator_share=1.0, retrain_every_pairs=0, backup_every_minutes=0,
                         seed_items=args.labels + 40, trainer="thread", peers=(),
                         annotate_families=(args.focus,) if args.focus else Settings.annotate_families)
     env = {**os.environ, **settings.to_env()}
