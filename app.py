@@ -34,7 +34,9 @@ if gr.NO_RELOAD:
         ChildTrainer(settings, service.repo, service.live_head).start(train=True)
     else:
         if settings.trainer == "zerogpu":  # a retrain runs when an admin clicks, as one ZeroGPU call
-            from poclip.app.zerogpu_trainer import ZeroGpuTrainer
+            from poclip.app.zerogpu_trainer import ZeroGpuTrainer, require_zerogpu
+
+            require_zerogpu()
 
             service.training.executor = ZeroGpuTrainer(settings, service.repo, service.encoder,
                                                         service.live_head).execute

@@ -203,9 +203,9 @@ def crowd_retrain(encoder, args) -> dict:
     from poclip.app.retrain.evaluation import GateEvaluation
     from poclip.app.retrain.training import replay_epochs
     from poclip.app.seeding import annotation_text
+    from poclip.app.worker import prepare_retrain
     from poclip.engine.config import default_head
     from poclip.engine.preferences import CleanImage, Preference
-    from poclip.engine.prepare import prepare
     from poclip.settings import Settings
 
     defaults = Settings()
@@ -215,15 +215,8 @@ def crowd_retrain(encoder, args) -> dict:
     with tempfile.TemporaryDirectory() as cache_dir:
         policy = Policy(encoder, head)
         gate = GateEvaluation(encoder, defaults.gate_eval_n, Path(cache_dir), defaults.gate_families)
-        started = time.perf_counter()
-        for family in gate.families().values():
-            family.inputs(policy)
-        out["prepare_gate_s"] = round(time.perf_counter() - started, 1)
-        replay, replay_clean = synthetic(defaults.replay_pairs)
-        cache = policy.make_cache(cache_dir)
-        started = time.perf_counter()
-        prepare(policy, replay, replay_clean, cache)
-        out["prepare_replay_s"] = round(time.perf_counter() - started, 1)
+        prepared = prepare_retrain(policy, gate, defaults.replay_pairs, Path(cache_dir))  # as the app, when idle
+        out.update(prepare_gate_s=prepared["gate"], prepare_replay_s=prepared["replay"])
 
         prefs, clean = [], []
         for i in range(args.crowd):  # the app's annotation items, labelled truthfully
@@ -239,13 +232,14 @@ def crowd_retrain(encoder, args) -> dict:
         started = time.perf_counter()
         result = train(encoder, prefs + more_replay, clean + more_clean, cfg, cache=policy.make_cache(cache_dir))
         gate_started = time.perf_counter()
-        for scored in (result.policy, None, None):  # candidate, live (no head yet on this backbone), base
-            gate.evaluate(scored)
+        gate.evaluate(result.policy)  # the candidate
+        gate.evaluate(None)  # the live model: no head yet on this backbone; the base's figures are prepared
+        gate.base_metrics()
         out.update(pairs=len(prefs) + len(more_replay), epochs=cfg.epochs, steps=result.steps,
                    embed_s=round(result.embed_seconds, 1), train_s=round(result.train_seconds, 1),
                    gate_s=round(time.perf_counter() - gate_started, 1),
                    run_s=round(time.perf_counter() - started, 1))
-    pixels = encoder.pixels([p.image for p in replay[:64]])
+    pixels = encoder.pixels([p.image for p in synthetic(64)[0]])
     text = encoder.classifier(list(synth.SHAPES))
     steps = {}
     for name in ("last_blocks:2", "last_blocks:1", "projection"):

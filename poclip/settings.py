@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from poclip import zerogpu
 from poclip.options import check, markdown_table, option, read_env, write_env
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,19 +65,14 @@ def _default_train_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _on_zerogpu(env: Mapping[str, str]) -> bool:
-    # Hugging Face sets this on ZeroGPU hardware (poclip.zerogpu reads the same variable).
-    return env.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
-
-
 def _default_trainer(env: Mapping[str, str]) -> str:
     # On ZeroGPU no background thread can hold the GPU: a retrain runs when the admin clicks.
-    return "zerogpu" if _on_zerogpu(env) else "thread"
+    return "zerogpu" if zerogpu.detected(env) else "thread"
 
 
 def _default_peers(env: Mapping[str, str]) -> tuple[str, ...]:
     # Peers are built by child processes, which get no GPU on ZeroGPU.
-    return () if _on_zerogpu(env) else PEER_NAMES
+    return () if zerogpu.detected(env) else PEER_NAMES
 
 
 def _device(text: str) -> str:
@@ -163,7 +159,8 @@ class Settings:
                                "at lower CPU priority, whose head the app then loads; `off` leaves training to a "
                                "standalone `python -m poclip worker` against the same database; `zerogpu`: no "
                                "schedule, a retrain runs when an admin clicks Retrain, inside a ZeroGPU call "
-                               "whose length follows the pair count (see \"Hardware: CPU, GPU or ZeroGPU\")")
+                               "whose length follows the pair count (see \"Hardware: CPU, GPU or ZeroGPU\"); only "
+                               "on ZeroGPU hardware, since elsewhere it would train inside the serving process")
     zerogpu_max_s: int = option(
         120, env="POCLIP_ZEROGPU_MAX_S", parse=int, low=10,
         help="the longest ZeroGPU call a retrain may ask for (the per-call cap of the tier that pays: the "
@@ -187,9 +184,9 @@ class Settings:
         "", env="POCLIP_HEAD", parse=_stripped,
         help="the head the trainer trains: `linear`, `projection` or `last_blocks:K`; empty = the measured "
              "default, `last_blocks:2`, except `projection` for a real-size backbone (ViT-B-32 and up) on the "
-             "CPU, where the last two blocks would take some 20 minutes per retrain on two cores (see \"Hardware: CPU, "
-             "GPU or ZeroGPU\"). "
-             "A retrain refines the live head when it is of this kind, else it starts from the base model")
+             "CPU, where the last two blocks would take some 20 minutes per retrain on two cores (see "
+             "\"Hardware: CPU, GPU or ZeroGPU\"). A retrain refines the live head when it is of this kind, else it "
+             "starts from the base model")
     gate_eval_n: int = option(500, env="POCLIP_GATE_N", parse=int, low=1,
                               help="held-out synthetic pictures the promotion gate evaluates on")
     gate_families: tuple[str, ...] = option(

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("poclip", "annotation_db")
 # Lower layers first; a module may import from its own layer and those before it.
 LAYERS = (
-    ("poclip", "poclip.errors", "poclip.settings"),
+    ("poclip", "poclip.errors", "poclip.zerogpu", "poclip.settings"),
     ("poclip.world",),
     ("poclip.engine",),
     ("annotation_db",),

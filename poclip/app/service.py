@@ -119,8 +119,10 @@ class AppService:
 
     def pair_counts(self) -> PairCounts:
         """Labels, crowd pairs, replay pairs and the retrain threshold: the figures Annotate, Data and ``/status``
-        show (:func:`~poclip.app.pair_counts.count_pairs`; bounded whatever the database size)."""
-        return count_pairs(self.repo, self.settings.retrain_every_pairs, self.seeding.gold_items)
+        show (:func:`~poclip.app.pair_counts.count_pairs`; bounded whatever the database size). On ZeroGPU no
+        retrain is scheduled by count (an admin starts each), so no threshold is shown."""
+        every = 0 if self.settings.trainer == "zerogpu" else self.settings.retrain_every_pairs
+        return count_pairs(self.repo, every, self.seeding.gold_items)
 
     def status(self) -> dict[str, Any]:
         """Live model, data counts and the trainer's state, as one JSON-friendly dict.

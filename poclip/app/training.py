@@ -88,6 +88,9 @@ class TrainingControl:
         if loss not in PREFERENCE_LOSSES:
             raise UserError(f"Unknown loss {loss!r}; choose one of {', '.join(PREFERENCE_LOSSES)}.")
         self.repo.reap_stale_runs()
+        if self.executor is not None and any(r.status == "running" for r in self.repo.list_runs(limit=2)):
+            # Nothing would pick a run queued now up: the next click would. Say so instead of queueing it.
+            raise UserError("A retrain is running; its verdict appears here when it ends. Click again after that.")
         run = self.repo.enqueue_run({"loss": loss, "reason": "manual retrain"})
         if self.executor is not None and run.status == "queued":
             done = self.executor(run.id)

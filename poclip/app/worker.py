@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from time import perf_counter  # durations: the real clock even where tests move the module's time
 from typing import Any
 
@@ -92,6 +93,23 @@ class Candidate:
     crowd: dict[str, Agreement]
 
 
+def prepare_retrain(policy: Policy, gate: GateEvaluation, replay_pairs: int, cache_dir: Path) -> dict[str, float]:
+    """:meth:`Trainer.prepare`'s work for ``policy``'s head: the gate's pictures in each of its families, then the
+    ``replay_pairs`` replayed pairs and the clean pictures, into ``cache_dir``; seconds per part."""
+    started = perf_counter()
+    for family in gate.families().values():  # the paper style's and every other family's
+        family.inputs(policy)
+    gate_s = perf_counter() - started
+    prefs, clean = synthetic(replay_pairs)
+    cache = policy.make_cache(cache_dir)
+    if prefs:  # the engine's own preparation: exactly the inputs a run looks up
+        prepare_inputs(policy, prefs, clean, cache)
+    elif clean:  # the top-up alone: the pictures and their invariance rows
+        cache.embed([c.image for c in clean], [c.attack for c in clean])
+        cache.embed([c.image for c in clean])
+    return {"gate": round(gate_s, 2), "replay": round(perf_counter() - started - gate_s, 2)}
+
+
 class Trainer(TrainerLoop):
     """Executes queued training runs in this process, one at a time, and keeps its live head in step with the
     database (the loop, the schedule and the backups are :class:`~poclip.app.retrain.loop.TrainerLoop`'s).
@@ -142,19 +160,8 @@ class Trainer(TrainerLoop):
         the gate's pictures (their embeddings, and for a tower head the activations at its cut) and the
         replayed synthetic pairs and clean pictures (the head's inputs). Returns the seconds each part took
         (``gate``, ``replay``); a second call finds everything cached."""
-        policy = Policy(self.encoder, self.head)
-        started = perf_counter()
-        for family in self.gate_evaluation.families().values():  # the paper style's and every other family's
-            family.inputs(policy)
-        gate_s = perf_counter() - started
-        prefs, clean = synthetic(self.settings.replay_pairs)
-        cache = policy.make_cache(self.cache_dir)
-        if prefs:  # the engine's own preparation: exactly the inputs a run looks up
-            prepare_inputs(policy, prefs, clean, cache)
-        elif clean:  # the top-up alone: the pictures and their invariance rows
-            cache.embed([c.image for c in clean], [c.attack for c in clean])
-            cache.embed([c.image for c in clean])
-        return {"gate": round(gate_s, 2), "replay": round(perf_counter() - started - gate_s, 2)}
+        return prepare_retrain(Policy(self.encoder, self.head), self.gate_evaluation, self.settings.replay_pairs,
+                               self.cache_dir)
 
     # ----- runs ------------------------------------------------------------------------------------------------
 

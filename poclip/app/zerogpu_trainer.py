@@ -25,9 +25,18 @@ from poclip.app.retrain.heartbeat import Heartbeat
 from poclip.app.worker import Candidate, Trainer
 from poclip.engine.config import TrainConfig
 from poclip.engine.models import ClipEncoder
+from poclip.errors import UserError
 from poclip.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def require_zerogpu() -> None:
+    """Refuse ``POCLIP_TRAINER=zerogpu`` off ZeroGPU hardware: there its retrain would train inside the serving
+    process, in a visitor's request, slowing every other visitor."""
+    if not zerogpu.detected():
+        raise UserError(f"POCLIP_TRAINER=zerogpu is for ZeroGPU hardware ({zerogpu.ZERO_GPU_ENV} is not set here): "
+                        "use thread (a child process trains) or off (a `python -m poclip worker` trains).")
 
 
 class ZeroGpuTrainer(Trainer):

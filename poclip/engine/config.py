@@ -127,9 +127,9 @@ class TrainConfig:
 def default_head(encoder) -> str:
     """The head a retrain trains unless ``POCLIP_HEAD`` names one: :data:`DEFAULT_HEAD`, except for a real-size
     image tower (:data:`REAL_SIZE_TOWER`) on the CPU, where it is ``projection``. There a ViT-B/32's last two blocks
-    cost seconds per training step and the gate's three passes over its pictures minutes (``python
-    bench/alignment.py --model ViT-B-32 --speed-only``), so a retrain would take most of an hour on two cores; the
-    projection trains in seconds on cached activations, and a retrain's time is the tower's pass over the crowd's
-    new pictures."""
+    cost 2.9 s per training step of 64 pictures and the gate's three passes over its pictures minutes (``python
+    bench/alignment.py --model ViT-B-32 --speed-only``), some 20 minutes per retrain on two cores; the projection
+    trains in seconds on cached activations, and a retrain's time is the tower's pass over the crowd's new
+    pictures."""
     params = sum(p.numel() for p in encoder.model.visual.parameters())
     return "projection" if encoder.device.type == "cpu" and params > REAL_SIZE_TOWER else DEFAULT_HEAD

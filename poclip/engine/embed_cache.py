@@ -114,7 +114,8 @@ class EmbeddingCache:
         if root is not None:
             # Reduced-precision activations (CUDA) are kept apart from float32 ones (CPU): same data dir, other numbers.
             amp = encoder.amp_dtype
-            self.dir = Path(root) / (self.fingerprint if amp is None else f"{self.fingerprint}-{str(amp)[6:]}")
+            folder = self.fingerprint if amp is None else f"{self.fingerprint}-{str(amp).removeprefix('torch.')}"
+            self.dir = Path(root) / folder
             if self.namespace:
                 self.dir = self.dir / self.namespace.replace(":", "-")
         self._entries: dict[str, torch.Tensor] = {}

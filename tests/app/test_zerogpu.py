@@ -8,6 +8,7 @@ The app's side is real: the bundled model, a SQLite store, the trainer, the head
 
 import os
 import pickle
+import subprocess
 import sys
 import types
 
@@ -19,7 +20,7 @@ from poclip import zerogpu
 from poclip.app.seeding import annotation_item
 from poclip.engine.models import ModelUnavailable, load_model, resolve_device
 from poclip.errors import UserError
-from poclip.settings import Settings
+from poclip.settings import REPO_DIR, Settings
 from poclip.world import synth
 
 
@@ -139,8 +140,8 @@ def test_predictions_and_the_admins_retrain_run_as_gpu_calls_and_a_worker_from_b
             return policy.predict([shown()[0].seen], labels)[1][0]
 
         first, probs = shown()
-        assert platform.calls[-1] == (zerogpu.PREDICT_S, platform.calls[-1][1])
-        assert platform.calls[-1][1] != os.getpid()  # computed in the worker
+        seconds, pid = platform.calls[-1]
+        assert seconds == zerogpu.PREDICT_S and pid != os.getpid()  # computed in the worker
         assert torch.allclose(probs, in_process(), atol=1e-5)
         starter = probs
 
@@ -165,3 +166,27 @@ def test_predictions_and_the_admins_retrain_run_as_gpu_calls_and_a_worker_from_b
         assert not torch.allclose(after, starter, atol=1e-6)
     finally:
         svc.close()
+
+
+def test_a_second_click_while_a_zerogpu_retrain_runs_is_refused_and_queues_nothing(tmp_path, bundled, platform):
+    svc = make_service(tmp_path, bundled, trainer="zerogpu", seed_items=30, retrain_every_pairs=50)
+    try:
+        running = svc.repo.claim_run("the first click", svc.repo.enqueue_run({"loss": "dpo"}).id)
+        svc.training.executor = lambda run_id: pytest.fail(f"run {run_id} should not have been executed")
+        with pytest.raises(UserError, match="A retrain is running"):
+            svc.training.retrain("dpo", token=ADMIN_TOKEN)
+        assert [(r.id, r.status) for r in svc.repo.list_runs(limit=5)] == [(running.id, "running")]
+        # Nothing retrains by count there, so no page promises "next retrain after N more crowd pairs".
+        assert svc.status()["next_retrain_after_crowd_pairs"] is None
+    finally:
+        svc.close()
+
+
+def test_the_zerogpu_trainer_off_zerogpu_stops_the_app_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv(zerogpu.ZERO_GPU_ENV, raising=False)
+    env = {**os.environ, "POCLIP_TRAINER": "zerogpu", "POCLIP_MODEL": "bundled", "POCLIP_DATA_DIR": str(tmp_path),
+           "POCLIP_PEERS": "off", "POCLIP_SEED_ITEMS": "0", "GRADIO_SERVER_PORT": "0"}
+    done = subprocess.run([sys.executable, "app.py"], cwd=REPO_DIR, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "POCLIP_TRAINER=zerogpu is for ZeroGPU hardware" in done.stderr

@@ -108,10 +108,8 @@ class Ablation(Defense):
 
     @torch.no_grad()
     def _trunk(self, images) -> torch.Tensor:
-        # The frozen trunk in the encoder's inference precision; the units above it are scored in float32.
-        with self.encoder.autocast():
-            return tower.trunk(self._visual, self.encoder.pixels(images).to(self.encoder.device),
-                               self._blocks).float()
+        # The encoder's trunk pass (its inference precision); the units above it are scored in float32 on its device.
+        return self.encoder.trunk_activations(self.encoder.pixels(images), self._blocks).to(self.encoder.device)
 
     @torch.no_grad()
     def _units(self, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
