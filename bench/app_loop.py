@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import threading
@@ -185,13 +186,19 @@ def idle(loop: Loop, result: dict) -> None:
     """``prepare_seconds`` (the child that caches what every retrain reuses, from its log), ``warmup`` (``--warmup``
     calls at once from the visitors, unpaced), then ``predict_p50_ms_idle`` and ``rss_mb_before`` once no child
     runs."""
+    from poclip.app.child_trainer import PREPARE_EVERY_PAIRS
+    from poclip.app.pair_counts import count_pairs
+
+    # The app prepares while idle: at start, then each time the crowd's pairs grew by PREPARE_EVERY_PAIRS. Labels
+    # come here far faster than people give them, so wait until it caught up, as it would between people's labels.
+    crowd = count_pairs(loop.repo, 0).crowd_pairs
     t0 = time.perf_counter()
-    while child_pids(loop.proc.pid) and time.perf_counter() - t0 < 900:
+    while (child_pids(loop.proc.pid) or (prepared_figures(loop) or {}).get("crowd_pairs", -1)
+           <= crowd - PREPARE_EVERY_PAIRS) and time.perf_counter() - t0 < 900:
         time.sleep(0.5)
     result["waited_for_prepare_seconds"] = round(time.perf_counter() - t0, 2)
-    prepared = loop.data_dir / "logs" / "prepare.log"
-    lines = prepared.read_text().strip().splitlines() if prepared.exists() else []
-    result["prepare_seconds"] = json.loads(lines[-1]).get("prepared") if lines and lines[-1].startswith("{") else None
+    result["crowd_pairs"] = crowd
+    result["prepare_seconds"] = prepared_figures(loop)
     if loop.args.warmup:
         probes, calls = loop.probes(), -(-loop.args.warmup // loop.args.visitors)
         warm = predict_load(loop.url, loop.args.visitors, calls, lambda k: probes[k], client="browser")
@@ -200,6 +207,16 @@ def idle(loop: Loop, result: dict) -> None:
     result["predict_idle"] = row
     result["predict_p50_ms_idle"] = row["p50_ms"]
     result["rss_mb_before"] = rss_mb(loop.proc.pid)
+
+
+def prepared_figures(loop: Loop) -> dict | None:
+    """The last preparing child's figures (seconds per part, ``crowd_pairs``), from the last line of its log."""
+    log = loop.data_dir / "logs" / "prepare.log"
+    lines = log.read_text().strip().splitlines() if log.exists() else []
+    try:
+        return json.loads(lines[-1]).get("prepared") if lines else None
+    except ValueError:  # still running: its last line is not the result yet
+        return None
 
 
 def retrain(loop: Loop, result: dict) -> None:
@@ -268,16 +285,34 @@ def held_out(loop: Loop, result: dict) -> None:
                           "active": {k: live[k] for k in keys}}
     # Every attack family on --family-n held-out pictures (seed 2024, which no training stream or gate uses).
     starter = load_starter(encoder)
-    families = {}
+    families, errors = {}, {}
     for family in ATTACK_FAMILIES:
         data = embed_synth_eval(encoder, loop.args.family_n, seed=2024, family=family)
         families[family] = {name: evaluate_policy(policy, data, encoder=encoder)["typographic_accuracy"]
                             for name, policy in (("base", None), ("starter", starter), ("active", serving))}
+        errors[family] = starter_errors(starter, data)
     result["held_out_families"] = families
+    result["starter_errors"] = errors
+    if loop.args.focus:  # the most a crowd's pairs can add to the focus family: every reading error fixed
+        row = errors[loop.args.focus]
+        result["focus_reading_gain_bound"] = round(row["reads_writing"] / row["n"], 3)
     run = loop.repo.list_runs(limit=1)[0]
     agreement = (run.metrics or {}).get("crowd_agreement") or {}
     result["crowd_agreement"] = {name: a["share"] for name, a in agreement.items()}
     result["crowd_agreement_intervals"] = agreement
+
+
+def starter_errors(starter, data) -> dict[str, int]:
+    """The starter head's errors on a held-out family: ``wrong``, of which ``reads_writing`` answer a word written
+    on the picture (what a judgment's pair, the true label over the written word, teaches against) and ``other``
+    answer a class nothing wrote (the writing hides the shape: a picture a crowd label cannot teach it to read)."""
+    text = starter.encoder.classifier(data.labels, (data.template,))
+    x = data.inputs(starter)[1]
+    with torch.no_grad():
+        predicted = torch.cat([starter.logits(x[i : i + 512], text).argmax(1) for i in range(0, len(x), 512)])
+    wrong = (predicted != data.truth).nonzero().flatten().tolist()
+    reads = sum(data.labels[predicted[i]] in re.findall(r"[a-z]+", data.attacks[i].text.lower()) for i in wrong)
+    return {"n": data.n, "wrong": len(wrong), "reads_writing": reads, "other": len(wrong) - reads}
 
 
 def predict_burst(loop: Loop, result: dict) -> None:

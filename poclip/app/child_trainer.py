@@ -13,7 +13,9 @@ Training inside the serving process held gigabytes of cached activations that st
 The serving process only loads the head file a run promotes (:meth:`poclip.app.live.LiveHead.sync`). A child that
 dies (a crash, the kernel's out-of-memory killer) fails its run with how it ended and the end of its output, and
 the schedule backs off as after any failed run. At start, while idle, one child puts what every retrain reuses into
-the on-disk cache (:meth:`poclip.app.worker.Trainer.prepare`), so a run embeds only the crowd's pictures.
+the on-disk cache (:meth:`poclip.app.worker.Trainer.prepare`), so a run embeds only the crowd's pictures; and again,
+while idle, each time the crowd's pairs grew by :data:`PREPARE_EVERY_PAIRS`, so a run finds most of those cached too.
+A run queued meanwhile does not wait for it: the preparing child is stopped (what it cached stays cached).
 
 This module holds both ends: :class:`ChildTrainer` runs in the app; :func:`watch_parent` and
 :func:`process_info` run in the child. Neither imports the trainer (:mod:`poclip.app.worker`).
@@ -48,6 +50,10 @@ PARENT_POLL_S = 1.0  # how often a child checks that the app that started it is 
 ORPHAN_GRACE_S = 30.0  # a child whose app is gone ends its run at the next step, and exits after this at most
 EXIT_ORPHANED = 3  # the exit status of a child that outlived its app's grace
 OUTPUT_TAIL = 2000  # characters of a dead child's output kept in its run's error
+# While idle, the crowd's new pictures go through the trunk once this many crowd pairs came since the last
+# preparation: on the bundled model some 6 pictures per pair, about 2.5 s of a core for 20 pairs, plus the child's
+# start (some 7 s), at lower priority.
+PREPARE_EVERY_PAIRS = 20
 
 
 def process_info(worker: str) -> dict[str, Any]:
@@ -113,6 +119,7 @@ class ChildTrainer(TrainerLoop):
         super().__init__(settings, repo, live_head, clock)
         self.logs_dir = settings.data_dir / "logs"
         self.prepared = False
+        self.prepared_crowd_pairs = 0  # the crowd pairs there were when the last preparing child started
 
     def command(self, *args: str) -> list[str]:
         """The child's command line: ``python -m poclip worker ARGS``, watching this process, at lower priority,
@@ -133,15 +140,21 @@ class ChildTrainer(TrainerLoop):
         log.info("training child %s started (pid %s), output in %s", name, proc.pid, out)
         return proc, out
 
-    def wait(self, proc: subprocess.Popen) -> int:
+    def wait(self, proc: subprocess.Popen, cancel: Callable[[], bool] | None = None) -> int:
         """The child's exit status once it ends; on :meth:`stop`, SIGTERM (its run fails at the next step), then
-        SIGKILL after :data:`CHILD_STOP_S`."""
+        SIGKILL after :data:`CHILD_STOP_S`. When ``cancel()`` (asked once a second) says so, SIGKILL at once: for
+        a child that writes nothing a kill can leave half-done (the cache writes each file whole)."""
+        polls = 0
         while True:
             try:
                 return proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 if self.stopping:
                     break
+                polls += 1
+                if cancel is not None and polls % 2 == 0 and cancel():
+                    proc.kill()
+                    return proc.wait()
         proc.terminate()
         try:
             return proc.wait(timeout=CHILD_STOP_S)
@@ -149,15 +162,27 @@ class ChildTrainer(TrainerLoop):
             proc.kill()
             return proc.wait()
 
-    def prepare(self) -> int:
-        """Run the preparing child (:meth:`poclip.app.worker.Trainer.prepare`) and wait for it; returns its exit
-        status. A failure is logged, not fatal: each run then computes what it needs itself."""
+    def prepare(self, cancel: Callable[[], bool] | None = None) -> int:
+        """Run the preparing child (:meth:`poclip.app.worker.Trainer.prepare`) and wait for it, or until
+        ``cancel()``; returns its exit status. A failure is logged, not fatal: each run then computes what it needs
+        itself."""
+        self.prepared_crowd_pairs = self.pair_counts().crowd_pairs
         proc, out = self.spawn("prepare", "--prepare")
-        code = self.wait(proc)
+        code = self.wait(proc, cancel)
         self.prepared = True
-        if code != 0:
+        if code == -signal.SIGKILL and cancel is not None:
+            log.info("preparing child stopped: a run was queued")
+        elif code != 0:
             log.error("preparing the retrain cache failed: the child %s: %s", _how_it_ended(code), _tail(out))
         return code
+
+    def maybe_prepare(self) -> bool:
+        """While idle, prepare again once the crowd pairs grew by :data:`PREPARE_EVERY_PAIRS` since the last
+        preparation; a run queued meanwhile stops it. Returns whether a preparing child ran."""
+        if self.pair_counts().crowd_pairs - self.prepared_crowd_pairs < PREPARE_EVERY_PAIRS:
+            return False
+        self.prepare(cancel=lambda: any(r.status == "queued" for r in self.repo.list_runs(limit=1)))
+        return True
 
     def loop(self, train: bool = True, interval_s: float = 2.0, once: bool = False,
              on_run: Callable[[RunInfo], None] | None = None) -> None:
@@ -172,7 +197,10 @@ class ChildTrainer(TrainerLoop):
         self.repo.reap_stale_runs()
         runs = self.repo.list_runs(limit=2)
         queued = next((r for r in runs if r.status == "queued"), None)
-        if queued is None or any(r.status == "running" for r in runs):
+        if any(r.status == "running" for r in runs):
+            return None
+        if queued is None:
+            self.maybe_prepare()
             return None
         proc, out = self.spawn(f"run{queued.id}", "--run", str(queued.id))
         code = self.wait(proc)

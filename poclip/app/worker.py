@@ -93,12 +93,16 @@ class Candidate:
     crowd: dict[str, Agreement]
 
 
-def prepare_retrain(policy: Policy, gate: GateEvaluation, replay_pairs: int, cache_dir: Path) -> dict[str, float]:
-    """:meth:`Trainer.prepare`'s work for ``policy``'s head: the gate's pictures in each of its families, then the
-    ``replay_pairs`` replayed pairs and the clean pictures, into ``cache_dir``; seconds per part."""
+def prepare_retrain(policy: Policy, gate: GateEvaluation, replay_pairs: int, cache_dir: Path,
+                    live: Policy | None = None) -> dict[str, float]:
+    """:meth:`Trainer.prepare`'s work for ``policy``'s head: the gate's pictures in each of its families and the
+    ``live`` head's figures on them (kept on disk), then the ``replay_pairs`` replayed pairs and the clean pictures,
+    into ``cache_dir``; seconds per part."""
     started = perf_counter()
     for family in gate.families().values():  # the paper style's and every other family's
         family.inputs(policy)
+    if live is not None:
+        gate.evaluate(live)
     gate_s = perf_counter() - started
     prefs, clean = synthetic(replay_pairs)
     cache = policy.make_cache(cache_dir)
@@ -156,12 +160,31 @@ class Trainer(TrainerLoop):
         return self.gate_evaluation.evaluate(policy)
 
     def prepare(self) -> dict[str, float]:
-        """Put what every retrain reuses into the on-disk cache, so that a run embeds only the crowd's pictures:
-        the gate's pictures (their embeddings, and for a tower head the activations at its cut) and the
-        replayed synthetic pairs and clean pictures (the head's inputs). Returns the seconds each part took
-        (``gate``, ``replay``); a second call finds everything cached."""
-        return prepare_retrain(Policy(self.encoder, self.head), self.gate_evaluation, self.settings.replay_pairs,
-                               self.cache_dir)
+        """Put what the next retrain will look up into the on-disk cache, so that a run embeds only the crowd's
+        pictures judged since: the gate's pictures (their embeddings, and for a tower head the activations at its
+        cut) with the live head's figures on them, the replayed synthetic pairs and clean pictures (the head's
+        inputs), then the crowd's pairs so far (:meth:`prepare_crowd`). Returns the seconds each part took
+        (``gate``, ``replay``, ``crowd``) and ``crowd_pairs``; a second call finds everything cached."""
+        policy = Policy(self.encoder, self.head)
+        prepared = prepare_retrain(policy, self.gate_evaluation, self.settings.replay_pairs, self.cache_dir,
+                                   self.sync_live().policy)
+        started = perf_counter()
+        prepared["crowd_pairs"] = self.prepare_crowd(policy)
+        prepared["crowd"] = round(perf_counter() - started, 2)
+        return prepared
+
+    def prepare_crowd(self, policy: Policy) -> int:
+        """The crowd's pairs as a run would read them now: the judged pictures with their writing, its text variants
+        and the clean picture through the trunk into the cache, and the held-out ones the gate scores. Returns the
+        crowd pairs covered (0 while there are too few to train on)."""
+        try:
+            data = collect(self.repo, lambda watermark: None, augment_attacks=self.settings.augment_attacks,
+                           replay_pairs=self.settings.replay_pairs, held_out=self.held_out)
+        except NotEnoughData:
+            return 0
+        prepare_inputs(policy, data.prefs, data.clean, policy.make_cache(self.cache_dir))
+        crowd_agreement(policy, self.encoder, data.held_out, self.cache_dir)
+        return data.crowd_pairs
 
     # ----- runs ------------------------------------------------------------------------------------------------
 
@@ -225,10 +248,11 @@ class Trainer(TrainerLoop):
         data = collect(self.repo, lambda watermark: beat.write(judgment_watermark=watermark),
                        augment_attacks=self.settings.augment_attacks, replay_pairs=self.settings.replay_pairs,
                        held_out=self.held_out)
-        config = run_config(self.head, run.config, data)
+        live = self.sync_live()
+        config = run_config(self.head, run.config, data,
+                            refines=live.policy is not None and live.policy.spec == self.head)
         path = head_file(self.heads_dir, run)
         self._phase("embedding", beat)
-        live = self.sync_live()
         made = self.compute_run(data, config, live.ref, beat)
         beat.check()
         self._check_stop()

@@ -97,6 +97,14 @@ def as_image(picture: Picture) -> Image.Image:
     return picture.open() if isinstance(picture, StoredPicture) else picture
 
 
+def backbone_dir(encoder: ClipEncoder, root: str | Path) -> Path:
+    """The folder under ``root`` of what is computed with ``encoder``: named by its weights (and by its tower's
+    reduced precision: CUDA activations are kept apart from float32 ones, same data dir, other numbers)."""
+    amp = encoder.amp_dtype
+    fingerprint = backbone_fingerprint(encoder)
+    return Path(root) / (fingerprint if amp is None else f"{fingerprint}-{str(amp).removeprefix('torch.')}")
+
+
 class EmbeddingCache:
     """Embeddings of one backbone, kept in memory and (with ``root``) on disk.
 
@@ -112,10 +120,7 @@ class EmbeddingCache:
         self.root = Path(root) if root is not None else None
         self.dir = None
         if root is not None:
-            # Reduced-precision activations (CUDA) are kept apart from float32 ones (CPU): same data dir, other numbers.
-            amp = encoder.amp_dtype
-            folder = self.fingerprint if amp is None else f"{self.fingerprint}-{str(amp).removeprefix('torch.')}"
-            self.dir = Path(root) / folder
+            self.dir = backbone_dir(encoder, root)
             if self.namespace:
                 self.dir = self.dir / self.namespace.replace(":", "-")
         self._entries: dict[str, torch.Tensor] = {}

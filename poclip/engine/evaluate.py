@@ -260,6 +260,22 @@ def evaluate_policy(policy: Policy | None, data: EvalEmbeddings, t: float = 1.0,
     }
 
 
+@torch.no_grad()
+def typographic_accuracy(policy: Policy | None, data: EvalEmbeddings, encoder: ClipEncoder | None = None) -> float:
+    """The share of ``data``'s attacked pictures ``policy`` (``None`` = the base model of ``encoder``) classifies
+    right: :func:`evaluate_policy`'s ``typographic_accuracy`` without its pass over the clean pictures, for a set
+    whose clean pictures were scored already (the same pictures in another attack family)."""
+    encoder = policy.encoder if policy is not None else encoder
+    if encoder is None:
+        raise ValueError("pass a policy or the encoder of the base model")
+    text = encoder.classifier(data.labels, (data.template,))
+    if policy is None:
+        attacked_lp = encoder.log_probs(data.attacked, text)
+    else:
+        attacked_lp = _policy_log_probs(policy, data.inputs(policy)[1], text)
+    return round(float((attacked_lp.argmax(1) == data.truth).float().mean()), 4)
+
+
 def evaluate_synth_policy(policy: Policy, n: int = 1000, seed: int = 2024, t: float = 1.0,
                           cache: EmbeddingCache | None = None) -> dict:
     """The app's promotion gate: :func:`evaluate_policy` on ``n`` held-out synthetic pictures (seed ``seed``)."""

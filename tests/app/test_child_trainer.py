@@ -12,7 +12,6 @@ from pathlib import Path
 
 from apphelpers import judge, make_service, make_trainer, seeded_samples
 
-from annotation_db.models import Judgment
 from poclip.app.child_trainer import TRAIN_NICENESS, ChildTrainer
 from poclip.app.retrain.data import MIN_CLEAN
 from poclip.engine.embed_cache import ActivationCache
@@ -135,9 +134,9 @@ time.sleep(600)
         svc.close()
 
 
-def test_prepared_caches_leave_a_retrain_only_the_crowds_pictures_to_embed(tmp_path, bundled):
-    """What every retrain reuses (the gate's pictures, the replayed pairs) is computed once, before any run; a run
-    afterwards embeds only its crowd pictures, and preparing again computes nothing."""
+def test_prepared_caches_leave_a_retrain_only_the_pictures_judged_since_to_embed(tmp_path, bundled):
+    """What a retrain looks up (the gate's pictures, the replayed pairs, the crowd's pairs so far) is computed while
+    idle; a run afterwards embeds only the pictures judged since, and preparing again computes nothing."""
     replay = 24  # with the clean pictures topped up to MIN_CLEAN from another synthetic stream
     svc = labelled_service(tmp_path, bundled, replay_pairs=replay, gate_eval_n=40,
                            gate_families=("paper", "upper_case"))
@@ -145,21 +144,52 @@ def test_prepared_caches_leave_a_retrain_only_the_crowds_pictures_to_embed(tmp_p
     try:
         entries = lambda: len(ActivationCache(bundled, cache_dir, blocks=2))  # noqa: E731 - the default head's cut
         assert entries() == 0
-        make_trainer(svc).prepare()
+        prepared_at = make_trainer(svc).prepare()
         prepared = entries()
         # The gate's pictures clean and attacked in each of its two families; the replayed pairs, their clean selves
-        # and clean pictures; the top-up pictures, bare and with text.
-        assert prepared >= 3 * 40 + 3 * replay + 2 * (MIN_CLEAN - replay)
-        make_trainer(svc).prepare()
-        assert entries() == prepared
+        # and clean pictures; the top-up pictures, bare and with text; the 12 judged pictures, attacked and clean.
+        assert prepared >= 3 * 40 + 3 * replay + 2 * (MIN_CLEAN - replay) + 2 * 12
+        assert prepared_at["crowd"] > 0 and prepared_at["crowd_pairs"] == 0  # the generator's votes are no crowd's
+        assert make_trainer(svc).prepare()["crowd_pairs"] == 0 and entries() == prepared
+        for sid, shape, written in seeded_samples(svc.repo, 30)[12:18]:  # six more judged after it
+            judge(svc.repo, "poclip-synthetic", sid, shape, written, kind="synthetic")
         trainer = make_trainer(svc)  # a fresh process's trainer: nothing in memory, all on disk
         trainer.request()
         run = trainer.run_pending()
         assert run.status == "succeeded", run.error
-        # Only the judged pictures, attacked and clean: at most two entries for each item with a judgment (the 12
-        # labelled ones, and gold items, whose reference answers are pairs too).
-        with svc.repo.db.reading() as s:
-            judged = s.query(Judgment.sample_id).distinct().count()
-        assert 12 <= judged < 30 and 0 < entries() - prepared <= 2 * judged
+        # Only the six new pictures, attacked and clean (and gold items' reference answers among them).
+        assert 0 < entries() - prepared <= 2 * 6
+    finally:
+        svc.close()
+
+
+def test_while_idle_the_crowds_new_pairs_are_prepared_and_a_queued_run_does_not_wait_for_it(tmp_path, bundled):
+    from poclip.app.child_trainer import PREPARE_EVERY_PAIRS
+
+    svc = make_service(tmp_path, bundled, seed_items=60, augment_attacks=0, replay_pairs=0, gate_eval_n=40,
+                       gate_families=("paper",), min_gold_seen=0, retrain_every_pairs=0)
+    try:
+        trainer = ChildTrainer(svc.settings, svc.repo, svc.live_head)
+        items = [item for item in seeded_samples(svc.repo, 60) if not svc.repo.get_sample(item[0]).is_gold]
+        people = [f"person{k}" for k in range(5)]  # one person's votes may decide at most a quarter of the items
+        for k, (sid, shape, written) in enumerate(items[:PREPARE_EVERY_PAIRS - 1]):
+            judge(svc.repo, people[k % 5], sid, shape, written)
+        assert not trainer.maybe_prepare()  # too few new crowd pairs: no child
+        judge(svc.repo, people[(PREPARE_EVERY_PAIRS - 1) % 5], *items[PREPARE_EVERY_PAIRS - 1])
+        assert trainer.run_pending() is None  # nothing queued: the idle pass prepares instead
+        assert trainer.prepared_crowd_pairs == PREPARE_EVERY_PAIRS
+        done = (tmp_path / "logs" / "prepare.log").read_text().strip().splitlines()[-1]
+        assert f'"crowd_pairs": {PREPARE_EVERY_PAIRS}' in done
+        assert not trainer.maybe_prepare()  # nothing new since
+
+        for k, (sid, shape, written) in enumerate(items[PREPARE_EVERY_PAIRS:2 * PREPARE_EVERY_PAIRS]):
+            judge(svc.repo, people[k % 5], sid, shape, written)
+        threading.Timer(1.0, trainer.request).start()  # a run queued while the child prepares
+        started = time.monotonic()
+        assert trainer.maybe_prepare()
+        assert time.monotonic() - started < 15  # stopped, not waited for
+        assert trainer.prepared_crowd_pairs == 2 * PREPARE_EVERY_PAIRS
+        run = trainer.run_pending()
+        assert run.status == "succeeded", run.error
     finally:
         svc.close()

@@ -161,3 +161,42 @@ def test_a_real_retrain_records_the_gate_table_and_crowd_agreement(tmp_path, bun
         assert (version.status == "active") == (record["gate"].startswith("rule"))
     finally:
         svc.close()
+
+
+def test_the_gate_measures_a_head_once_and_keeps_its_figures_beside_the_pictures(tmp_path, bundled):
+    import json
+
+    import torch
+
+    from poclip.app.retrain.evaluation import GateEvaluation
+    from poclip.engine.starter import load_starter
+
+    gate_eval = GateEvaluation(bundled, 40, tmp_path, ("paper", "several_words"))
+    starter = load_starter(bundled)
+    first = gate_eval.evaluate(starter)
+    kept = list(tmp_path.rglob("gate-metrics/*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == first
+    assert first["family_accuracy"]["several_words"] > 0.5 > gate_eval.base_metrics()["family_accuracy"][
+        "several_words"]
+
+    # another process (a new GateEvaluation on the same folder) reads the figures instead of measuring again
+    again = GateEvaluation(bundled, 40, tmp_path, ("paper", "several_words"))
+    measure = again._metrics
+    again._metrics = lambda policy: measure(None) if policy is None else pytest.fail("measured a kept head")
+    assert again.evaluate(starter) == first
+
+    # other tensors are another head: measured, and kept in a file of their own
+    moved = load_starter(bundled)
+    with torch.no_grad():
+        moved.trainable_parameters()[0].mul_(0.0)
+    assert gate_eval.evaluate(moved) != first
+    assert len(list(tmp_path.rglob("gate-metrics/*.json"))) == 2
+
+    # a damaged file costs a measurement, not the run, and is written whole again
+    kept[0].write_text('{"typographic')
+    assert gate_eval.evaluate(starter) == first
+    assert json.loads(kept[0].read_text()) == first
+
+    # other gate pictures (another number or family) never read these figures
+    other = GateEvaluation(bundled, 40, tmp_path, ("paper", "label_patch"))
+    assert set(other.evaluate(starter)["family_accuracy"]) == {"paper", "label_patch"}

@@ -18,6 +18,7 @@ from apphelpers import (
 
 import poclip.app.worker as worker_module
 from poclip.app.retrain.schedule import Schedule, crowd_threshold
+from poclip.app.retrain.training import run_config
 from poclip.world.attacks import TextAttack
 
 TRUTH = truth_by_attack(40)
@@ -201,6 +202,17 @@ def test_replay_keeps_a_retrain_to_the_steps_of_its_larger_part():
     assert replay_epochs(8, 100, 0) == 8 and replay_epochs(8, 0, 1000) == 8
 
 
+def test_a_retrain_that_refines_the_live_head_takes_half_the_epochs_of_one_from_the_base_model():
+    from poclip.app.retrain.data import TrainingData
+
+    data = TrainingData([], [], 200, 1000, 1000, None, [])
+    fresh, refining = run_config("last_blocks:2", {}, data), run_config("last_blocks:2", {}, data, refines=True)
+    assert (fresh.epochs, refining.epochs) == (4, 2)
+    tiny = TrainingData([], [], 2, 10, 0, None, [])
+    assert run_config("linear", {"loss": "ipo"}, tiny, refines=True).epochs == 30  # the linear head's 60, halved
+    assert run_config("projection", {}, TrainingData([], [], 1, 1, 0, None, []), refines=True).epochs == 6
+
+
 def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_path, bundled):
     svc = make_service(tmp_path, bundled, seed_items=30, replay_pairs=200)
     try:
@@ -217,6 +229,7 @@ def test_a_retrain_mixes_in_the_replayed_synthetic_pairs_and_says_how_many(tmp_p
         assert (m["judged_pairs"], m["replay_pairs"], m["pairs"]) == (5 * judged, 200, 5 * judged + 200)
         assert m["crowd_pairs"] == 0
         assert m["clean"] == 300  # the judged pictures + 200 replayed, topped up to 300
+        # over the steps of its larger part: this app serves no starter head, so the run starts from the base model
         assert m["epochs"] == round(8 * 200 / (5 * judged + 200))
     finally:
         svc.close()

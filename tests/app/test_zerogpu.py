@@ -17,6 +17,7 @@ import torch
 from apphelpers import ADMIN_TOKEN, judge_seeded, make_service
 
 from poclip import zerogpu
+from poclip.app.retrain.training import REFINE_SHARE, replay_epochs
 from poclip.app.seeding import annotation_item
 from poclip.engine.models import ModelUnavailable, load_model, resolve_device
 from poclip.errors import UserError
@@ -156,6 +157,9 @@ def test_predictions_and_the_admins_retrain_run_as_gpu_calls_and_a_worker_from_b
         assert pid != os.getpid() and 20 <= seconds <= svc.settings.zerogpu_max_s
         version = svc.repo.get_version(run.version_id)
         assert os.path.isfile(version.head_path) and run.metrics["pairs"] > 0 and "gate_table" in run.metrics
+        # it refined the starter head that served: half the epochs of a run from the base model
+        fresh = replay_epochs(8, run.metrics["judged_pairs"], run.metrics["replay_pairs"])
+        assert run.metrics["epochs"] == max(1, round(fresh * REFINE_SHARE)) < fresh
         if out["status"] == "rejected":
             svc.admin.promote(version.id, "test: serve the ZeroGPU candidate", token=ADMIN_TOKEN)
         assert svc.live_head.sync().version.id == version.id

@@ -12,6 +12,7 @@ from poclip.engine.evaluate import (
     evaluate_synth,
     evaluate_synth_policy,
     sweep_strength,
+    typographic_accuracy,
 )
 from poclip.engine.policy import Policy
 from poclip.world import synth
@@ -43,6 +44,19 @@ def test_a_tower_head_is_scored_on_the_sets_own_pictures(bundled, data):
     base = evaluate_policy(None, data, encoder=bundled)
     assert tower["clean_accuracy"] == base["clean_accuracy"]
     assert tower["typographic_accuracy"] == base["typographic_accuracy"]
+
+
+def test_typographic_accuracy_alone_equals_the_full_evaluations(bundled, data):
+    from poclip.engine.starter import load_starter
+
+    starter = load_starter(bundled)
+    for policy in (None, starter):
+        full = evaluate_policy(policy, data, encoder=bundled)["typographic_accuracy"]
+        assert typographic_accuracy(policy, data, encoder=bundled) == full
+    # the starter reads past the writing, the base model does not: two different figures, each matched above
+    assert typographic_accuracy(starter, data) > typographic_accuracy(None, data, encoder=bundled) + 0.5
+    with pytest.raises(ValueError, match="encoder"):
+        typographic_accuracy(None, data)
 
 
 def theirs_clean(encoder, label):

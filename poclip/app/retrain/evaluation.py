@@ -6,18 +6,30 @@ kept, since the backbone does not change. The same pictures carry the writing of
 ``POCLIP_GATE_FAMILIES`` (the paper's style always), so the gate sees a crowd teaching one family (several
 words, label patches...) and any family a candidate loses. The held-out font is never one of them: no choice
 the project makes looks at it, so it stays a clean test of generalization.
+
+A head's figures are a function of its tensors and of these pictures, so they are kept on disk beside the
+pictures' cache (``gate-metrics/``), keyed by both: the live head, measured once (while idle, by
+:func:`poclip.app.worker.prepare_retrain`, or as the candidate it was), is not measured again by every retrain.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import threading
 from pathlib import Path
 
-from poclip.engine.embed_cache import EmbeddingCache
-from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy
+import torch
+
+from poclip.engine.embed_cache import EmbeddingCache, backbone_dir
+from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy, typographic_accuracy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.world.styles import check_families
+
+log = logging.getLogger(__name__)
 
 GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training stream
 
@@ -25,7 +37,8 @@ GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training str
 class GateEvaluation:
     """The gate's data and metrics for one backbone; safe to share between threads."""
 
-    def __init__(self, encoder: ClipEncoder, n: int, cache_dir: Path, families: tuple[str, ...] = ("paper",)) -> None:
+    def __init__(self, encoder: ClipEncoder, n: int, cache_dir: Path | None,
+                 families: tuple[str, ...] = ("paper",)) -> None:
         families = check_families(families, "POCLIP_GATE_FAMILIES")
         self.encoder, self.n, self.cache_dir = encoder, n, cache_dir
         self.family_names = ("paper", *(f for f in families if f != "paper"))
@@ -49,10 +62,11 @@ class GateEvaluation:
             return self._data
 
     def _metrics(self, policy: Policy | None) -> dict:
-        # The paper-style metrics, plus typographic accuracy per family and their mean.
+        # The paper-style metrics, plus typographic accuracy per family and their mean. Every family writes on the
+        # same pictures, so their clean pass is made once.
         metrics = evaluate_policy(policy, self._data["paper"], encoder=self.encoder)
         per_family = {family: metrics["typographic_accuracy"] if family == "paper" else
-                      evaluate_policy(policy, data, encoder=self.encoder)["typographic_accuracy"]
+                      typographic_accuracy(policy, data, encoder=self.encoder)
                       for family, data in self._data.items()}
         return {**metrics, "family_accuracy": per_family,
                 "family_mean": round(sum(per_family.values()) / len(per_family), 4)}
@@ -70,4 +84,31 @@ class GateEvaluation:
         if policy is None:
             return self.base_metrics()
         self.families()
-        return self._metrics(policy)
+        if self.cache_dir is None:
+            return self._metrics(policy)
+        path = self._memo_path(policy)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:  # a damaged file costs a measurement, never a run
+            log.warning("measuring again: unreadable gate figures %s: %s", path, exc)
+        metrics = self._metrics(policy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(json.dumps(metrics))
+            os.replace(tmp, path)  # whole or absent: a reader never sees half of it
+        finally:
+            tmp.unlink(missing_ok=True)
+        return metrics
+
+    def _memo_path(self, policy: Policy) -> Path:
+        """Where ``policy``'s figures are kept: named by a hash of its head's tensors and of what the gate measures
+        (the pictures' number, seed and families, and the device its tail runs on)."""
+        digest = hashlib.sha256(json.dumps([policy.head, self.n, GATE_SEED, self.family_names,
+                                            self.encoder.device.type]).encode())
+        for name, value in sorted(policy.head_state().items()):
+            digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return backbone_dir(self.encoder, self.cache_dir) / "gate-metrics" / f"{digest.hexdigest()[:32]}.json"
