@@ -213,6 +213,15 @@ class EmbeddingCache:
         return torch.stack([self._entries[k] for k in keys])
 
 
+    def embed_known(self, keys: Sequence[str], pictures: Sequence[Picture],
+                    attacks: Sequence[TextAttack | None]) -> torch.Tensor:
+        """:meth:`embed` for pictures whose keys (:func:`entry_key`) are known: what is cached is looked up by key,
+        and only a missing entry's picture is taken from ``pictures`` (which may draw or open it on demand)."""
+        items = [key if key in self._entries else pictures[i] for i, key in enumerate(keys)]
+        return self.embed(items, [None if key in self._entries else attack
+                                  for key, attack in zip(keys, attacks, strict=True)])
+
+
 class ActivationCache(EmbeddingCache):
     """The frozen trunk's activations at a tower head's cut (:func:`poclip.engine.tower.split`), per picture.
 

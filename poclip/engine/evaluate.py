@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from poclip.engine.embed_cache import EmbeddingCache
+from poclip.engine.embed_cache import EmbeddingCache, entry_key, image_hash
 from poclip.engine.losses import kl_to_reference
 from poclip.engine.models import DEFAULT_TEMPLATES, ClipEncoder
 from poclip.engine.policy import Policy
@@ -108,6 +108,7 @@ class EvalEmbeddings:
     pictures: Sequence[Image.Image] | None = None
     attacks: list[TextAttack] | None = None
     cache_root: Path | None = None
+    hashes: list[str] | None = None  # the pictures' content hashes (:func:`image_hash`), when known
     _inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -122,8 +123,14 @@ class EvalEmbeddings:
             if self.pictures is None or self.attacks is None:
                 raise ValueError("a tower head needs the pictures: embed the set with keep_images=True")
             cache = policy.make_cache(self.cache_root)
-            pictures = list(self.pictures)
-            self._inputs[policy.cut] = (cache.embed(pictures), cache.embed(pictures, self.attacks))
+            if self.hashes is None:
+                pictures = list(self.pictures)
+                self._inputs[policy.cut] = (cache.embed(pictures), cache.embed(pictures, self.attacks))
+            else:  # looked up by hash: a picture is drawn only when its entry is missing
+                self._inputs[policy.cut] = tuple(
+                    cache.embed_known([entry_key(h, a) for h, a in zip(self.hashes, attacks, strict=True)],
+                                      self.pictures, attacks)
+                    for attacks in ([None] * self.n, self.attacks))
         return self._inputs[policy.cut]
 
 
@@ -142,25 +149,47 @@ def embed_synth_eval(
     :func:`poclip.world.synth.eval_item`, others draw their text from ``eval-text:{family}:{seed}:{i}``.
     Pictures are drawn again on demand for tower heads (``keep_images``), never all held in memory.
     """
+    return embed_synth_families(encoder, n, seed, (family,), cache, keep_images, template)[family]
+
+
+def embed_synth_families(
+    encoder: ClipEncoder,
+    n: int,
+    seed: int,
+    families: Sequence[str],
+    cache: EmbeddingCache | None = None,
+    keep_images: bool = True,
+    template: str = synth.DEFAULT_TEMPLATE,
+) -> dict[str, EvalEmbeddings]:
+    """:func:`embed_synth_eval` for each of ``families`` (family -> set): the pictures are drawn and hashed once for
+    all of them, and a tower head's inputs are then looked up by those hashes, without drawing (on a cache miss,
+    only the missing pictures are drawn again)."""
     if n <= 0:
         raise ValueError("n must be positive")
     cache = cache if cache is not None else EmbeddingCache(encoder)
     labels = list(synth.SHAPES)
-    items = synth.eval_set(n, seed, "random")
-    texts = [StyledText("wrong", it.attack, (it.attack.text,)) if family == "paper" else
-             family_attack(family, labels, it.label, random.Random(f"eval-text:{family}:{seed}:{it.index}"))
-             for it in items]
-    pictures = [it.clean for it in items]
-    clean = cache.embed(pictures)
-    attacked = cache.embed(pictures, [t.attack for t in texts])
-    return EvalEmbeddings(
-        labels, template, clean, attacked,
-        torch.tensor([labels.index(it.label) for it in items]),
-        torch.tensor([labels.index(t.wrong[0]) if t.wrong else -1 for t in texts]),
-        _SynthPictures(seed, n) if keep_images else None,
-        [t.attack for t in texts] if keep_images else None,
-        cache.root,
-    )
+    scenes = [synth.eval_scene(seed, i) for i in range(n)]
+    pictures = [synth.draw_scene(scene) for scene, _ in scenes]
+    hashes = [image_hash(picture) for picture in pictures]
+    clean = cache.embed_known([entry_key(h) for h in hashes], pictures, [None] * n)
+    truth = torch.tensor([labels.index(scene.shape) for scene, _ in scenes])
+    out = {}
+    for family in families:
+        texts = [StyledText("wrong", paper, (paper.text,)) if family == "paper" else
+                 family_attack(family, labels, scene.shape, random.Random(f"eval-text:{family}:{seed}:{i}"))
+                 for i, (scene, paper) in enumerate(scenes)]
+        attacks = [t.attack for t in texts]
+        attacked = cache.embed_known([entry_key(h, a) for h, a in zip(hashes, attacks, strict=True)], pictures,
+                                     attacks)
+        out[family] = EvalEmbeddings(
+            labels, template, clean, attacked, truth,
+            torch.tensor([labels.index(t.wrong[0]) if t.wrong else -1 for t in texts]),
+            _SynthPictures(seed, n) if keep_images else None,
+            attacks if keep_images else None,
+            cache.root,
+            hashes if keep_images else None,
+        )
+    return out
 
 
 def embed_dataset_eval(

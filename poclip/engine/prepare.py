@@ -62,10 +62,8 @@ def _keys(items: Sequence[Picture | str], attacks: Sequence[TextAttack | None]) 
 
 def _lookup(cache: EmbeddingCache, images: Sequence[Picture | str], attacks: Sequence[TextAttack | None],
             keys: Sequence[str]) -> torch.Tensor:
-    # Pass keys for what is cached (no re-hash, no render, no file opened) and pictures only for what is new.
-    items = [k if k in cache else img for k, img in zip(keys, images, strict=True)]
-    atks = [None if k in cache else a for k, a in zip(keys, attacks, strict=True)]
-    return cache.embed(items, atks)
+    # Keys for what is cached (no re-hash, no render, no file opened) and pictures only for what is new.
+    return cache.embed_known(keys, images, attacks)
 
 
 def label_log_probs(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

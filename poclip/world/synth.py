@@ -276,15 +276,20 @@ def eval_item(seed: int, index: int, attack: Literal["none", "random"] = "random
 
     The attack writes a wrong shape name in the paper's style (:func:`poclip.world.attacks.random_attack`).
     """
-    rng = random.Random(f"eval:{seed}:{index}")
-    scene = sample_scene(rng, shape=SHAPES[index % len(SHAPES)])
+    if attack not in ("none", "random"):
+        raise ValueError(f"attack must be 'none' or 'random', got {attack!r}")
+    scene, text = eval_scene(seed, index)
     clean = draw_scene(scene, size)
     if attack == "none":
         return EvalItem(index, scene.shape, scene, None, clean, None)
-    if attack != "random":
-        raise ValueError(f"attack must be 'none' or 'random', got {attack!r}")
-    text = random_attack(SHAPES, scene.shape, rng)
     return EvalItem(index, scene.shape, scene, text, clean, render(clean, text))
+
+
+def eval_scene(seed: int, index: int) -> tuple[Scene, TextAttack]:
+    """The scene of :func:`eval_item` ``index`` and its paper-style attack, nothing drawn."""
+    rng = random.Random(f"eval:{seed}:{index}")
+    scene = sample_scene(rng, shape=SHAPES[index % len(SHAPES)])
+    return scene, random_attack(SHAPES, scene.shape, rng)
 
 
 def eval_set(n: int, seed: int, attack: Literal["none", "random"] = "random", size: int = 224) -> list[EvalItem]:

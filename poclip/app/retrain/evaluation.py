@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from poclip.engine.embed_cache import EmbeddingCache, backbone_dir
-from poclip.engine.evaluate import EvalEmbeddings, embed_synth_eval, evaluate_policy, typographic_accuracy
+from poclip.engine.evaluate import EvalEmbeddings, embed_synth_families, evaluate_policy, typographic_accuracy
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy
 from poclip.world.styles import check_families
@@ -55,9 +55,8 @@ class GateEvaluation:
         """The held-out pictures' embeddings for each of the gate's families (computed on first use)."""
         with self._lock:
             if not self._data:
-                cache = EmbeddingCache(self.encoder, self.cache_dir)
-                self._data = {family: embed_synth_eval(self.encoder, self.n, GATE_SEED, cache, family=family)
-                              for family in self.family_names}
+                self._data = embed_synth_families(self.encoder, self.n, GATE_SEED, self.family_names,
+                                                  EmbeddingCache(self.encoder, self.cache_dir))
                 self._base = self._metrics(None)
             return self._data
 
