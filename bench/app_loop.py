@@ -4,8 +4,8 @@ From an empty data directory: start the app as its own process (``python app.py`
 retrain in a child process), label 200 synthetic attacked pictures through /next_item and /answer (answering
 truthfully, as a careful person would), wait while the app prepares them (as it does between people's labels),
 measure /predict from a few visitors while the app is idle, retrain through /retrain while the same visitors keep
-predicting, wait for the verdict, measure the app process's memory once it serves the outcome, retrain again with
-nobody predicting (``retrain_quiet_wall_seconds``), then evaluate the serving head on 1,000 held-out synthetic
+predicting, wait for the verdict, measure the app process's memory once it serves the outcome, label 20 more and
+retrain again with nobody predicting (``retrain_quiet_wall_seconds``), then evaluate the serving head on 1,000 held-out synthetic
 pictures and measure /predict under 8 concurrent clients.
 
     python bench/app_loop.py --json
@@ -67,6 +67,7 @@ VERDICTS = ("promoted", "rejected", "failed")  # how a run ends, as /status says
 RETRAIN_BAR_S = 60.0
 LATENCY_BAR = 2.0  # /predict p50 during a retrain, times idle
 MEMORY_BAR_MB = 300.0
+MORE_LABELS = 20  # labelled after the first retrain, before the quiet one (so it trains a new candidate)
 
 
 def main() -> int:
@@ -188,18 +189,7 @@ def idle(loop: Loop, result: dict) -> None:
     """``prepare_seconds`` (the child that caches what every retrain reuses, from its log), ``warmup`` (``--warmup``
     calls at once from the visitors, unpaced), then ``predict_p50_ms_idle`` and ``rss_mb_before`` once no child
     runs."""
-    from poclip.app.child_trainer import PREPARE_EVERY_PAIRS
-    from poclip.app.pair_counts import count_pairs
-
-    # The app prepares while idle: at start, then each time the crowd's pairs grew by PREPARE_EVERY_PAIRS. Labels
-    # come here far faster than people give them, so wait until it caught up, as it would between people's labels.
-    crowd = count_pairs(loop.repo, 0).crowd_pairs
-    t0 = time.perf_counter()
-    while (child_pids(loop.proc.pid) or (prepared_figures(loop) or {}).get("crowd_pairs", -1)
-           <= crowd - PREPARE_EVERY_PAIRS) and time.perf_counter() - t0 < 900:
-        time.sleep(0.5)
-    result["waited_for_prepare_seconds"] = round(time.perf_counter() - t0, 2)
-    result["crowd_pairs"] = crowd
+    result["waited_for_prepare_seconds"], result["crowd_pairs"] = wait_for_preparation(loop)
     result["prepare_seconds"] = prepared_figures(loop)
     if loop.args.warmup:
         probes, calls = loop.probes(), -(-loop.args.warmup // loop.args.visitors)
@@ -209,6 +199,22 @@ def idle(loop: Loop, result: dict) -> None:
     result["predict_idle"] = row
     result["predict_p50_ms_idle"] = row["p50_ms"]
     result["rss_mb_before"] = rss_mb(loop.proc.pid)
+
+
+def wait_for_preparation(loop: Loop) -> tuple[float, int]:
+    """Wait until the app's idle preparation caught up with the crowd's pairs; returns the seconds waited and the
+    crowd pairs. The app prepares while idle: at start, then each time the crowd's pairs grew by
+    PREPARE_EVERY_PAIRS. Labels come here far faster than people give them, so the bench waits as the app would
+    between people's labels."""
+    from poclip.app.child_trainer import PREPARE_EVERY_PAIRS
+    from poclip.app.pair_counts import count_pairs
+
+    crowd = count_pairs(loop.repo, 0).crowd_pairs
+    t0 = time.perf_counter()
+    while (child_pids(loop.proc.pid) or (prepared_figures(loop) or {}).get("crowd_pairs", -1)
+           <= crowd - PREPARE_EVERY_PAIRS) and time.perf_counter() - t0 < 900:
+        time.sleep(0.5)
+    return round(time.perf_counter() - t0, 2), crowd
 
 
 def prepared_figures(loop: Loop) -> dict | None:
@@ -270,9 +276,13 @@ def retrain(loop: Loop, result: dict) -> None:
 
 
 def retrain_quiet(loop: Loop, result: dict) -> None:
-    """``retrain_quiet_wall_seconds`` and ``retrain_quiet_phases_s``: the same retrain requested again with nobody
-    predicting meanwhile (the bar's quiet machine: the app idle, the retrain alone on the cores), request to the
-    run's end in the store."""
+    """``retrain_quiet_wall_seconds`` and ``retrain_quiet_phases_s``: once :data:`MORE_LABELS` more labels came and
+    the app prepared them while idle, a retrain with nobody predicting meanwhile (the bar's quiet machine: the
+    retrain alone on the cores), from the request to the run's end in the store."""
+    for _ in range(MORE_LABELS):
+        loop.person.answer()
+    result["labelled"] += MORE_LABELS
+    result["waited_for_prepare_seconds_quiet"], result["crowd_pairs_quiet"] = wait_for_preparation(loop)
     t0 = time.perf_counter()
     loop.person.client.predict(TOKEN, "dpo", api_name="/retrain")
     run = loop.repo.list_runs(limit=1)[0]
