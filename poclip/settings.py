@@ -170,8 +170,8 @@ class Settings:
         default_doc="the cores the app may use",
         help="torch threads a training process uses (the app's child and `python -m poclip worker`). The app's "
              "child also runs at lower CPU priority, so serving comes first on every core; a 200-label retrain's "
-             "training takes about 80 s of CPU, so one thread cannot finish it within a minute (see \"The loop, "
-             "measured\")")
+             "training takes about 43 s of CPU, so on one thread the whole run cannot finish within a minute (see "
+             "\"The loop, measured\")")
     retrain_every_pairs: int = option(50, env="POCLIP_RETRAIN_EVERY_PAIRS", parse=int, low=0,
                                       help="the scheduler queues a retrain once the crowd pairs grew by this "
                                            "many since the last run, or by a fifth of that run's crowd pairs if "

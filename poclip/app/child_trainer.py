@@ -120,6 +120,7 @@ class ChildTrainer(TrainerLoop):
         self.logs_dir = settings.data_dir / "logs"
         self.prepared = False
         self.prepared_crowd_pairs = 0  # the crowd pairs there were when the last preparing child started
+        self._labels_seen: tuple[int, int] | None = None  # (labels, undone) when the crowd pairs were last counted
 
     def command(self, *args: str) -> list[str]:
         """The child's command line: ``python -m poclip worker ARGS``, watching this process, at lower priority,
@@ -179,6 +180,11 @@ class ChildTrainer(TrainerLoop):
     def maybe_prepare(self) -> bool:
         """While idle, prepare again once the crowd pairs grew by :data:`PREPARE_EVERY_PAIRS` since the last
         preparation; a run queued meanwhile stops it. Returns whether a preparing child ran."""
+        counters = self.repo.counts()  # O(1): the crowd pairs are counted again only once labels changed
+        labels = (counters["judgments"], counters["undone"])
+        if labels == self._labels_seen:
+            return False
+        self._labels_seen = labels
         if self.pair_counts().crowd_pairs - self.prepared_crowd_pairs < PREPARE_EVERY_PAIRS:
             return False
         self.prepare(cancel=lambda: any(r.status == "queued" for r in self.repo.list_runs(limit=1)))

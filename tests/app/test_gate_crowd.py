@@ -200,3 +200,11 @@ def test_the_gate_measures_a_head_once_and_keeps_its_figures_beside_the_pictures
     # other gate pictures (another number or family) never read these figures
     other = GateEvaluation(bundled, 40, tmp_path, ("paper", "label_patch"))
     assert set(other.evaluate(starter)["family_accuracy"]) == {"paper", "label_patch"}
+
+    # where nothing can be kept (here a file stands where the folder goes), the head is measured all the same
+    blocked = tmp_path / "blocked"
+    GateEvaluation(bundled, 40, blocked, ("paper", "several_words")).families()
+    folder = kept[0].parent.relative_to(tmp_path)
+    (blocked / folder).parent.mkdir(parents=True, exist_ok=True)
+    (blocked / folder).write_text("not a folder")
+    assert GateEvaluation(bundled, 40, blocked, ("paper", "several_words")).evaluate(starter) == first

@@ -14,6 +14,7 @@ pictures' cache (``gate-metrics/``), keyed by both: the live head, measured once
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +33,8 @@ from poclip.world.styles import check_families
 log = logging.getLogger(__name__)
 
 GATE_SEED = 7_000  # held-out synthetic pictures, a seed used by no training stream
+# Part of the key of the figures kept on disk: raise it when what the gate measures changes, so none is read again.
+METRICS_VERSION = 1
 
 
 class GateEvaluation:
@@ -93,19 +96,22 @@ class GateEvaluation:
         except (OSError, ValueError) as exc:  # a damaged file costs a measurement, never a run
             log.warning("measuring again: unreadable gate figures %s: %s", path, exc)
         metrics = self._metrics(policy)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(metrics))
             os.replace(tmp, path)  # whole or absent: a reader never sees half of it
+        except OSError as exc:  # a full or read-only disk costs the next run a measurement, not this run
+            log.warning("could not keep the gate figures in %s: %s", path, exc)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         return metrics
 
     def _memo_path(self, policy: Policy) -> Path:
         """Where ``policy``'s figures are kept: named by a hash of its head's tensors and of what the gate measures
         (the pictures' number, seed and families, and the device its tail runs on)."""
-        digest = hashlib.sha256(json.dumps([policy.head, self.n, GATE_SEED, self.family_names,
+        digest = hashlib.sha256(json.dumps([METRICS_VERSION, policy.head, self.n, GATE_SEED, self.family_names,
                                             self.encoder.device.type]).encode())
         for name, value in sorted(policy.head_state().items()):
             digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
