@@ -5,8 +5,8 @@ retrain in a child process), label 200 synthetic attacked pictures through /next
 truthfully, as a careful person would), wait while the app prepares them (as it does between people's labels),
 measure /predict from a few visitors while the app is idle, retrain through /retrain while the same visitors keep
 predicting, wait for the verdict, measure the app process's memory once it serves the outcome, label 20 more and
-retrain again with nobody predicting (``retrain_quiet_wall_seconds``), then evaluate the serving head on 1,000 held-out synthetic
-pictures and measure /predict under 8 concurrent clients.
+retrain again with nobody predicting (``retrain_quiet_wall_seconds``), then evaluate the serving head on 1,000
+held-out synthetic pictures and measure /predict under 8 concurrent clients.
 
     python bench/app_loop.py --json
 
@@ -268,6 +268,10 @@ def retrain(loop: Loop, result: dict) -> None:
     result["run"] = {"status": run.status, "train_seconds": metrics.get("train_seconds"),
                      "embed_seconds": metrics.get("embed_seconds"), "gate": metrics.get("gate"),
                      "process": metrics.get("process"), "error": run.error}
+    # What the gate saw, family by family on its own 500 pictures: the candidate (promoted or not) beside the live head.
+    result["gate_families"] = {
+        family: {"live": (metrics.get("live_before") or {}).get("family_accuracy", {}).get(family), "candidate": a}
+        for family, a in ((metrics.get("candidate") or {}).get("family_accuracy") or {}).items()}
     phases = dict(metrics.get("phases_s") or {})
     phases["other"] = round(verdict["seconds"] - sum(phases.values()), 2)
     result["retrain_phases_s"] = phases
