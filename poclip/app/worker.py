@@ -174,9 +174,9 @@ class Trainer(TrainerLoop):
         return prepared
 
     def prepare_crowd(self, policy: Policy) -> int:
-        """The crowd's pairs as a run would read them now: the judged pictures with their writing, its text variants
-        and the clean picture through the trunk into the cache, and the held-out ones the gate scores. Returns the
-        crowd pairs covered (0 while there are too few to train on)."""
+        """The crowd's pairs as a run would read them now: each judged picture with its writing, its text variants
+        and bare, through the trunk into the cache, and the held-out ones the gate scores. Returns the crowd pairs
+        covered (0 while there are too few to train on)."""
         try:
             data = collect(self.repo, lambda watermark: None, augment_attacks=self.settings.augment_attacks,
                            replay_pairs=self.settings.replay_pairs, held_out=self.held_out)

@@ -212,7 +212,6 @@ class EmbeddingCache:
             self.put(new)
         return torch.stack([self._entries[k] for k in keys])
 
-
     def embed_known(self, keys: Sequence[str], pictures: Sequence[Picture],
                     attacks: Sequence[TextAttack | None]) -> torch.Tensor:
         """:meth:`embed` for pictures whose keys (:func:`entry_key`) are known: what is cached is looked up by key,
