@@ -63,7 +63,7 @@ from poclip.engine.config import TrainConfig, default_head
 from poclip.engine.evaluate import EvalEmbeddings
 from poclip.engine.models import ClipEncoder
 from poclip.engine.policy import Policy, check_head, save_head
-from poclip.engine.prepare import prepare as prepare_inputs
+from poclip.engine.prepare import head_inputs
 from poclip.engine.starter import load_starter
 from poclip.engine.train import TrainResult, checkpoint_metadata
 from poclip.settings import Settings
@@ -106,8 +106,8 @@ def prepare_retrain(policy: Policy, gate: GateEvaluation, replay_pairs: int, cac
     gate_s = perf_counter() - started
     prefs, clean = synthetic(replay_pairs)
     cache = policy.make_cache(cache_dir)
-    if prefs:  # the engine's own preparation: exactly the inputs a run looks up
-        prepare_inputs(policy, prefs, clean, cache)
+    if prefs:  # exactly the inputs a run looks up (their reference log-probs are the run's)
+        head_inputs(prefs, clean, cache)
     elif clean:  # the top-up alone: the pictures and their invariance rows
         cache.embed([c.image for c in clean], [c.attack for c in clean])
         cache.embed([c.image for c in clean])
@@ -182,7 +182,7 @@ class Trainer(TrainerLoop):
                            replay_pairs=self.settings.replay_pairs, held_out=self.held_out)
         except NotEnoughData:
             return 0
-        prepare_inputs(policy, data.prefs, data.clean, policy.make_cache(self.cache_dir))
+        head_inputs(data.prefs[:data.judged_pairs], data.clean, policy.make_cache(self.cache_dir))
         crowd_agreement(policy, self.encoder, data.held_out, self.cache_dir)
         return data.crowd_pairs
 

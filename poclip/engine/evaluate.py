@@ -108,7 +108,7 @@ class EvalEmbeddings:
     pictures: Sequence[Image.Image] | None = None
     attacks: list[TextAttack] | None = None
     cache_root: Path | None = None
-    hashes: list[str] | None = None  # the pictures' content hashes (:func:`image_hash`), when known
+    hashes: list[str] | None = None  # the pictures' content hashes (:func:`image_hash`), kept with the pictures
     _inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -120,17 +120,14 @@ class EvalEmbeddings:
         if policy.cut == "embedding":
             return self.clean, self.attacked
         if policy.cut not in self._inputs:
-            if self.pictures is None or self.attacks is None:
+            if self.pictures is None or self.attacks is None or self.hashes is None:
                 raise ValueError("a tower head needs the pictures: embed the set with keep_images=True")
             cache = policy.make_cache(self.cache_root)
-            if self.hashes is None:
-                pictures = list(self.pictures)
-                self._inputs[policy.cut] = (cache.embed(pictures), cache.embed(pictures, self.attacks))
-            else:  # looked up by hash: a picture is drawn only when its entry is missing
-                self._inputs[policy.cut] = tuple(
-                    cache.embed_known([entry_key(h, a) for h, a in zip(self.hashes, attacks, strict=True)],
-                                      self.pictures, attacks)
-                    for attacks in ([None] * self.n, self.attacks))
+            # Looked up by hash: a picture is drawn (or opened) only when its entry is missing.
+            self._inputs[policy.cut] = tuple(
+                cache.embed_known([entry_key(h, a) for h, a in zip(self.hashes, attacks, strict=True)],
+                                  self.pictures, attacks)
+                for attacks in ([None] * self.n, self.attacks))
         return self._inputs[policy.cut]
 
 
@@ -234,12 +231,13 @@ def embed_dataset_eval(
         attacks.append(attack)
         truth.append(names.index(label))
         written.append(names.index(attack.text))
-    clean = cache.embed(images)
-    attacked = cache.embed(images, attacks)
+    hashes = [image_hash(image) for image in images]
+    clean = cache.embed_known([entry_key(h) for h in hashes], images, [None] * len(images))
+    attacked = cache.embed_known([entry_key(h, a) for h, a in zip(hashes, attacks, strict=True)], images, attacks)
     return EvalEmbeddings(
         names, template, clean, attacked, torch.tensor(truth), torch.tensor(written),
         images if keep_images else None, attacks if keep_images else None,
-        cache.root,
+        cache.root, hashes if keep_images else None,
     )
 
 

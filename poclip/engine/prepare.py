@@ -94,16 +94,30 @@ class Prepared:
     misses: int
 
 
-def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequence[CleanImage],
-            cache: EmbeddingCache, clean_selves: bool = True) -> Prepared:
-    """Head inputs of every picture (through ``cache``), reference log-probs, and resolved rejected labels.
+@dataclass
+class HeadInputs:
+    """The head inputs of a run's pictures (:func:`head_inputs`): ``x`` of the pairs and their clean selves
+    ``x_clean`` (rows ``inv``), ``cx`` of the clean pictures and their texted versions ``cx_text`` (rows ``cinv``),
+    with the pairs' and clean pictures' cache keys."""
+
+    x: torch.Tensor
+    x_clean: torch.Tensor
+    inv: list[bool]
+    cx: torch.Tensor | None
+    cx_text: torch.Tensor | None
+    cinv: list[bool]
+    pref_keys: list[str]
+    clean_keys: list[str]
+
+
+def head_inputs(preferences: Sequence[Preference], clean_items: Sequence[CleanImage], cache: EmbeddingCache,
+                clean_selves: bool = True) -> HeadInputs:
+    """Every picture's head input through ``cache``: one tower (trunk) pass per picture not already in it. Exactly
+    what :func:`prepare` looks up, so calling it ahead (while idle) leaves a run nothing to compute here.
 
     With ``clean_selves`` a pair's clean self (its picture without the text) and a clean picture's texted
-    version (its ``attack``) are looked up too, for the text-invariance term. Cost: one tower (trunk) pass per
-    picture not already in the cache.
+    version (its ``attack``) are looked up too, for the text-invariance term.
     """
-    started = time.perf_counter()
-    hits0, misses0 = cache.hits, cache.misses
     images = [p.image for p in preferences]
     pref_keys = _keys(images, [p.attack for p in preferences])
     clean_keys = _keys([c.image for c in clean_items], [None] * len(clean_items))
@@ -125,6 +139,18 @@ def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequ
         rows = [i for i, ok in enumerate(cinv) if ok]
         rows_images, rows_attacks = [clean_items[i].image for i in rows], [clean_items[i].attack for i in rows]
         cx_text[rows] = _lookup(cache, rows_images, rows_attacks, _keys(rows_images, rows_attacks))
+    return HeadInputs(x, x_clean, inv, cx, cx_text, cinv, pref_keys, clean_keys)
+
+
+def prepare(policy: Policy, preferences: Sequence[Preference], clean_items: Sequence[CleanImage],
+            cache: EmbeddingCache, clean_selves: bool = True) -> Prepared:
+    """Head inputs of every picture (:func:`head_inputs`, through ``cache``), reference log-probs, and resolved
+    rejected labels."""
+    started = time.perf_counter()
+    hits0, misses0 = cache.hits, cache.misses
+    inputs = head_inputs(preferences, clean_items, cache, clean_selves)
+    x, x_clean, inv, cx, cx_text, cinv = inputs.x, inputs.x_clean, inputs.inv, inputs.cx, inputs.cx_text, inputs.cinv
+    pref_keys, clean_keys = inputs.pref_keys, inputs.clean_keys
 
     bank = _LabelBank()
     for p in preferences:
